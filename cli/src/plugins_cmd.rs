@@ -1,0 +1,127 @@
+use std::path::PathBuf;
+
+use birdbone_host_api::{ComponentKind, Granularity};
+use birdbone_tch::PluginRegistry;
+use serde_json::json;
+
+/// Plugin folders: the ones given, else the executable's own folder and its `plugins/`, plus
+/// every entry of BIRDBONE_PLUGIN_PATH.
+pub fn plugin_dirs(given: &[PathBuf]) -> Vec<PathBuf> {
+    if !given.is_empty() {
+        return given.to_vec();
+    }
+    let mut dirs = Vec::new();
+    if let Some(exe_dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(|p| p.to_path_buf())) {
+        dirs.push(exe_dir.join("plugins"));
+        dirs.push(exe_dir);
+    }
+    dirs.into_iter().filter(|d| d.is_dir()).collect()
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Plugin folder (repeatable). Default: the birdbone executable's folder and its plugins/.
+    #[arg(long = "dir")]
+    dirs: Vec<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let reg = PluginRegistry::discover(&plugin_dirs(&a.dirs));
+    let secs = started.elapsed().as_secs_f64();
+    if a.json {
+        let comps: Vec<_> = reg
+            .components()
+            .map(|c| {
+                let caps = &c.info.capabilities;
+                json!({
+                    "name": c.info.name.as_str(),
+                    "kind": format!("{:?}", c.info.kind).to_lowercase(),
+                    "description": c.info.description.as_str(),
+                    "plugin": c.plugin.manifest.name.as_str(),
+                    "plugin_version": c.plugin.manifest.version.as_str(),
+                    "abi": c.plugin.manifest.abi.to_string(),
+                    "path": c.plugin.path,
+                    "params": c.info.params.iter().map(|p| json!({
+                        "name": p.name.as_str(), "type": format!("{:?}", p.kind).to_lowercase(),
+                        "default": p.default.to_string(), "doc": p.doc.as_str(),
+                    })).collect::<Vec<_>>(),
+                    "devices": devices(caps.devices.0),
+                    "needs_activation_stats": caps.inputs.0 & 1 != 0,
+                    "needs_gradients": caps.inputs.0 & 2 != 0,
+                    "stateful": caps.stateful,
+                    "granularity": caps.granularity.members().iter().map(|g| format!("{g:?}")).collect::<Vec<_>>(),
+                    "requires": caps.requires.iter().map(|r| r.as_str()).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&json!({"components": comps, "rejected": reg.rejected(), "load_seconds": secs}))?);
+        return Ok(());
+    }
+    for kind in [ComponentKind::Scorer, ComponentKind::Strategy] {
+        println!("{}:", if kind == ComponentKind::Scorer { "scorers" } else { "strategies" });
+        for c in reg.components().filter(|c| c.info.kind == kind) {
+            let caps = &c.info.capabilities;
+            let mut needs = vec![];
+            if caps.inputs.0 & 1 != 0 {
+                needs.push("activation statistics");
+            }
+            if caps.inputs.0 & 2 != 0 {
+                needs.push("gradients");
+            }
+            let gran: Vec<String> = caps.granularity.members().iter().map(granularity).collect();
+            println!("  {:<20} {}", c.info.name.as_str(), c.info.description.as_str());
+            println!(
+                "  {:<20} plugin {} {} (ABI {}) from {}",
+                "",
+                c.plugin.manifest.name.as_str(),
+                c.plugin.manifest.version.as_str(),
+                c.plugin.manifest.abi,
+                c.plugin.path.display()
+            );
+            println!(
+                "  {:<20} devices: {}; granularity: {}; needs: {}{}",
+                "",
+                devices(caps.devices.0).join(", "),
+                gran.join(", "),
+                if needs.is_empty() { "the weight only".to_string() } else { needs.join(", ") },
+                if caps.stateful { "; keeps state across calls" } else { "" }
+            );
+            for p in c.info.params.iter() {
+                println!("  {:<20}   --param {}=<{:?}> (default {}): {}", "", p.name.as_str(), p.kind, p.default, p.doc.as_str());
+            }
+        }
+    }
+    if !reg.rejected().is_empty() {
+        println!("rejected:");
+        for r in reg.rejected() {
+            println!("  {}: {}", r.path.display(), r.reason);
+        }
+    }
+    println!("({} plugins loaded in {:.1} ms)", reg.plugins().len(), secs * 1e3);
+    Ok(())
+}
+
+fn devices(bits: u32) -> Vec<&'static str> {
+    let mut v = vec![];
+    if bits & 1 != 0 {
+        v.push("cpu");
+    }
+    if bits & 2 != 0 {
+        v.push("cuda");
+    }
+    v
+}
+
+fn granularity(g: &Granularity) -> String {
+    match g {
+        Granularity::Unstructured => "unstructured",
+        Granularity::NM => "N:M",
+        Granularity::Rows => "rows",
+        Granularity::Columns => "columns",
+    }
+    .to_string()
+}

@@ -1,0 +1,53 @@
+use abi_stable::{
+    sabi_trait,
+    std_types::{RBox, RResult},
+};
+
+use crate::{
+    error::PluginError,
+    plan::{PlanContextMut, Target},
+    score::{ParamInfo, ScoreInputs, ScoreOut, ScoreRequest},
+};
+
+/// Turns one parameter into importance scores. Created by [`crate::PluginModule::create_scorer`]
+/// from a configuration; the host drops it (running its destructor inside the plugin) when
+/// done. Calls on one instance never overlap.
+#[sabi_trait]
+pub trait Scorer: Send {
+    /// Scores one parameter. Must be deterministic for the same inputs and state: the host may
+    /// call it more than once per pass (a global selection scores twice instead of holding
+    /// every score). The inputs are borrowed for this call only.
+    fn score(
+        &mut self,
+        param: &ParamInfo,
+        inputs: &ScoreInputs,
+        request: ScoreRequest,
+    ) -> RResult<ScoreOut, PluginError>;
+
+    /// Training-time hook, called after each backward pass with the fresh gradient; stateful
+    /// scorers accumulate here (on the weight's device, through the host ops). The default does
+    /// nothing.
+    ///
+    /// This is the last method of ABI 1.0; methods added in later minors go below it.
+    #[sabi(last_prefix_field)]
+    fn observe(&mut self, param: &ParamInfo, inputs: &ScoreInputs) -> RResult<(), PluginError> {
+        let _ = (param, inputs);
+        RResult::ROk(())
+    }
+}
+
+/// Turns scores into decisions. Created by [`crate::PluginModule::create_strategy`].
+#[sabi_trait]
+pub trait Strategy: Send {
+    /// Plans one pass: asks the context for scores or selections and records one
+    /// [`crate::Decision`] per parameter. An error here leaves the model untouched.
+    ///
+    /// This is the last method of ABI 1.0; methods added in later minors go below it.
+    #[sabi(last_prefix_field)]
+    fn select(&mut self, plan: PlanContextMut<'_>, target: &Target) -> RResult<(), PluginError>;
+}
+
+/// An owned scorer trait object.
+pub type ScorerBox = Scorer_TO<'static, RBox<()>>;
+/// An owned strategy trait object.
+pub type StrategyBox = Strategy_TO<'static, RBox<()>>;

@@ -1,0 +1,129 @@
+use abi_stable::{
+    sabi_trait,
+    sabi_types::RMut,
+    std_types::{ROption, RResult, RSlice, RVec},
+    StableAbi,
+};
+
+use crate::{
+    error::PluginError,
+    ops::HostOps_Ref,
+    score::{ParamInfo, ScoreRequest},
+    tensor::{Tensor, TensorId},
+};
+
+/// An N:M pattern: keep `n` of every `m` consecutive weights along the input (last) dimension.
+/// 2:4 keeps 2 of 4.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct NmPattern {
+    /// Weights kept per group.
+    pub n: u32,
+    /// Group size.
+    pub m: u32,
+}
+
+/// What a pass is asked to reach.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq)]
+pub struct Target {
+    /// Fraction of weights to prune, in `[0, 1]`. Exactly `round(sparsity × n)` weights are
+    /// pruned in each scope a strategy selects over (`f64::round`: halves away from zero).
+    pub sparsity: f64,
+    /// An N:M pattern when the user asked for one (`--pattern 2:4`).
+    pub nm: ROption<NmPattern>,
+}
+
+/// Over what a [`PlanContext::select_k_smallest`] call counts.
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SelectScope {
+    /// One selection over all the given parameters together: `ks` holds one count.
+    Global,
+    /// One selection per parameter: `ks` holds one count per parameter.
+    PerParam,
+    /// One selection per output row of each parameter: `ks` holds, per parameter, the count
+    /// to prune in each of its rows.
+    PerRow,
+}
+
+/// The outcome of an exact selection, returned by [`PlanContext::select_k_smallest`].
+///
+/// Ties are broken deterministically: among weights whose scores equal the threshold, those
+/// earlier in the order of the `params` argument are pruned first, and within a parameter
+/// those with the lower flat (row-major) index. CPU and GPU give bit-identical masks.
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq)]
+pub struct Selection {
+    /// Pass this to [`Decision::Apply`].
+    pub id: u32,
+    /// Weights the selection prunes (exactly the requested count).
+    pub pruned: u64,
+    /// Weights it looked at.
+    pub considered: u64,
+    /// The score at the threshold (the largest pruned score); NaN for `PerRow`, which has one
+    /// threshold per row.
+    pub threshold: f64,
+}
+
+/// What the host does to one parameter at commit.
+#[repr(u8)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq)]
+pub enum Decision {
+    /// Leave it dense.
+    Keep,
+    /// Prune what a selection chose in this parameter. The selection must cover it.
+    Apply {
+        /// [`Selection::id`].
+        selection: u32,
+    },
+    /// Keep the `n` highest-scoring weights of every `m` consecutive ones along the last
+    /// dimension; among equal scores the lower index is pruned first.
+    NM {
+        /// The pattern.
+        pattern: NmPattern,
+    },
+    /// An explicit mask of the weight's shape (u8 or bool, nonzero = keep). The host copies it
+    /// during the call; the plugin keeps ownership of the tensor.
+    Mask {
+        /// The mask tensor.
+        mask: TensorId,
+    },
+}
+
+/// The host side of a planning pass, handed to [`crate::Strategy::select`]. Nothing in the
+/// model changes while a strategy plans: decisions are recorded and applied after `select`
+/// returns successfully, all at once.
+#[sabi_trait]
+pub trait PlanContext {
+    /// The parameters of this pass, in order (`params()[i].index == i`).
+    fn params(&self) -> RVec<ParamInfo>;
+
+    /// The host operation table.
+    fn host(&self) -> HostOps_Ref;
+
+    /// Runs the pass's scorer on one parameter and returns its scores as a dense tensor of the
+    /// requested granularity (f32 for fused magnitude scores). Ownership moves to the strategy:
+    /// release it when done. Scores of a 7B model do not fit in memory at once: ask for them
+    /// one parameter at a time, or let [`PlanContext::select_k_smallest`] stream them.
+    fn scores(&mut self, param: u32, request: ScoreRequest) -> RResult<Tensor, PluginError>;
+
+    /// Exact selection of the `k` lowest-scoring weights over `scope` (see [`SelectScope`] for
+    /// what `ks` holds). The host streams scores through its selection kernels one parameter at
+    /// a time, scoring a parameter more than once when that saves memory (scorers are
+    /// deterministic). Fails with `NonFinite` naming the parameter if a weight or a score is
+    /// NaN or infinite.
+    fn select_k_smallest(
+        &mut self,
+        params: RSlice<'_, u32>,
+        ks: RSlice<'_, u64>,
+        scope: SelectScope,
+    ) -> RResult<RVec<Selection>, PluginError>;
+
+    /// Records what to do with one parameter. Every parameter needs exactly one decision.
+    #[sabi(last_prefix_field)]
+    fn decide(&mut self, param: u32, decision: Decision) -> RResult<(), PluginError>;
+}
+
+/// How a strategy receives the plan context: a borrowed trait object.
+pub type PlanContextMut<'a> = PlanContext_TO<'a, RMut<'a, ()>>;

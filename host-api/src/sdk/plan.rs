@@ -1,0 +1,56 @@
+use crate::{
+    sdk::{Host, OwnedTensor},
+    Decision, ParamInfo, PlanContextMut, PluginError, ScoreRequest, SelectScope, Selection,
+};
+
+/// A strategy's view of the planning pass: safe methods over [`crate::PlanContext`].
+pub struct Plan<'a> {
+    ctx: PlanContextMut<'a>,
+    params: Vec<ParamInfo>,
+    host: Host,
+}
+
+impl<'a> Plan<'a> {
+    /// Wraps the context the host passed to `select`.
+    pub fn new(ctx: PlanContextMut<'a>) -> Plan<'a> {
+        let params = ctx.params().into_vec();
+        let host = Host::new(ctx.host());
+        Plan { ctx, params, host }
+    }
+
+    /// The parameters of this pass, in order.
+    pub fn params(&self) -> &[ParamInfo] {
+        &self.params
+    }
+
+    /// Indices of all parameters, `0..n`.
+    pub fn all(&self) -> Vec<u32> {
+        (0..self.params.len() as u32).collect()
+    }
+
+    /// The host's tensor operations.
+    pub fn host(&self) -> Host {
+        self.host
+    }
+
+    /// The scorer's scores of one parameter, as a dense tensor the strategy owns.
+    pub fn scores(&mut self, param: u32, request: ScoreRequest) -> Result<OwnedTensor, PluginError> {
+        let t = self.ctx.scores(param, request).into_result()?;
+        Ok(self.host.own(t))
+    }
+
+    /// Exact selection of the lowest-scoring weights; see [`crate::PlanContext::select_k_smallest`].
+    pub fn select_k_smallest(
+        &mut self,
+        params: &[u32],
+        ks: &[u64],
+        scope: SelectScope,
+    ) -> Result<Vec<Selection>, PluginError> {
+        self.ctx.select_k_smallest(params.into(), ks.into(), scope).into_result().map(|v| v.into_vec())
+    }
+
+    /// Records the decision for one parameter.
+    pub fn decide(&mut self, param: u32, decision: Decision) -> Result<(), PluginError> {
+        self.ctx.decide(param, decision).into_result()
+    }
+}

@@ -1,0 +1,186 @@
+//! Masks: one bit per weight, kept beside the model so pruned weights stay pruned after an
+//! optimizer step, and saved as safetensors.
+
+use std::{collections::BTreeMap, collections::HashMap, path::Path};
+
+use birdbone_select::mask_bytes;
+use safetensors::{tensor::TensorView as StView, Dtype, SafeTensors};
+use tch::{Device, Kind, Tensor};
+
+use crate::{
+    engine,
+    error::{Error, Result},
+    params::ParamSource,
+};
+
+const FORMAT_KEY: &str = "format";
+const FORMAT: &str = "birdbone-mask-v1";
+
+/// The mask of one parameter.
+pub struct ParamMask {
+    /// The parameter's shape.
+    pub shape: Vec<i64>,
+    /// One bit per weight, 1 = kept (the `birdbone_select::BitMask` layout), as u8 on the
+    /// weight's device.
+    pub bits: Tensor,
+}
+
+impl ParamMask {
+    /// Number of weights.
+    pub fn numel(&self) -> u64 {
+        self.shape.iter().product::<i64>() as u64
+    }
+
+    /// Number of pruned weights.
+    pub fn pruned(&self) -> Result<u64> {
+        let bytes = Vec::<u8>::try_from(&self.bits.to_device(Device::Cpu))?;
+        Ok(self.numel() - bytes.iter().map(|b| b.count_ones() as u64).sum::<u64>())
+    }
+
+    /// The mask as a bool tensor of the parameter's shape (true = kept).
+    pub fn keep(&self) -> Result<Tensor> {
+        Ok(engine::unpack_keep(&self.bits, self.numel() as i64)?.f_reshape(self.shape.as_slice())?)
+    }
+}
+
+/// Masks by parameter name.
+#[derive(Default)]
+pub struct MaskSet {
+    masks: BTreeMap<String, ParamMask>,
+}
+
+impl MaskSet {
+    /// No masks.
+    pub fn new() -> MaskSet {
+        MaskSet::default()
+    }
+
+    /// Sets the mask of `name`.
+    pub fn insert(&mut self, name: impl Into<String>, mask: ParamMask) {
+        self.masks.insert(name.into(), mask);
+    }
+
+    /// The mask of `name`.
+    pub fn get(&self, name: &str) -> Option<&ParamMask> {
+        self.masks.get(name)
+    }
+
+    /// Every mask, by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &ParamMask)> {
+        self.masks.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// Number of masked parameters.
+    pub fn len(&self) -> usize {
+        self.masks.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.masks.is_empty()
+    }
+
+    /// Pruned and total weights over all masks.
+    pub fn counts(&self) -> Result<(u64, u64)> {
+        let mut pruned = 0;
+        let mut total = 0;
+        for m in self.masks.values() {
+            pruned += m.pruned()?;
+            total += m.numel();
+        }
+        Ok((pruned, total))
+    }
+
+    fn matched<'a>(&'a self, params: &'a [(String, Tensor)]) -> Result<Vec<(&'a Tensor, &'a ParamMask)>> {
+        let by_name: HashMap<&str, &Tensor> = params.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        self.masks
+            .iter()
+            .map(|(name, m)| {
+                let t = by_name.get(name.as_str()).ok_or_else(|| Error::Invalid(format!("the model has no parameter '{name}' for its mask")))?;
+                if t.size() != m.shape {
+                    return Err(Error::Shape { op: "mask", message: format!("'{name}' is {:?} but its mask is {:?}", t.size(), m.shape) });
+                }
+                Ok((*t, m))
+            })
+            .collect()
+    }
+
+    /// Re-applies every mask to the model in place (after an optimizer step, say): pruned weights
+    /// go back to zero, whatever the optimizer did. Returns how many weights the masks hold at
+    /// zero. Checks every name and shape before writing anything.
+    pub fn apply(&self, model: &(impl ParamSource + ?Sized)) -> Result<u64> {
+        let params = model.named_parameters()?;
+        let pairs = self.matched(&params)?;
+        let _g = tch::no_grad_guard();
+        let mut n = 0;
+        for (t, m) in pairs {
+            let bits = if m.bits.device() == t.device() { m.bits.shallow_clone() } else { m.bits.to_device(t.device()) };
+            n += engine::apply_mask(t, &bits)?;
+        }
+        Ok(n)
+    }
+
+    /// Zeroes the gradients of pruned weights (call between backward and the optimizer step).
+    pub fn mask_gradients(&self, model: &(impl ParamSource + ?Sized)) -> Result<()> {
+        let params = model.named_parameters()?;
+        let pairs = self.matched(&params)?;
+        let _g = tch::no_grad_guard();
+        for (t, m) in pairs {
+            let g = t.grad();
+            if g.defined() {
+                let bits = if m.bits.device() == g.device() { m.bits.shallow_clone() } else { m.bits.to_device(g.device()) };
+                let g = if g.is_contiguous() { g } else { return Err(Error::Invalid("non-contiguous gradient".into())) };
+                engine::apply_mask(&g, &bits)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the masks as safetensors: one u8 tensor per parameter (the packed bits), named like
+    /// the parameter, with the parameter shapes in the metadata.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let mut bytes: Vec<(String, Vec<u8>)> = Vec::new();
+        let mut meta = HashMap::new();
+        meta.insert(FORMAT_KEY.to_string(), FORMAT.to_string());
+        for (name, m) in &self.masks {
+            bytes.push((name.clone(), Vec::<u8>::try_from(&m.bits.to_device(Device::Cpu))?));
+            meta.insert(format!("shape:{name}"), serde_json::to_string(&m.shape).expect("a list of integers"));
+        }
+        let views: Vec<(String, StView<'_>)> = bytes
+            .iter()
+            .map(|(n, b)| (n.clone(), StView::new(Dtype::U8, vec![b.len()], b).expect("length matches")))
+            .collect();
+        safetensors::serialize_to_file(views, Some(meta), path)
+            .map_err(|e| Error::Format { path: path.into(), message: e.to_string() })
+    }
+
+    /// Reads masks written by [`MaskSet::save`], onto `device`.
+    pub fn load(path: &Path, device: Device) -> Result<MaskSet> {
+        let data = std::fs::read(path).map_err(|source| Error::Io { path: path.into(), source })?;
+        let bad = |message: String| Error::Format { path: path.into(), message };
+        let (_, metadata) = SafeTensors::read_metadata(&data).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+        let meta = metadata.metadata().clone().unwrap_or_default();
+        if meta.get(FORMAT_KEY).map(String::as_str) != Some(FORMAT) {
+            return Err(bad(format!("not a Birdbone mask file (metadata '{FORMAT_KEY}' is not '{FORMAT}')")));
+        }
+        let st = SafeTensors::deserialize(&data).map_err(|e| bad(e.to_string()))?;
+        let mut set = MaskSet::new();
+        for (name, view) in st.tensors() {
+            let shape: Vec<i64> = meta
+                .get(&format!("shape:{name}"))
+                .and_then(|s| serde_json::from_str(s).ok())
+                .ok_or_else(|| bad(format!("no shape recorded for '{name}'")))?;
+            let numel = shape.iter().product::<i64>() as usize;
+            if view.dtype() != Dtype::U8 || view.data().len() != mask_bytes(numel) {
+                return Err(bad(format!("mask '{name}' has {} bytes; a {shape:?} parameter needs {}", view.data().len(), mask_bytes(numel))));
+            }
+            if birdbone_select::BitMask::from_bytes(numel, view.data().to_vec()).is_none() {
+                return Err(bad(format!("mask '{name}' has bits set past its {numel} weights")));
+            }
+            let bits = Tensor::from_slice(view.data()).f_to_device(device)?;
+            debug_assert_eq!(bits.kind(), Kind::Uint8);
+            set.insert(name, ParamMask { shape, bits });
+        }
+        Ok(set)
+    }
+}

@@ -1,0 +1,701 @@
+//! A pruning pass in two phases. *Plan* runs the scorer and the strategy and records a decision
+//! per parameter; nothing in the model changes, so any failure (a plugin error or panic, a NaN,
+//! a bad configuration, running out of memory) leaves it untouched. *Commit* then applies every
+//! decision in place, under no_grad: the weights keep their storage, and no copy of them is
+//! made.
+
+use std::{collections::BTreeMap, time::Instant};
+
+use abi_stable::{
+    sabi_trait::TD_Opaque,
+    std_types::{RNone, ROption, RResult, RSlice, RVec},
+};
+use birdbone_host_api::{
+    Decision, DeviceSet, Granularity, HostOps_Ref, InputSet, NmPattern, ParamInfo, PlanContext, PlanContext_TO,
+    PluginError, ScoreInputs, ScoreOut, ScoreRequest, ScorerBox, SelectScope, Selection, StrategyBox, Target,
+};
+use birdbone_select::{key_value, ParamQuota};
+use serde::Serialize;
+use tch::{Device, Kind, Tensor};
+
+use crate::{
+    engine::{self, Rule, RowSel, Scores},
+    error::{Error, Result},
+    mask::{MaskSet, ParamMask},
+    ops::{guard, host_ops},
+    params::{role_of, ParamFilter, ParamSource},
+    registry::{Component, PluginRegistry},
+    stats::ActivationStats,
+    tensors::{self, device_of, dtype_of, Lent, Owner},
+};
+
+/// What a pass is asked for, besides its components.
+#[derive(Clone, Debug, Serialize, serde::Deserialize)]
+pub struct PassConfig {
+    /// Fraction of the selected weights to prune, in `[0, 1]`.
+    pub sparsity: f64,
+    /// An N:M pattern (`n` kept of every `m`), for strategies that use one.
+    pub nm: Option<(u32, u32)>,
+    /// Keep a 1-bit mask per weight after the pass (for re-applying after optimizer steps and
+    /// for saving). Costs one bit per pruned parameter's weight.
+    pub keep_masks: bool,
+    /// Which parameters to prune.
+    pub filter: ParamFilter,
+}
+
+impl Default for PassConfig {
+    fn default() -> Self {
+        PassConfig { sparsity: 0.5, nm: None, keep_masks: true, filter: ParamFilter::default() }
+    }
+}
+
+impl PassConfig {
+    fn target(&self) -> Result<Target> {
+        if !(0.0..=1.0).contains(&self.sparsity) {
+            crate::bail!("sparsity must be between 0 and 1, got {}", self.sparsity);
+        }
+        if let Some((n, m)) = self.nm {
+            if m == 0 || n > m || m > 32 {
+                crate::bail!("N:M pattern {n}:{m} is not valid (need 0 <= N <= M, 1 <= M <= 32)");
+            }
+        }
+        Ok(Target { sparsity: self.sparsity, nm: self.nm.map(|(n, m)| NmPattern { n, m }).into() })
+    }
+}
+
+/// One parameter's line in a [`PassReport`].
+#[derive(Clone, Debug, Serialize)]
+pub struct ParamReport {
+    /// Its name.
+    pub name: String,
+    /// Its shape.
+    pub shape: Vec<i64>,
+    /// Weights it has.
+    pub numel: u64,
+    /// Weights this pass pruned (set to zero) in it.
+    pub pruned: u64,
+    /// `pruned / numel`.
+    pub sparsity: f64,
+    /// What the strategy decided, in words.
+    pub decision: String,
+}
+
+/// What a pass did.
+#[derive(Clone, Debug, Serialize)]
+pub struct PassReport {
+    /// The scorer and its configuration.
+    pub scorer: String,
+    /// The strategy and its configuration.
+    pub strategy: String,
+    /// The requested sparsity.
+    pub target_sparsity: f64,
+    /// The requested N:M pattern, if any.
+    pub nm: Option<(u32, u32)>,
+    /// Where the weights live.
+    pub device: String,
+    /// Per parameter.
+    pub params: Vec<ParamReport>,
+    /// Weights in the pruned parameters.
+    pub total: u64,
+    /// Weights pruned.
+    pub pruned: u64,
+    /// `pruned / total`.
+    pub sparsity: f64,
+    /// Seconds planning took (scoring, selection, mask building).
+    pub plan_seconds: f64,
+    /// Seconds committing took (writing the weights).
+    pub commit_seconds: f64,
+}
+
+impl PassReport {
+    /// A table for a terminal.
+    pub fn to_table(&self) -> String {
+        let mut s = String::new();
+        s.push_str(&format!("{:<56} {:>16} {:>12} {:>9}\n", "parameter", "shape", "pruned", "sparsity"));
+        for p in &self.params {
+            s.push_str(&format!("{:<56} {:>16} {:>12} {:>8.2}%\n", p.name, format!("{:?}", p.shape), p.pruned, 100.0 * p.sparsity));
+        }
+        s.push_str(&format!(
+            "total: {} of {} weights pruned ({:.4}%) by {} + {} on {}; plan {:.3} s, commit {:.3} s\n",
+            self.pruned,
+            self.total,
+            100.0 * self.sparsity,
+            self.scorer,
+            self.strategy,
+            self.device,
+            self.plan_seconds,
+            self.commit_seconds
+        ));
+        s
+    }
+}
+
+/// Inputs to a pass besides the weights.
+#[derive(Default, Clone, Copy)]
+pub struct PassInputs<'a> {
+    /// Activation statistics, for scorers that need them.
+    pub stats: Option<&'a ActivationStats>,
+}
+
+/// A scorer and a strategy, ready to run passes.
+pub struct Pruner {
+    scorer: Component<ScorerBox>,
+    strategy: Component<StrategyBox>,
+}
+
+fn describe<T>(c: &Component<T>) -> String {
+    let cfg: Vec<String> = c.config.iter().map(|e| format!("{}={}", e.name, e.value)).collect();
+    if cfg.is_empty() { c.name.clone() } else { format!("{}({})", c.name, cfg.join(", ")) }
+}
+
+fn sync(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
+impl Pruner {
+    /// Creates the scorer and strategy from the registry's plugins.
+    pub fn new(
+        registry: &PluginRegistry,
+        scorer: &str,
+        scorer_settings: &BTreeMap<String, String>,
+        strategy: &str,
+        strategy_settings: &BTreeMap<String, String>,
+    ) -> Result<Pruner> {
+        Ok(Pruner { scorer: registry.create_scorer(scorer, scorer_settings)?, strategy: registry.create_strategy(strategy, strategy_settings)? })
+    }
+
+    /// The scorer (a training loop feeds it through [`Pruner::observe`]).
+    pub fn scorer_name(&self) -> &str {
+        &self.scorer.name
+    }
+
+    /// Feeds the scorer one training step's gradients (for scorers that accumulate them).
+    pub fn observe(&mut self, params: &[(String, Tensor)]) -> Result<()> {
+        let _g = tch::no_grad_guard();
+        for (i, (name, w)) in params.iter().enumerate() {
+            let info = param_info(i, name, w)?;
+            let mut lent = Lent::default();
+            let g = w.grad();
+            let inputs = ScoreInputs {
+                weight: lent.lend(w)?,
+                grad: if g.defined() { ROption::RSome(lent.lend(&g)?) } else { RNone },
+                act_sq_sums: RNone,
+                act_tokens: 0,
+            };
+            self.scorer
+                .object
+                .observe(&info, &inputs)
+                .into_result()
+                .map_err(|error| Error::Plugin { component: self.scorer.name.clone(), param: name.clone(), error })?;
+        }
+        Ok(())
+    }
+
+    /// Plans a pass over the parameters of `model` that `config.filter` selects.
+    pub fn plan(&mut self, model: &(impl ParamSource + ?Sized), config: &PassConfig, inputs: PassInputs<'_>) -> Result<PrunePlan> {
+        let params = config.filter.select(model)?;
+        self.plan_params(params, config, inputs)
+    }
+
+    /// Plans a pass over exactly these parameters.
+    pub fn plan_params(&mut self, params: Vec<(String, Tensor)>, config: &PassConfig, inputs: PassInputs<'_>) -> Result<PrunePlan> {
+        let started = Instant::now();
+        let target = config.target()?;
+        if params.is_empty() {
+            crate::bail!("no parameters to prune: the filter selected none");
+        }
+        let _g = tch::no_grad_guard();
+        let device = params[0].1.device();
+        let needs = self.scorer.info.capabilities.inputs;
+        let mut plan_params = Vec::with_capacity(params.len());
+        for (i, (name, weight)) in params.into_iter().enumerate() {
+            for (c, what) in [(&self.scorer.info, "scorer"), (&self.strategy.info, "strategy")] {
+                let need = if weight.device().is_cuda() { DeviceSet::CUDA } else { DeviceSet::CPU };
+                if !c.capabilities.devices.contains(need) {
+                    return Err(Error::Config {
+                        component: c.name.to_string(),
+                        message: format!("this {what} does not run on {:?} tensors ('{name}')", weight.device()),
+                    });
+                }
+            }
+            let act = inputs.stats.and_then(|s| s.get(&name)).map(|(t, n)| (t.shallow_clone(), n));
+            if needs.contains(InputSet::ACTIVATION_STATS) && act.is_none() {
+                return Err(Error::Config {
+                    component: self.scorer.name.clone(),
+                    message: format!("it needs activation statistics and there are none for '{name}': run calibration first"),
+                });
+            }
+            let grad = weight.grad();
+            let grad = grad.defined().then_some(grad);
+            if needs.contains(InputSet::GRADIENTS) && grad.is_none() {
+                return Err(Error::Config {
+                    component: self.scorer.name.clone(),
+                    message: format!("it needs gradients and '{name}' has none: run a backward pass first"),
+                });
+            }
+            let info = param_info(i, &name, &weight)?;
+            plan_params.push(PlanParam { name, info, weight, grad, act });
+        }
+        let infos: RVec<ParamInfo> = plan_params.iter().map(|p| p.info.clone()).collect();
+        let mut ctx = HostPlan {
+            params: &plan_params,
+            infos,
+            scorer: &mut self.scorer.object,
+            scorer_name: &self.scorer.name,
+            selections: Vec::new(),
+            decisions: (0..plan_params.len()).map(|_| None).collect(),
+            error: None,
+        };
+        let strategy_name = self.strategy.name.clone();
+        let result = {
+            let obj = PlanContext_TO::from_ptr(&mut ctx, TD_Opaque);
+            self.strategy.object.select(obj, &target).into_result()
+        };
+        if let Err(error) = result {
+            // Prefer the host's own account of the failure (it names the parameter and stage).
+            return Err(ctx.error.take().unwrap_or(Error::Plugin { component: strategy_name, param: "the pass".into(), error }));
+        }
+        let decisions = std::mem::take(&mut ctx.decisions);
+        drop(ctx);
+        let mut entries = Vec::with_capacity(plan_params.len());
+        for (p, d) in plan_params.into_iter().zip(decisions) {
+            let Some(planned) = d else {
+                return Err(Error::Plugin {
+                    component: strategy_name,
+                    param: p.name.clone(),
+                    error: PluginError::invalid("the strategy returned without deciding this parameter"),
+                });
+            };
+            entries.push(PlannedParam { name: p.name, weight: p.weight, planned });
+        }
+        sync(device);
+        Ok(PrunePlan {
+            entries,
+            scorer: describe(&self.scorer),
+            strategy: describe(&self.strategy),
+            config: config.clone(),
+            device,
+            plan_seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+
+    /// Plans and commits one pass over `model`.
+    pub fn run(&mut self, model: &(impl ParamSource + ?Sized), config: &PassConfig, inputs: PassInputs<'_>) -> Result<(PassReport, MaskSet)> {
+        self.plan(model, config, inputs)?.commit()
+    }
+}
+
+fn param_info(index: usize, name: &str, w: &Tensor) -> Result<ParamInfo> {
+    let dtype = dtype_of(w.kind()).ok_or_else(|| Error::Shape { op: "plan", message: format!("'{name}' has element type {:?}", w.kind()) })?;
+    Ok(ParamInfo {
+        index: index as u32,
+        name: name.into(),
+        role: role_of(name),
+        shape: w.size().into(),
+        numel: w.numel() as u64,
+        dtype,
+        device: device_of(w.device()),
+    })
+}
+
+struct PlanParam {
+    name: String,
+    info: ParamInfo,
+    weight: Tensor,
+    grad: Option<Tensor>,
+    act: Option<(Tensor, u64)>,
+}
+
+enum Planned {
+    Keep,
+    /// Evaluated at commit, in the same kernel that writes the weight.
+    Lazy { scores: Scores, rule: Rule, pruned: u64, what: String },
+    /// A mask built during planning.
+    Mask { bits: Tensor, pruned: u64, what: String },
+}
+
+struct PlannedParam {
+    name: String,
+    weight: Tensor,
+    planned: Planned,
+}
+
+/// A planned pass: decisions made, model untouched. Dropping it abandons the pass.
+pub struct PrunePlan {
+    entries: Vec<PlannedParam>,
+    scorer: String,
+    strategy: String,
+    config: PassConfig,
+    device: Device,
+    plan_seconds: f64,
+}
+
+impl PrunePlan {
+    /// Weights the plan will prune.
+    pub fn pruned(&self) -> u64 {
+        self.entries
+            .iter()
+            .map(|e| match &e.planned {
+                Planned::Keep => 0,
+                Planned::Lazy { pruned, .. } | Planned::Mask { pruned, .. } => *pruned,
+            })
+            .sum()
+    }
+
+    /// Applies every decision in place and returns the report and (when the pass config asks)
+    /// the masks.
+    pub fn commit(self) -> Result<(PassReport, MaskSet)> {
+        let started = Instant::now();
+        let _g = tch::no_grad_guard();
+        let mut masks = MaskSet::new();
+        let mut params = Vec::with_capacity(self.entries.len());
+        let keep = self.config.keep_masks;
+        for e in &self.entries {
+            let numel = e.weight.numel() as u64;
+            let (pruned, what, mask) = match &e.planned {
+                Planned::Keep => (0, "keep".to_string(), None),
+                Planned::Lazy { scores, rule, what, .. } => {
+                    let (mask, pruned) = engine::prune_in_place(&e.weight, scores, rule, keep)?;
+                    (pruned, what.clone(), mask)
+                }
+                Planned::Mask { bits, what, .. } => {
+                    let pruned = engine::apply_mask(&e.weight, bits)?;
+                    (pruned, what.clone(), keep.then(|| bits.shallow_clone()))
+                }
+            };
+            if let Some(bits) = mask {
+                masks.insert(e.name.clone(), ParamMask { shape: e.weight.size(), bits });
+            }
+            params.push(ParamReport {
+                name: e.name.clone(),
+                shape: e.weight.size(),
+                numel,
+                pruned,
+                sparsity: pruned as f64 / numel.max(1) as f64,
+                decision: what,
+            });
+        }
+        sync(self.device);
+        let total: u64 = params.iter().map(|p| p.numel).sum();
+        let pruned: u64 = params.iter().map(|p| p.pruned).sum();
+        let report = PassReport {
+            scorer: self.scorer,
+            strategy: self.strategy,
+            target_sparsity: self.config.sparsity,
+            nm: self.config.nm,
+            device: format!("{:?}", self.device),
+            params,
+            total,
+            pruned,
+            sparsity: pruned as f64 / total.max(1) as f64,
+            plan_seconds: self.plan_seconds,
+            commit_seconds: started.elapsed().as_secs_f64(),
+        };
+        Ok((report, masks))
+    }
+}
+
+enum SelRecord {
+    Threshold { params: Vec<u32>, quotas: Vec<ParamQuota> },
+    PerRow { param: u32, rows: RowSel, k: u64 },
+}
+
+struct HostPlan<'a> {
+    params: &'a [PlanParam],
+    infos: RVec<ParamInfo>,
+    scorer: &'a mut ScorerBox,
+    scorer_name: &'a str,
+    selections: Vec<SelRecord>,
+    decisions: Vec<Option<Planned>>,
+    error: Option<Error>,
+}
+
+impl HostPlan<'_> {
+    fn param(&self, p: u32) -> Result<&PlanParam> {
+        self.params.get(p as usize).ok_or_else(|| Error::Invalid(format!("parameter index {p} is out of range (the pass has {})", self.params.len())))
+    }
+
+    /// Calls the scorer on parameter `p`.
+    fn score(&mut self, p: u32, request: ScoreRequest) -> Result<Scores> {
+        let params = self.params;
+        let pp = params.get(p as usize).ok_or_else(|| Error::Invalid(format!("parameter index {p} is out of range (the pass has {})", params.len())))?;
+        let mut lent = Lent::default();
+        let inputs = ScoreInputs {
+            weight: lent.lend(&pp.weight)?,
+            grad: match &pp.grad {
+                Some(g) => ROption::RSome(lent.lend(g)?),
+                None => RNone,
+            },
+            act_sq_sums: match &pp.act {
+                Some((t, _)) => ROption::RSome(lent.lend(t)?),
+                None => RNone,
+            },
+            act_tokens: pp.act.as_ref().map_or(0, |(_, n)| *n),
+        };
+        let out = self
+            .scorer
+            .score(&pp.info, &inputs, request)
+            .into_result()
+            .map_err(|error| Error::Plugin { component: self.scorer_name.to_string(), param: pp.name.clone(), error })?;
+        drop(lent);
+        let bad = |message: String| Error::Plugin {
+            component: self.scorer_name.to_string(),
+            param: pp.name.clone(),
+            error: PluginError::invalid(message),
+        };
+        let weight = &pp.weight;
+        match out {
+            ScoreOut::Magnitude { column_scale } => {
+                if request.granularity != Granularity::Unstructured {
+                    return Err(bad(format!("returned fused magnitude scores for a {:?} request", request.granularity)));
+                }
+                let scale = match column_scale.into_option() {
+                    None => None,
+                    Some(t) => {
+                        let s = tensors::take(t.id)?.f_to_kind(Kind::Float)?.f_to_device(weight.device())?.f_contiguous()?;
+                        let cols = *weight.size().last().unwrap_or(&1);
+                        if s.size() != [cols] {
+                            return Err(bad(format!("column scale has shape {:?}; the weight has {cols} columns", s.size())));
+                        }
+                        let ok = s.f_isfinite()?.f_all()?.int64_value(&[]) == 1 && s.f_min()?.double_value(&[]) >= 0.0;
+                        if !ok {
+                            return Err(Error::NonFinite { what: "column scale (activation norms)", param: pp.name.clone(), index: 0 });
+                        }
+                        Some(s)
+                    }
+                };
+                Ok(Scores::Magnitude { weight: weight.shallow_clone(), scale })
+            }
+            ScoreOut::Dense { scores } => {
+                let t = tensors::take(scores.id)?;
+                let expect = match request.granularity {
+                    Granularity::Unstructured | Granularity::NM => weight.numel(),
+                    Granularity::Rows => weight.size()[0] as usize,
+                    Granularity::Columns => *weight.size().last().unwrap_or(&1) as usize,
+                };
+                if t.numel() != expect || !t.is_floating_point() || t.device() != weight.device() {
+                    return Err(bad(format!(
+                        "returned scores of shape {:?} ({:?} on {:?}); expected {expect} floats on {:?}",
+                        t.size(),
+                        t.kind(),
+                        t.device(),
+                        weight.device()
+                    )));
+                }
+                let t = if matches!(t.kind(), Kind::Float | Kind::Half | Kind::BFloat16) { t } else { t.f_to_kind(Kind::Float)? };
+                Ok(Scores::Dense(t.f_reshape(weight.size().as_slice())?.f_contiguous()?))
+            }
+        }
+    }
+
+    fn name_non_finite(&self, p: u32, e: Error) -> Error {
+        match e {
+            Error::NonFinite { what, index, .. } => Error::NonFinite { what, param: self.params[p as usize].name.clone(), index },
+            other => other,
+        }
+    }
+
+    fn check_weight_finite(&self, p: u32) -> Result<()> {
+        let pp = self.param(p)?;
+        if let Some(index) = engine::find_non_finite(&pp.weight)? {
+            return Err(Error::NonFinite { what: "weight", param: pp.name.clone(), index });
+        }
+        Ok(())
+    }
+
+    fn select(&mut self, params: &[u32], ks: &[u64], scope: SelectScope) -> Result<Vec<Selection>> {
+        for &p in params {
+            self.param(p)?;
+        }
+        let mut out = Vec::new();
+        match scope {
+            SelectScope::Global => {
+                if ks.len() != 1 {
+                    crate::bail!("a global selection takes one count, got {}", ks.len());
+                }
+                out.push(self.select_together(params, ks[0])?);
+            }
+            SelectScope::PerParam => {
+                if ks.len() != params.len() {
+                    crate::bail!("a per-parameter selection takes one count per parameter ({} for {})", ks.len(), params.len());
+                }
+                for (&p, &k) in params.iter().zip(ks) {
+                    out.push(self.select_together(&[p], k)?);
+                }
+            }
+            SelectScope::PerRow => {
+                if ks.len() != params.len() {
+                    crate::bail!("a per-row selection takes one count per parameter ({} for {})", ks.len(), params.len());
+                }
+                for (&p, &k) in params.iter().zip(ks) {
+                    let s = self.score(p, ScoreRequest::ELEMENTS)?;
+                    let dims = self.params[p as usize].weight.size();
+                    if dims.len() != 2 {
+                        crate::bail!("per-row selection needs a 2-D parameter; '{}' is {dims:?}", self.params[p as usize].name);
+                    }
+                    let rows = engine::select_per_row(&s, k).map_err(|e| self.name_non_finite(p, e))?;
+                    let id = self.selections.len() as u32;
+                    self.selections.push(SelRecord::PerRow { param: p, rows, k });
+                    out.push(Selection { id, pruned: k * dims[0] as u64, considered: s.numel(), threshold: f64::NAN });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn select_together(&mut self, params: &[u32], k: u64) -> Result<Selection> {
+        let Some(&first) = params.first() else { crate::bail!("a selection over no parameters") };
+        let device = self.params[first as usize].weight.device();
+        if let Some(&p) = params.iter().find(|&&p| self.params[p as usize].weight.device() != device) {
+            crate::bail!("one selection cannot span devices ('{}' is not on {device:?})", self.params[p as usize].name);
+        }
+        let mut sel = engine::global_selector(device, k, params.len())?;
+        for (i, &p) in params.iter().enumerate() {
+            let s = self.score(p, ScoreRequest::ELEMENTS)?;
+            sel.feed_high(i, &s).map_err(|e| self.name_non_finite(p, e))?;
+        }
+        if sel.needs_low_pass()? {
+            for (i, &p) in params.iter().enumerate() {
+                let s = self.score(p, ScoreRequest::ELEMENTS)?;
+                sel.feed_low(i, &s).map_err(|e| self.name_non_finite(p, e))?;
+            }
+        }
+        let g = sel.finish()?;
+        let id = self.selections.len() as u32;
+        let threshold = if k == 0 { f64::NEG_INFINITY } else { key_value(g.threshold) as f64 };
+        self.selections.push(SelRecord::Threshold { params: params.to_vec(), quotas: g.params });
+        Ok(Selection { id, pruned: g.pruned, considered: g.considered, threshold })
+    }
+
+    fn decide(&mut self, p: u32, decision: Decision) -> Result<()> {
+        let name = self.param(p)?.name.clone();
+        if self.decisions[p as usize].is_some() {
+            crate::bail!("parameter '{name}' was already decided");
+        }
+        let planned = match decision {
+            Decision::Keep => Planned::Keep,
+            Decision::Apply { selection } => {
+                let (rule, what) = match self.selections.get(selection as usize) {
+                    Some(SelRecord::Threshold { params, quotas }) => match params.iter().position(|&q| q == p) {
+                        Some(i) => (Rule::Threshold(quotas[i]), format!("selection {selection}")),
+                        None => crate::bail!("selection {selection} does not cover '{name}'"),
+                    },
+                    Some(SelRecord::PerRow { param, rows, k }) if *param == p => (
+                        Rule::PerRow(RowSel { keys: rows.keys.shallow_clone(), take: rows.take.shallow_clone() }),
+                        format!("{k} per row"),
+                    ),
+                    Some(SelRecord::PerRow { .. }) => crate::bail!("selection {selection} does not cover '{name}'"),
+                    None => crate::bail!("there is no selection {selection}"),
+                };
+                self.planned_rule(p, rule, what)?
+            }
+            Decision::NM { pattern: NmPattern { n, m } } => {
+                let cols = *self.params[p as usize].weight.size().last().unwrap_or(&0);
+                if m == 0 || n > m || m > 32 || cols % m as i64 != 0 {
+                    crate::bail!("{n}:{m} does not fit '{name}' (rows of {cols}; need N <= M <= 32 and M dividing the row)");
+                }
+                self.planned_rule(p, Rule::NM { n, m }, format!("{n}:{m}"))?
+            }
+            Decision::Mask { mask } => {
+                let keep = tensors::get(mask)?;
+                let w = &self.params[p as usize].weight;
+                if keep.size() != w.size() {
+                    crate::bail!("mask for '{name}' has shape {:?}; the weight is {:?}", keep.size(), w.size());
+                }
+                self.check_weight_finite(p)?;
+                let bits = engine::pack_keep(&keep.f_to_device(w.device())?)?;
+                let kept = keep.f_ne(0)?.f_sum(Kind::Int64)?.int64_value(&[]) as u64;
+                Planned::Mask { bits, pruned: w.numel() as u64 - kept, what: "explicit mask".into() }
+            }
+        };
+        self.decisions[p as usize] = Some(planned);
+        Ok(())
+    }
+
+    fn planned_rule(&mut self, p: u32, rule: Rule, what: String) -> Result<Planned> {
+        let scores = self.score(p, ScoreRequest::ELEMENTS)?;
+        let numel = scores.numel();
+        let fused_checked = matches!((&scores, &rule), (Scores::Magnitude { .. }, Rule::Threshold(_) | Rule::PerRow(_)));
+        if !fused_checked {
+            // Selections over fused magnitude scores already read every weight; other paths
+            // check the weight here, before anything is written.
+            self.check_weight_finite(p)?;
+        }
+        match scores {
+            Scores::Magnitude { .. } => {
+                let pruned = match &rule {
+                    Rule::Threshold(q) => q.pruned(),
+                    Rule::PerRow(r) => {
+                        let rows = r.keys.numel() as u64;
+                        let Some(SelRecord::PerRow { k, .. }) = self.selections.iter().find(|s| matches!(s, SelRecord::PerRow { param, .. } if *param == p)) else {
+                            unreachable!("a per-row rule comes from a per-row selection")
+                        };
+                        k * rows
+                    }
+                    Rule::NM { n, m } => numel / *m as u64 * (*m - *n) as u64,
+                };
+                Ok(Planned::Lazy { scores, rule, pruned, what })
+            }
+            Scores::Dense(_) => {
+                let (bits, pruned) = engine::build_mask(&scores, &rule).map_err(|e| self.name_non_finite(p, e))?;
+                Ok(Planned::Mask { bits, pruned, what })
+            }
+        }
+    }
+
+    fn record<T>(&mut self, r: Result<T>) -> Result<T> {
+        if let Err(e) = &r {
+            if self.error.is_none() {
+                self.error = Some(clone_error(e));
+            }
+        }
+        r
+    }
+}
+
+/// A copy of an error for the pass's account (errors are not `Clone`: libtorch's aren't).
+fn clone_error(e: &Error) -> Error {
+    match e {
+        Error::Plugin { component, param, error } => Error::Plugin { component: component.clone(), param: param.clone(), error: error.clone() },
+        Error::NonFinite { what, param, index } => Error::NonFinite { what, param: param.clone(), index: *index },
+        Error::Config { component, message } => Error::Config { component: component.clone(), message: message.clone() },
+        other => Error::Invalid(other.to_string()),
+    }
+}
+
+impl PlanContext for HostPlan<'_> {
+    fn params(&self) -> RVec<ParamInfo> {
+        self.infos.clone()
+    }
+
+    fn host(&self) -> HostOps_Ref {
+        host_ops()
+    }
+
+    fn scores(&mut self, param: u32, request: ScoreRequest) -> RResult<birdbone_host_api::Tensor, PluginError> {
+        guard(|| {
+            let r = self.score(param, request).and_then(|s| match s {
+                Scores::Dense(t) => Ok(t),
+                s @ Scores::Magnitude { .. } => s.materialize(),
+            });
+            let t = self.record(r)?;
+            tensors::register(t, Owner::Plugin)
+        })
+    }
+
+    fn select_k_smallest(&mut self, params: RSlice<'_, u32>, ks: RSlice<'_, u64>, scope: SelectScope) -> RResult<RVec<Selection>, PluginError> {
+        guard(|| {
+            let r = self.select(params.as_slice(), ks.as_slice(), scope);
+            self.record(r).map(RVec::from)
+        })
+    }
+
+    fn decide(&mut self, param: u32, decision: Decision) -> RResult<(), PluginError> {
+        guard(|| {
+            let r = HostPlan::decide(self, param, decision);
+            self.record(r)
+        })
+    }
+}

@@ -1,0 +1,360 @@
+//! Finding, loading and validating plugin libraries, and creating their components.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    path::{Path, PathBuf},
+    time::Instant,
+};
+
+use abi_stable::{
+    library::{lib_header_from_path, LibraryError, RootModuleError},
+    std_types::RVec,
+};
+use birdbone_host_api::{
+    AbiVersion, ComponentInfo, ComponentKind, ConfigEntry, ParamKind, ParamValue, PluginManifest,
+    PluginModule_Ref, ScorerBox, StrategyBox, HOST_CAPABILITIES,
+};
+use serde::Serialize;
+
+use crate::{
+    error::{Error, Result},
+    ops::host_ops,
+};
+
+/// The environment variable listing extra plugin folders or files, separated by `:`.
+pub const PLUGIN_PATH_ENV: &str = "BIRDBONE_PLUGIN_PATH";
+
+/// A loaded plugin library.
+pub struct LoadedPlugin {
+    /// Where it was loaded from.
+    pub path: PathBuf,
+    /// What it says about itself.
+    pub manifest: PluginManifest,
+    module: PluginModule_Ref,
+}
+
+/// A file that was not loaded, or a component that was refused, and why.
+#[derive(Clone, Debug, Serialize)]
+pub struct Rejected {
+    /// The file.
+    pub path: PathBuf,
+    /// Why, for a person.
+    pub reason: String,
+}
+
+/// A component offered by a loaded plugin.
+#[derive(Clone, Copy)]
+pub struct ComponentRef<'a> {
+    /// Its description.
+    pub info: &'a ComponentInfo,
+    /// The plugin offering it.
+    pub plugin: &'a LoadedPlugin,
+}
+
+/// The plugins a host has loaded. Libraries are never unloaded: a new version of a plugin must
+/// come under a new file name.
+#[derive(Default)]
+pub struct PluginRegistry {
+    plugins: Vec<LoadedPlugin>,
+    rejected: Vec<Rejected>,
+    // component name -> (plugin index, component index)
+    components: BTreeMap<String, (usize, usize)>,
+    seen: HashSet<PathBuf>,
+}
+
+/// What one `load_*` call did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct LoadSummary {
+    /// Files loaded.
+    pub loaded: Vec<PathBuf>,
+    /// Files or components refused.
+    pub rejected: Vec<Rejected>,
+    /// Seconds it took.
+    pub seconds: f64,
+}
+
+fn is_shared_library(path: &Path) -> bool {
+    matches!(path.extension().and_then(|e| e.to_str()), Some("so" | "dylib" | "dll"))
+}
+
+fn explain(err: LibraryError) -> String {
+    match err {
+        LibraryError::OpenError { err, .. } => format!("not a loadable shared library ({err})"),
+        LibraryError::GetSymbolError { .. } => {
+            "not a Birdbone plugin: it exports no abi_stable root module (build it with birdbone_host_api::export_plugin!)".into()
+        }
+        LibraryError::IncompatibleVersionNumber { actual_version, .. } => format!(
+            "built for Birdbone plugin ABI {}.x; this host speaks {} (majors must match: rebuild the plugin against this birdbone-host-api)",
+            actual_version.major,
+            AbiVersion::CURRENT
+        ),
+        LibraryError::AbiInstability(e) => {
+            // abi_stable prints both layouts in full; a person needs its "Error:" lines.
+            let detail = e.to_string();
+            let lines: Vec<&str> = detail.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+            let mut found = Vec::new();
+            for (i, l) in lines.iter().enumerate() {
+                if let Some(what) = l.strip_prefix("Error:") {
+                    let context: Vec<&str> = lines[i + 1..].iter().take(4).copied().collect();
+                    found.push(format!("{what} ({})", context.join(" ")));
+                }
+            }
+            format!(
+                "its ABI layout differs from this host's (built against an incompatible birdbone-host-api): {}",
+                if found.is_empty() { "abi_stable's layout check failed".to_string() } else { found.join("; ") }
+            )
+        }
+        LibraryError::RootModule { err: RootModuleError::Unwound, .. } => "its root module panicked while loading".into(),
+        LibraryError::RootModule { err: RootModuleError::Returned(e), .. } => format!("its root module failed to load: {e}"),
+        LibraryError::InvalidAbiHeader(_) | LibraryError::InvalidCAbi { .. } => {
+            "built with an abi_stable version this host cannot load".into()
+        }
+        other => other.to_string(),
+    }
+}
+
+impl PluginRegistry {
+    /// An empty registry.
+    pub fn new() -> PluginRegistry {
+        PluginRegistry::default()
+    }
+
+    /// Loads every plugin of `dirs` and of [`PLUGIN_PATH_ENV`].
+    pub fn discover(dirs: &[PathBuf]) -> PluginRegistry {
+        let mut r = PluginRegistry::new();
+        for d in dirs {
+            r.load_dir(d);
+        }
+        r.load_env();
+        r
+    }
+
+    /// Loads the folders and files listed in [`PLUGIN_PATH_ENV`].
+    pub fn load_env(&mut self) -> LoadSummary {
+        let mut summary = LoadSummary::default();
+        if let Some(list) = std::env::var_os(PLUGIN_PATH_ENV) {
+            for p in std::env::split_paths(&list) {
+                let s = if p.is_dir() { self.load_dir(&p) } else { self.load_paths(&[p]) };
+                summary.loaded.extend(s.loaded);
+                summary.rejected.extend(s.rejected);
+                summary.seconds += s.seconds;
+            }
+        }
+        summary
+    }
+
+    /// Loads every shared library in `dir` that is not loaded yet, in file-name order. Called
+    /// again, it picks up files dropped in since (a live re-scan).
+    pub fn load_dir(&mut self, dir: &Path) -> LoadSummary {
+        let started = Instant::now();
+        let mut files = match std::fs::read_dir(dir) {
+            Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| is_shared_library(p)).collect::<Vec<_>>(),
+            Err(e) => {
+                let r = Rejected { path: dir.to_path_buf(), reason: format!("cannot read plugin folder: {e}") };
+                self.rejected.push(r.clone());
+                return LoadSummary { loaded: vec![], rejected: vec![r], seconds: 0.0 };
+            }
+        };
+        files.sort();
+        let mut s = self.load_paths(&files);
+        s.seconds = started.elapsed().as_secs_f64();
+        s
+    }
+
+    /// Loads the given library files (skipping ones already loaded).
+    pub fn load_paths(&mut self, files: &[PathBuf]) -> LoadSummary {
+        let started = Instant::now();
+        let mut summary = LoadSummary::default();
+        for path in files {
+            let key = path.canonicalize().unwrap_or_else(|_| path.clone());
+            if !self.seen.insert(key) {
+                continue;
+            }
+            let before = self.rejected.len();
+            if self.load_one(path).is_ok() {
+                summary.loaded.push(path.clone());
+            }
+            summary.rejected.extend(self.rejected[before..].iter().cloned());
+        }
+        summary.seconds = started.elapsed().as_secs_f64();
+        summary
+    }
+
+    fn reject(&mut self, path: &Path, reason: String) -> Result<(), ()> {
+        self.rejected.push(Rejected { path: path.to_path_buf(), reason });
+        Err(())
+    }
+
+    fn load_one(&mut self, path: &Path) -> Result<(), ()> {
+        if !path.exists() {
+            return self.reject(path, "no such file".into());
+        }
+        let module = match lib_header_from_path(path).and_then(|h| h.init_root_module::<PluginModule_Ref>()) {
+            Ok(m) => m,
+            Err(e) => return self.reject(path, explain(e)),
+        };
+        let abi = module.abi();
+        if !AbiVersion::CURRENT.can_host(abi) {
+            return self.reject(
+                path,
+                format!(
+                    "built against Birdbone plugin ABI {abi}; this host speaks {} and loads plugins of {}.0 to {} only (rebuild it, or update the host)",
+                    AbiVersion::CURRENT,
+                    AbiVersion::CURRENT.major,
+                    AbiVersion::CURRENT
+                ),
+            );
+        }
+        let manifest = match (module.manifest())().into_result() {
+            Ok(m) => m,
+            Err(e) => return self.reject(path, format!("its manifest failed: {e}")),
+        };
+        if manifest.abi != abi {
+            return self.reject(path, format!("its manifest claims ABI {} but its module {abi}", manifest.abi));
+        }
+        let index = self.plugins.len();
+        let mut accepted = Vec::new();
+        for (ci, c) in manifest.components.iter().enumerate() {
+            let name = c.name.to_string();
+            if let Some(missing) = c.capabilities.requires.iter().find(|r| !HOST_CAPABILITIES.contains(&r.as_str())) {
+                let _ = self.reject(
+                    path,
+                    format!("component '{name}' requires host capability '{missing}', which this host (ABI {}) lacks", AbiVersion::CURRENT),
+                );
+                continue;
+            }
+            if let Some(&(pi, _)) = self.components.get(&name) {
+                let other = self.plugins[pi].path.display().to_string();
+                let _ = self.reject(path, format!("component '{name}' is already offered by {other}; names must be unique"));
+                continue;
+            }
+            if accepted.iter().any(|(n, _)| n == &name) {
+                let _ = self.reject(path, format!("component '{name}' is listed twice in its manifest"));
+                continue;
+            }
+            accepted.push((name, ci));
+        }
+        for (name, ci) in accepted {
+            self.components.insert(name, (index, ci));
+        }
+        self.plugins.push(LoadedPlugin { path: path.to_path_buf(), manifest, module });
+        Ok(())
+    }
+
+    /// The loaded plugins.
+    pub fn plugins(&self) -> &[LoadedPlugin] {
+        &self.plugins
+    }
+
+    /// Every file or component refused so far.
+    pub fn rejected(&self) -> &[Rejected] {
+        &self.rejected
+    }
+
+    /// Every usable component, by name.
+    pub fn components(&self) -> impl Iterator<Item = ComponentRef<'_>> {
+        self.components.values().map(|&(p, c)| ComponentRef { info: &self.plugins[p].manifest.components[c], plugin: &self.plugins[p] })
+    }
+
+    /// A component by name.
+    pub fn component(&self, name: &str) -> Option<ComponentRef<'_>> {
+        self.components.get(name).map(|&(p, c)| ComponentRef { info: &self.plugins[p].manifest.components[c], plugin: &self.plugins[p] })
+    }
+
+    fn find(&self, kind: ComponentKind, name: &str) -> Result<ComponentRef<'_>> {
+        match self.component(name) {
+            Some(c) if c.info.kind == kind => Ok(c),
+            _ => {
+                let available: Vec<&str> = self.components().filter(|c| c.info.kind == kind).map(|c| c.info.name.as_str()).collect();
+                Err(Error::UnknownComponent {
+                    kind: kind_name(kind),
+                    name: name.to_string(),
+                    available: if available.is_empty() { "none".into() } else { available.join(", ") },
+                })
+            }
+        }
+    }
+
+    /// Creates scorer `name` from user settings (`key -> text`), validated against its
+    /// parameters.
+    pub fn create_scorer(&self, name: &str, settings: &BTreeMap<String, String>) -> Result<Component<ScorerBox>> {
+        let c = self.find(ComponentKind::Scorer, name)?;
+        let config = complete_config(c.info, settings)?;
+        let object = (c.plugin.module.create_scorer())(name.into(), config.as_slice().into(), host_ops())
+            .into_result()
+            .map_err(|error| Error::Plugin { component: name.into(), param: "creation".into(), error })?;
+        Ok(Component { name: name.into(), info: c.info.clone(), config, object })
+    }
+
+    /// Creates strategy `name` from user settings.
+    pub fn create_strategy(&self, name: &str, settings: &BTreeMap<String, String>) -> Result<Component<StrategyBox>> {
+        let c = self.find(ComponentKind::Strategy, name)?;
+        let config = complete_config(c.info, settings)?;
+        let object = (c.plugin.module.create_strategy())(name.into(), config.as_slice().into(), host_ops())
+            .into_result()
+            .map_err(|error| Error::Plugin { component: name.into(), param: "creation".into(), error })?;
+        Ok(Component { name: name.into(), info: c.info.clone(), config, object })
+    }
+}
+
+/// A created scorer or strategy, with what it was created from.
+pub struct Component<T> {
+    /// Its name.
+    pub name: String,
+    /// Its description.
+    pub info: ComponentInfo,
+    /// The configuration it was given (defaults filled in).
+    pub config: RVec<ConfigEntry>,
+    /// The trait object.
+    pub object: T,
+}
+
+pub(crate) fn kind_name(kind: ComponentKind) -> &'static str {
+    match kind {
+        ComponentKind::Scorer => "scorer",
+        ComponentKind::Strategy => "strategy",
+    }
+}
+
+fn parse_value(kind: ParamKind, text: &str) -> Option<ParamValue> {
+    Some(match kind {
+        ParamKind::Bool => ParamValue::Bool(match text {
+            "true" | "1" | "yes" | "on" => true,
+            "false" | "0" | "no" | "off" => false,
+            _ => return None,
+        }),
+        ParamKind::Int => ParamValue::Int(text.parse().ok()?),
+        ParamKind::Float => ParamValue::Float(text.parse().ok().filter(|v: &f64| v.is_finite())?),
+        ParamKind::Str => ParamValue::Str(text.into()),
+    })
+}
+
+/// Checks user settings against a component's parameters and fills in defaults.
+pub fn complete_config(info: &ComponentInfo, settings: &BTreeMap<String, String>) -> Result<RVec<ConfigEntry>> {
+    let known: Vec<&str> = info.params.iter().map(|p| p.name.as_str()).collect();
+    for key in settings.keys() {
+        if !known.contains(&key.as_str()) {
+            return Err(Error::Config {
+                component: info.name.to_string(),
+                message: format!(
+                    "unknown parameter '{key}' (it takes: {})",
+                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                ),
+            });
+        }
+    }
+    info.params
+        .iter()
+        .map(|spec| {
+            let value = match settings.get(spec.name.as_str()) {
+                None => spec.default.clone(),
+                Some(text) => parse_value(spec.kind, text).ok_or_else(|| Error::Config {
+                    component: info.name.to_string(),
+                    message: format!("parameter '{}' wants a {:?}, got '{text}'", spec.name, spec.kind),
+                })?,
+            };
+            Ok(ConfigEntry { name: spec.name.clone(), value })
+        })
+        .collect::<Result<Vec<_>>>()
+        .map(RVec::from)
+}
