@@ -7,7 +7,9 @@
 
 fn main() {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
-    let Ok(dir) = std::env::var("DEP_TCH_LIBTORCH_LIB") else { return };
+    let Ok(dir) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
+        return;
+    };
     println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
     if std::path::Path::new(&dir).join("libtorch_cuda.so").exists() {
         println!("cargo:rustc-link-arg=-Wl,--no-as-needed");

@@ -9,7 +9,11 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "birdbone", version, about = "Prune live libtorch models in place through stable-ABI plugins")]
+#[command(
+    name = "birdbone",
+    version,
+    about = "Prune live libtorch models in place through stable-ABI plugins"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -27,7 +31,7 @@ enum Command {
     /// List loaded plugin components, their parameters and capabilities, and rejected files.
     Plugins(plugins_cmd::Args),
     /// Prune a model's weights in place through the plugins and write the result.
-    Prune(prune_cmd::Args),
+    Prune(Box<prune_cmd::Args>),
 }
 
 fn main() {
@@ -35,7 +39,7 @@ fn main() {
     let result = match cli.command {
         Command::ImportGguf { file, out_dir } => import(&file, &out_dir),
         Command::Plugins(a) => plugins_cmd::run(a),
-        Command::Prune(a) => prune_cmd::run(a),
+        Command::Prune(a) => prune_cmd::run(*a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -11,7 +11,10 @@ pub fn plugin_dirs(given: &[PathBuf]) -> Vec<PathBuf> {
         return given.to_vec();
     }
     let mut dirs = Vec::new();
-    if let Some(exe_dir) = std::env::current_exe().ok().and_then(|e| e.parent().map(|p| p.to_path_buf())) {
+    if let Some(exe_dir) = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|p| p.to_path_buf()))
+    {
         dirs.push(exe_dir.join("plugins"));
         dirs.push(exe_dir);
     }
@@ -58,11 +61,23 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 })
             })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&json!({"components": comps, "rejected": reg.rejected(), "load_seconds": secs}))?);
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &json!({"components": comps, "rejected": reg.rejected(), "load_seconds": secs})
+            )?
+        );
         return Ok(());
     }
     for kind in [ComponentKind::Scorer, ComponentKind::Strategy] {
-        println!("{}:", if kind == ComponentKind::Scorer { "scorers" } else { "strategies" });
+        println!(
+            "{}:",
+            if kind == ComponentKind::Scorer {
+                "scorers"
+            } else {
+                "strategies"
+            }
+        );
         for c in reg.components().filter(|c| c.info.kind == kind) {
             let caps = &c.info.capabilities;
             let mut needs = vec![];
@@ -73,7 +88,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 needs.push("gradients");
             }
             let gran: Vec<String> = caps.granularity.members().iter().map(granularity).collect();
-            println!("  {:<20} {}", c.info.name.as_str(), c.info.description.as_str());
+            println!(
+                "  {:<20} {}",
+                c.info.name.as_str(),
+                c.info.description.as_str()
+            );
             println!(
                 "  {:<20} plugin {} {} (ABI {}) from {}",
                 "",
@@ -87,11 +106,26 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 "",
                 devices(caps.devices.0).join(", "),
                 gran.join(", "),
-                if needs.is_empty() { "the weight only".to_string() } else { needs.join(", ") },
-                if caps.stateful { "; keeps state across calls" } else { "" }
+                if needs.is_empty() {
+                    "the weight only".to_string()
+                } else {
+                    needs.join(", ")
+                },
+                if caps.stateful {
+                    "; keeps state across calls"
+                } else {
+                    ""
+                }
             );
             for p in c.info.params.iter() {
-                println!("  {:<20}   --param {}=<{:?}> (default {}): {}", "", p.name.as_str(), p.kind, p.default, p.doc.as_str());
+                println!(
+                    "  {:<20}   --param {}=<{:?}> (default {}): {}",
+                    "",
+                    p.name.as_str(),
+                    p.kind,
+                    p.default,
+                    p.doc.as_str()
+                );
             }
         }
     }
@@ -101,7 +135,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             println!("  {}: {}", r.path.display(), r.reason);
         }
     }
-    println!("({} plugins loaded in {:.1} ms)", reg.plugins().len(), secs * 1e3);
+    println!(
+        "({} plugins loaded in {:.1} ms)",
+        reg.plugins().len(),
+        secs * 1e3
+    );
     Ok(())
 }
 

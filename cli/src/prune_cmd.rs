@@ -49,11 +49,21 @@ pub struct Args {
 }
 
 /// Splits `--param` values between the scorer and the strategy by the parameters each declares.
-fn route_params(reg: &PluginRegistry, scorer: &str, strategy: &str, params: &[String]) -> anyhow::Result<(BTreeMap<String, String>, BTreeMap<String, String>)> {
-    let declares = |component: &str, key: &str| reg.component(component).is_some_and(|c| c.info.params.iter().any(|p| p.name.as_str() == key));
+fn route_params(
+    reg: &PluginRegistry,
+    scorer: &str,
+    strategy: &str,
+    params: &[String],
+) -> anyhow::Result<(BTreeMap<String, String>, BTreeMap<String, String>)> {
+    let declares = |component: &str, key: &str| {
+        reg.component(component)
+            .is_some_and(|c| c.info.params.iter().any(|p| p.name.as_str() == key))
+    };
     let (mut sc, mut st) = (BTreeMap::new(), BTreeMap::new());
     for p in params {
-        let (key, value) = p.split_once('=').with_context(|| format!("--param '{p}' is not key=value"))?;
+        let (key, value) = p
+            .split_once('=')
+            .with_context(|| format!("--param '{p}' is not key=value"))?;
         if let Some(k) = key.strip_prefix("scorer.") {
             sc.insert(k.to_string(), value.to_string());
         } else if let Some(k) = key.strip_prefix("strategy.") {
@@ -76,20 +86,37 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let nm = match &a.pattern {
         None => None,
         Some(p) => {
-            let (n, m) = p.split_once(':').with_context(|| format!("--pattern '{p}' is not N:M"))?;
-            Some((n.parse().context("N of --pattern")?, m.parse().context("M of --pattern")?))
+            let (n, m) = p
+                .split_once(':')
+                .with_context(|| format!("--pattern '{p}' is not N:M"))?;
+            Some((
+                n.parse().context("N of --pattern")?,
+                m.parse().context("M of --pattern")?,
+            ))
         }
     };
     let reg = PluginRegistry::discover(&plugin_dirs(&a.plugin_dirs));
     for r in reg.rejected() {
-        eprintln!("warning: plugin {} rejected: {}", r.path.display(), r.reason);
+        eprintln!(
+            "warning: plugin {} rejected: {}",
+            r.path.display(),
+            r.reason
+        );
     }
     let (sc, st) = route_params(&reg, &a.scorer, &a.strategy, &a.params)?;
     let mut pruner = Pruner::new(&reg, &a.scorer, &sc, &a.strategy, &st)?;
 
     eprintln!("loading {} onto {device:?} ...", a.model.display());
     let params = checkpoint::load_dir(&a.model, kind, device)?;
-    let config = PassConfig { sparsity: a.sparsity, nm, keep_masks: true, filter: ParamFilter { include: a.include, exclude: a.exclude } };
+    let config = PassConfig {
+        sparsity: a.sparsity,
+        nm,
+        keep_masks: true,
+        filter: ParamFilter {
+            include: a.include,
+            exclude: a.exclude,
+        },
+    };
     eprintln!("pruning with {} + {} ...", a.scorer, a.strategy);
     let (report, masks) = pruner.run(&params, &config, PassInputs::default())?;
     print!("{}", report.to_table());
@@ -97,13 +124,24 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
     checkpoint::save(&params, &a.out.join("model.safetensors"))?;
     masks.save(&a.out.join("masks.safetensors"))?;
-    std::fs::write(a.out.join("report.json"), serde_json::to_string_pretty(&report)?)?;
-    for f in ["config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json"] {
+    std::fs::write(
+        a.out.join("report.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    for f in [
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+    ] {
         let src = a.model.join(f);
         if src.exists() {
             std::fs::copy(&src, a.out.join(f)).with_context(|| format!("copying {f}"))?;
         }
     }
-    eprintln!("wrote {} (model.safetensors, masks.safetensors, report.json)", a.out.display());
+    eprintln!(
+        "wrote {} (model.safetensors, masks.safetensors, report.json)",
+        a.out.display()
+    );
     Ok(())
 }

@@ -33,7 +33,10 @@ pub struct PluginError {
 impl PluginError {
     /// An error of `code` with `message`.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        PluginError { code, message: RString::from(message.into()) }
+        PluginError {
+            code,
+            message: RString::from(message.into()),
+        }
     }
     /// [`ErrorCode::InvalidArgument`].
     pub fn invalid(message: impl Into<String>) -> Self {

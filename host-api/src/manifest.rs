@@ -162,10 +162,15 @@ impl GranularitySet {
     }
     /// The members, in declaration order.
     pub fn members(self) -> Vec<Granularity> {
-        [Granularity::Unstructured, Granularity::NM, Granularity::Rows, Granularity::Columns]
-            .into_iter()
-            .filter(|g| self.contains(*g))
-            .collect()
+        [
+            Granularity::Unstructured,
+            Granularity::NM,
+            Granularity::Rows,
+            Granularity::Columns,
+        ]
+        .into_iter()
+        .filter(|g| self.contains(*g))
+        .collect()
     }
 }
 

@@ -124,8 +124,11 @@ pub struct HostOps {
     /// Gives back a tensor the caller owns. Releasing an id twice is an `InvalidArgument` error.
     pub release: extern "C" fn(id: TensorId) -> RResult<(), PluginError>,
     /// `op(x)`, into `out` when given (which may be `x` itself).
-    pub unary:
-        extern "C" fn(op: UnaryOp, x: TensorId, out: ROption<TensorId>) -> RResult<Tensor, PluginError>,
+    pub unary: extern "C" fn(
+        op: UnaryOp,
+        x: TensorId,
+        out: ROption<TensorId>,
+    ) -> RResult<Tensor, PluginError>,
     /// `op(a, b)`, into `out` when given (which may be `a` itself: `acc += x`).
     pub binary: extern "C" fn(
         op: BinaryOp,
@@ -144,7 +147,8 @@ pub struct HostOps {
     pub where_select:
         extern "C" fn(cond: TensorId, a: TensorId, b: TensorId) -> RResult<Tensor, PluginError>,
     /// Sets `x` to `value` where `mask` is nonzero, in place.
-    pub masked_fill: extern "C" fn(x: TensorId, mask: TensorId, value: f64) -> RResult<(), PluginError>,
+    pub masked_fill:
+        extern "C" fn(x: TensorId, mask: TensorId, value: f64) -> RResult<(), PluginError>,
     /// Reduces over `dim`, or over everything when `dim` is none.
     pub reduce: extern "C" fn(
         op: ReduceOp,
@@ -169,7 +173,8 @@ pub struct HostOps {
     pub histogram:
         extern "C" fn(x: TensorId, bins: u32, min: f64, max: f64) -> RResult<Tensor, PluginError>,
     /// The exact k-th smallest element over a set of float tensors (k from 1).
-    pub kth_value: extern "C" fn(xs: RSlice<'_, TensorId>, k: u64) -> RResult<KthValue, PluginError>,
+    pub kth_value:
+        extern "C" fn(xs: RSlice<'_, TensorId>, k: u64) -> RResult<KthValue, PluginError>,
     /// The k-th smallest along `dim` (k from 1): one value per slice, `dim` removed.
     pub kth_along: extern "C" fn(x: TensorId, k: u64, dim: i64) -> RResult<Tensor, PluginError>,
     /// The `k` largest (or smallest) along `dim`: values and i64 indices.

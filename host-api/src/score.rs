@@ -65,7 +65,9 @@ pub struct ScoreRequest {
 
 impl ScoreRequest {
     /// One score per weight.
-    pub const ELEMENTS: ScoreRequest = ScoreRequest { granularity: Granularity::Unstructured };
+    pub const ELEMENTS: ScoreRequest = ScoreRequest {
+        granularity: Granularity::Unstructured,
+    };
 }
 
 /// A scorer's answer. Larger scores mean more important: the smallest are pruned first.

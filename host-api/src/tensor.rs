@@ -67,10 +67,16 @@ pub struct Device {
 
 impl Device {
     /// The CPU.
-    pub const CPU: Device = Device { kind: DeviceKind::Cpu, index: 0 };
+    pub const CPU: Device = Device {
+        kind: DeviceKind::Cpu,
+        index: 0,
+    };
     /// CUDA device `index`.
     pub const fn cuda(index: u32) -> Device {
-        Device { kind: DeviceKind::Cuda, index }
+        Device {
+            kind: DeviceKind::Cuda,
+            index,
+        }
     }
 }
 

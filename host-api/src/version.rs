@@ -15,8 +15,12 @@ pub const ABI_MINOR: u32 = 0;
 /// - `decide.nm`: [`crate::Decision::NM`].
 /// - `scores.fused-magnitude`: [`crate::ScoreOut::Magnitude`], evaluated inside the host's
 ///   selection kernels without materialising scores.
-pub const HOST_CAPABILITIES: &[&str] =
-    &["ops.v1", "select.exact", "decide.nm", "scores.fused-magnitude"];
+pub const HOST_CAPABILITIES: &[&str] = &[
+    "ops.v1",
+    "select.exact",
+    "decide.nm",
+    "scores.fused-magnitude",
+];
 
 /// A Birdbone ABI version: `major.minor`.
 #[repr(C)]
@@ -30,7 +34,10 @@ pub struct AbiVersion {
 
 impl AbiVersion {
     /// The version this crate defines.
-    pub const CURRENT: AbiVersion = AbiVersion { major: ABI_MAJOR, minor: ABI_MINOR };
+    pub const CURRENT: AbiVersion = AbiVersion {
+        major: ABI_MAJOR,
+        minor: ABI_MINOR,
+    };
 
     /// Whether a host speaking `self` can load a plugin built against `plugin`:
     /// majors equal and the host's minor at least the plugin's.

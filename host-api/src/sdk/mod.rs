@@ -59,10 +59,10 @@ pub mod prelude {
         Result, ScorerImpl, StrategyImpl,
     };
     pub use crate::{
-        BinaryOp, Capabilities, ComponentInfo, ComponentKind, DType, Decision, Device,
-        DeviceKind, DeviceSet, ErrorCode, Granularity, GranularitySet, InputSet, NmPattern,
-        ParamInfo, ParamKind, ParamSpec, ParamValue, PluginError, ReduceOp, ScoreInputs,
-        ScoreOut, ScoreRequest, SelectScope, Selection, Target, Tensor, TensorId, UnaryOp,
+        BinaryOp, Capabilities, ComponentInfo, ComponentKind, DType, Decision, Device, DeviceKind,
+        DeviceSet, ErrorCode, Granularity, GranularitySet, InputSet, NmPattern, ParamInfo,
+        ParamKind, ParamSpec, ParamValue, PluginError, ReduceOp, ScoreInputs, ScoreOut,
+        ScoreRequest, SelectScope, Selection, Target, Tensor, TensorId, UnaryOp,
     };
     pub use abi_stable::std_types::{RNone, ROption, RSome};
 }

@@ -34,7 +34,11 @@ impl<'a> Plan<'a> {
     }
 
     /// The scorer's scores of one parameter, as a dense tensor the strategy owns.
-    pub fn scores(&mut self, param: u32, request: ScoreRequest) -> Result<OwnedTensor, PluginError> {
+    pub fn scores(
+        &mut self,
+        param: u32,
+        request: ScoreRequest,
+    ) -> Result<OwnedTensor, PluginError> {
         let t = self.ctx.scores(param, request).into_result()?;
         Ok(self.host.own(t))
     }
@@ -46,7 +50,10 @@ impl<'a> Plan<'a> {
         ks: &[u64],
         scope: SelectScope,
     ) -> Result<Vec<Selection>, PluginError> {
-        self.ctx.select_k_smallest(params.into(), ks.into(), scope).into_result().map(|v| v.into_vec())
+        self.ctx
+            .select_k_smallest(params.into(), ks.into(), scope)
+            .into_result()
+            .map(|v| v.into_vec())
     }
 
     /// Records the decision for one parameter.

@@ -49,13 +49,21 @@ pub trait Plugin: 'static {
     fn components() -> Vec<ComponentInfo>;
 
     /// Creates scorer `name`. The default knows none.
-    fn create_scorer(name: &str, config: &Config, host: Host) -> Result<Box<dyn ScorerImpl>, PluginError> {
+    fn create_scorer(
+        name: &str,
+        config: &Config,
+        host: Host,
+    ) -> Result<Box<dyn ScorerImpl>, PluginError> {
         let _ = (config, host);
         Err(unknown_component(name))
     }
 
     /// Creates strategy `name`. The default knows none.
-    fn create_strategy(name: &str, config: &Config, host: Host) -> Result<Box<dyn StrategyImpl>, PluginError> {
+    fn create_strategy(
+        name: &str,
+        config: &Config,
+        host: Host,
+    ) -> Result<Box<dyn StrategyImpl>, PluginError> {
         let _ = (config, host);
         Err(unknown_component(name))
     }
@@ -67,7 +75,10 @@ pub fn unknown_component(name: &str) -> PluginError {
 }
 
 /// Runs `f`, turning a panic into an [`ErrorCode::Panicked`] error that names `what`.
-pub fn catch_panics<T>(what: &str, f: impl FnOnce() -> Result<T, PluginError>) -> RResult<T, PluginError> {
+pub fn catch_panics<T>(
+    what: &str,
+    f: impl FnOnce() -> Result<T, PluginError>,
+) -> RResult<T, PluginError> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(r) => r.into(),
         Err(payload) => {
@@ -76,7 +87,10 @@ pub fn catch_panics<T>(what: &str, f: impl FnOnce() -> Result<T, PluginError>) -
                 .map(|s| s.to_string())
                 .or_else(|| payload.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "a panic without a message".to_string());
-            RResult::RErr(PluginError::new(ErrorCode::Panicked, format!("{what} panicked: {msg}")))
+            RResult::RErr(PluginError::new(
+                ErrorCode::Panicked,
+                format!("{what} panicked: {msg}"),
+            ))
         }
     }
 }
@@ -84,7 +98,12 @@ pub fn catch_panics<T>(what: &str, f: impl FnOnce() -> Result<T, PluginError>) -
 struct ScorerAdapter(Box<dyn ScorerImpl>);
 
 impl Scorer for ScorerAdapter {
-    fn score(&mut self, param: &ParamInfo, inputs: &ScoreInputs, request: ScoreRequest) -> RResult<ScoreOut, PluginError> {
+    fn score(
+        &mut self,
+        param: &ParamInfo,
+        inputs: &ScoreInputs,
+        request: ScoreRequest,
+    ) -> RResult<ScoreOut, PluginError> {
         catch_panics("scorer", || self.0.score(param, inputs, request))
     }
     fn observe(&mut self, param: &ParamInfo, inputs: &ScoreInputs) -> RResult<(), PluginError> {
@@ -118,8 +137,15 @@ extern "C" fn create_scorer<P: Plugin>(
     host: HostOps_Ref,
 ) -> RResult<ScorerBox, PluginError> {
     catch_panics("scorer constructor", || {
-        let inner = P::create_scorer(name.as_str(), &Config::from_entries(config), Host::new(host))?;
-        Ok(Scorer_TO::from_ptr(RBox::new(ScorerAdapter(inner)), TD_Opaque))
+        let inner = P::create_scorer(
+            name.as_str(),
+            &Config::from_entries(config),
+            Host::new(host),
+        )?;
+        Ok(Scorer_TO::from_ptr(
+            RBox::new(ScorerAdapter(inner)),
+            TD_Opaque,
+        ))
     })
 }
 
@@ -129,8 +155,15 @@ extern "C" fn create_strategy<P: Plugin>(
     host: HostOps_Ref,
 ) -> RResult<StrategyBox, PluginError> {
     catch_panics("strategy constructor", || {
-        let inner = P::create_strategy(name.as_str(), &Config::from_entries(config), Host::new(host))?;
-        Ok(Strategy_TO::from_ptr(RBox::new(StrategyAdapter(inner)), TD_Opaque))
+        let inner = P::create_strategy(
+            name.as_str(),
+            &Config::from_entries(config),
+            Host::new(host),
+        )?;
+        Ok(Strategy_TO::from_ptr(
+            RBox::new(StrategyAdapter(inner)),
+            TD_Opaque,
+        ))
     })
 }
 
@@ -147,7 +180,8 @@ pub fn module_for<P: Plugin>() -> PluginModule {
 /// The root module of plugin `P`, leaked for the life of the process (libraries are never
 /// unloaded). [`crate::export_plugin!`] calls this.
 pub fn root_module<P: Plugin>() -> PluginModule_Ref {
-    let leaked: &'static WithMetadata<PluginModule> = Box::leak(Box::new(WithMetadata::new(module_for::<P>())));
+    let leaked: &'static WithMetadata<PluginModule> =
+        Box::leak(Box::new(WithMetadata::new(module_for::<P>())));
     PluginModule_Ref(leaked.static_as_prefix())
 }
 

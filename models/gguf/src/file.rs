@@ -152,32 +152,50 @@ impl Reader<'_> {
     fn err(&self, what: &str) -> Error {
         Error::Malformed {
             path: self.path.into(),
-            message: format!("truncated or corrupt: cannot read {what} at byte {} (the file has {} bytes)", self.pos, self.b.len()),
+            message: format!(
+                "truncated or corrupt: cannot read {what} at byte {} (the file has {} bytes)",
+                self.pos,
+                self.b.len()
+            ),
         }
     }
     fn take(&mut self, n: usize, what: &str) -> Result<&[u8]> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.b.len()).ok_or_else(|| self.err(what))?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.b.len())
+            .ok_or_else(|| self.err(what))?;
         let s = &self.b[self.pos..end];
         self.pos = end;
         Ok(s)
     }
     fn u32(&mut self, what: &str) -> Result<u32> {
-        Ok(u32::from_le_bytes(self.take(4, what)?.try_into().expect("4 bytes")))
+        Ok(u32::from_le_bytes(
+            self.take(4, what)?.try_into().expect("4 bytes"),
+        ))
     }
     fn u64(&mut self, what: &str) -> Result<u64> {
-        Ok(u64::from_le_bytes(self.take(8, what)?.try_into().expect("8 bytes")))
+        Ok(u64::from_le_bytes(
+            self.take(8, what)?.try_into().expect("8 bytes"),
+        ))
     }
     fn count(&mut self, what: &str) -> Result<u64> {
         let n = self.u64(what)?;
         if n > SANE_COUNT.max(self.b.len() as u64) {
-            return Err(Error::Malformed { path: self.path.into(), message: format!("corrupt: {what} is {n}") });
+            return Err(Error::Malformed {
+                path: self.path.into(),
+                message: format!("corrupt: {what} is {n}"),
+            });
         }
         Ok(n)
     }
     fn string(&mut self, what: &str) -> Result<String> {
         let n = self.count(what)? as usize;
         let s = self.take(n, what)?;
-        String::from_utf8(s.to_vec()).map_err(|_| Error::Malformed { path: self.path.into(), message: format!("{what} is not UTF-8") })
+        String::from_utf8(s.to_vec()).map_err(|_| Error::Malformed {
+            path: self.path.into(),
+            message: format!("{what} is not UTF-8"),
+        })
     }
     fn value(&mut self, ty: u32, key: &str) -> Result<Value> {
         let what = format!("the value of '{key}'");
@@ -203,7 +221,12 @@ impl Reader<'_> {
             10 => Value::U64(self.u64(&what)?),
             11 => Value::I64(self.u64(&what)? as i64),
             12 => Value::F64(f64::from_bits(self.u64(&what)?)),
-            t => return Err(Error::Malformed { path: self.path.into(), message: format!("'{key}' has unknown value type {t}") }),
+            t => {
+                return Err(Error::Malformed {
+                    path: self.path.into(),
+                    message: format!("'{key}' has unknown value type {t}"),
+                })
+            }
         })
     }
 }
@@ -212,14 +235,27 @@ impl GgufFile {
     /// Reads and checks a GGUF file: header, metadata, and that every tensor's data lies inside
     /// the file.
     pub fn open(path: &Path) -> Result<GgufFile> {
-        let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.into(), source })?;
-        let mut r = Reader { path, b: &bytes, pos: 0 };
+        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+            path: path.into(),
+            source,
+        })?;
+        let mut r = Reader {
+            path,
+            b: &bytes,
+            pos: 0,
+        };
         if r.take(4, "the magic number")? != MAGIC {
-            return Err(Error::Malformed { path: path.into(), message: "not a GGUF file (no 'GGUF' magic)".into() });
+            return Err(Error::Malformed {
+                path: path.into(),
+                message: "not a GGUF file (no 'GGUF' magic)".into(),
+            });
         }
         let version = r.u32("the version")?;
         if !(2..=3).contains(&version) {
-            return Err(Error::Unsupported(format!("{}: GGUF version {version} (this reader knows 2 and 3)", path.display())));
+            return Err(Error::Unsupported(format!(
+                "{}: GGUF version {version} (this reader knows 2 and 3)",
+                path.display()
+            )));
         }
         let n_tensors = r.count("the tensor count")?;
         let n_kv = r.count("the metadata count")?;
@@ -235,7 +271,10 @@ impl GgufFile {
             let name = r.string("a tensor name")?;
             let nd = r.u32("a tensor rank")?;
             if nd > 8 {
-                return Err(Error::Malformed { path: path.into(), message: format!("tensor '{name}' claims {nd} dimensions") });
+                return Err(Error::Malformed {
+                    path: path.into(),
+                    message: format!("tensor '{name}' claims {nd} dimensions"),
+                });
             }
             let mut shape = Vec::with_capacity(nd as usize);
             for _ in 0..nd {
@@ -244,11 +283,27 @@ impl GgufFile {
             shape.reverse();
             let ggml_type = GgmlType::from_u32(r.u32("a tensor type")?);
             let offset = r.u64("a tensor offset")?;
-            tensors.push(TensorInfo { name, shape, ggml_type, offset });
+            tensors.push(TensorInfo {
+                name,
+                shape,
+                ggml_type,
+                offset,
+            });
         }
-        let align = metadata.get("general.alignment").and_then(Value::as_u64).unwrap_or(DEFAULT_ALIGNMENT).max(1);
+        let align = metadata
+            .get("general.alignment")
+            .and_then(Value::as_u64)
+            .unwrap_or(DEFAULT_ALIGNMENT)
+            .max(1);
         let data_start = (r.pos as u64).div_ceil(align) * align;
-        let f = GgufFile { path: path.into(), bytes, version, metadata, tensors, data_start };
+        let f = GgufFile {
+            path: path.into(),
+            bytes,
+            version,
+            metadata,
+            tensors,
+            data_start,
+        };
         for t in &f.tensors {
             if let Some((start, end)) = f.extent(t)? {
                 if end > f.bytes.len() as u64 {
@@ -267,10 +322,18 @@ impl GgufFile {
     }
 
     fn extent(&self, t: &TensorInfo) -> Result<Option<(u64, u64)>> {
-        let Some((per, bytes)) = t.ggml_type.block() else { return Ok(None) };
+        let Some((per, bytes)) = t.ggml_type.block() else {
+            return Ok(None);
+        };
         let n = t.numel();
         if n % per != 0 {
-            return Err(Error::Malformed { path: self.path.clone(), message: format!("tensor '{}' has {n} elements, not whole blocks of {per}", t.name) });
+            return Err(Error::Malformed {
+                path: self.path.clone(),
+                message: format!(
+                    "tensor '{}' has {n} elements, not whole blocks of {per}",
+                    t.name
+                ),
+            });
         }
         let start = self.data_start + t.offset;
         Ok(Some((start, start + n / per * bytes)))
@@ -288,15 +351,27 @@ impl GgufFile {
 
     /// A tensor's elements as f32 (dequantised), row-major in its PyTorch shape.
     pub fn tensor_f32(&self, t: &TensorInfo) -> Result<Vec<f32>> {
-        let (start, end) = self
-            .extent(t)?
-            .ok_or_else(|| Error::Unsupported(format!("tensor '{}' has GGML type {:?}; supported: F32, F16, BF16, Q4_0, Q4_1, Q8_0", t.name, t.ggml_type)))?;
+        let (start, end) = self.extent(t)?.ok_or_else(|| {
+            Error::Unsupported(format!(
+                "tensor '{}' has GGML type {:?}; supported: F32, F16, BF16, Q4_0, Q4_1, Q8_0",
+                t.name, t.ggml_type
+            ))
+        })?;
         let data = &self.bytes[start as usize..end as usize];
         let mut out = Vec::with_capacity(t.numel() as usize);
         match t.ggml_type {
-            GgmlType::F32 => out.extend(data.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4")))),
-            GgmlType::F16 => out.extend(data.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())),
-            GgmlType::BF16 => out.extend(data.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())),
+            GgmlType::F32 => out.extend(
+                data.chunks_exact(4)
+                    .map(|c| f32::from_le_bytes(c.try_into().expect("4"))),
+            ),
+            GgmlType::F16 => out.extend(
+                data.chunks_exact(2)
+                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()),
+            ),
+            GgmlType::BF16 => out.extend(
+                data.chunks_exact(2)
+                    .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()),
+            ),
             GgmlType::Q4_0 => quant::q4_0(data, &mut out),
             GgmlType::Q4_1 => quant::q4_1(data, &mut out),
             GgmlType::Q8_0 => quant::q8_0(data, &mut out),

@@ -22,7 +22,9 @@ pub struct ImportSummary {
 }
 
 fn meta_u64(f: &GgufFile, key: &str) -> Result<u64> {
-    f.get(key).and_then(|v| v.as_u64()).ok_or_else(|| Error::Unsupported(format!("the GGUF file has no integer '{key}'")))
+    f.get(key)
+        .and_then(|v| v.as_u64())
+        .ok_or_else(|| Error::Unsupported(format!("the GGUF file has no integer '{key}'")))
 }
 
 fn hf_name(gguf: &str) -> Option<String> {
@@ -76,26 +78,50 @@ fn unpermute(w: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
 /// `model.safetensors` (f32, dequantised) and `tokenizer.json`.
 pub fn import_llama(gguf: &Path, out_dir: &Path) -> Result<ImportSummary> {
     let f = GgufFile::open(gguf)?;
-    let arch = f.get("general.architecture").and_then(|v| v.as_str()).unwrap_or("");
+    let arch = f
+        .get("general.architecture")
+        .and_then(|v| v.as_str())
+        .unwrap_or("");
     if arch != "llama" {
-        return Err(Error::Unsupported(format!("architecture '{arch}' (this importer reads 'llama')")));
+        return Err(Error::Unsupported(format!(
+            "architecture '{arch}' (this importer reads 'llama')"
+        )));
     }
     let k = |s: &str| format!("llama.{s}");
     let layers = meta_u64(&f, &k("block_count"))? as usize;
     let hidden = meta_u64(&f, &k("embedding_length"))? as usize;
     let heads = meta_u64(&f, &k("attention.head_count"))? as usize;
-    let kv_heads = f.get(&k("attention.head_count_kv")).and_then(|v| v.as_u64()).unwrap_or(heads as u64) as usize;
+    let kv_heads = f
+        .get(&k("attention.head_count_kv"))
+        .and_then(|v| v.as_u64())
+        .unwrap_or(heads as u64) as usize;
     let ffn = meta_u64(&f, &k("feed_forward_length"))?;
-    let ctx = f.get(&k("context_length")).and_then(|v| v.as_u64()).unwrap_or(2048);
-    let eps = f.get(&k("attention.layer_norm_rms_epsilon")).and_then(|v| v.as_f64()).unwrap_or(1e-5);
-    let theta = f.get(&k("rope.freq_base")).and_then(|v| v.as_f64()).unwrap_or(10000.0);
+    let ctx = f
+        .get(&k("context_length"))
+        .and_then(|v| v.as_u64())
+        .unwrap_or(2048);
+    let eps = f
+        .get(&k("attention.layer_norm_rms_epsilon"))
+        .and_then(|v| v.as_f64())
+        .unwrap_or(1e-5);
+    let theta = f
+        .get(&k("rope.freq_base"))
+        .and_then(|v| v.as_f64())
+        .unwrap_or(10000.0);
     let tok = tokenizer_json(&f)?;
     let vocab_size = tok["model"]["vocab"].as_object().map_or(0, |v| v.len());
     let tied = f.tensor("output.weight").is_none();
-    let bos = f.get("tokenizer.ggml.bos_token_id").and_then(|v| v.as_u64());
-    let eos = f.get("tokenizer.ggml.eos_token_id").and_then(|v| v.as_u64());
+    let bos = f
+        .get("tokenizer.ggml.bos_token_id")
+        .and_then(|v| v.as_u64());
+    let eos = f
+        .get("tokenizer.ggml.eos_token_id")
+        .and_then(|v| v.as_u64());
 
-    std::fs::create_dir_all(out_dir).map_err(|source| Error::Io { path: out_dir.into(), source })?;
+    std::fs::create_dir_all(out_dir).map_err(|source| Error::Io {
+        path: out_dir.into(),
+        source,
+    })?;
     let mut arrays: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     let mut parameters = 0u64;
     for t in &f.tensors {
@@ -103,12 +129,19 @@ pub fn import_llama(gguf: &Path, out_dir: &Path) -> Result<ImportSummary> {
             if t.name == "rope_freqs.weight" {
                 continue; // recomputed from rope theta
             }
-            return Err(Error::Unsupported(format!("unexpected tensor '{}' in a llama GGUF", t.name)));
+            return Err(Error::Unsupported(format!(
+                "unexpected tensor '{}' in a llama GGUF",
+                t.name
+            )));
         };
         let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
         let mut data = f.tensor_f32(t)?;
         if name.ends_with("q_proj.weight") || name.ends_with("k_proj.weight") {
-            let h = if name.contains("q_proj") { heads } else { kv_heads };
+            let h = if name.contains("q_proj") {
+                heads
+            } else {
+                kv_heads
+            };
             data = unpermute(&data, shape[0], shape[1], h);
         }
         parameters += data.len() as u64;
@@ -117,13 +150,28 @@ pub fn import_llama(gguf: &Path, out_dir: &Path) -> Result<ImportSummary> {
     }
     let views: Vec<(String, TensorView<'_>)> = arrays
         .iter()
-        .map(|(n, s, b)| Ok((n.clone(), TensorView::new(Dtype::F32, s.clone(), b).map_err(|e| Error::Output(e.to_string()))?)))
+        .map(|(n, s, b)| {
+            Ok((
+                n.clone(),
+                TensorView::new(Dtype::F32, s.clone(), b)
+                    .map_err(|e| Error::Output(e.to_string()))?,
+            ))
+        })
         .collect::<Result<_>>()?;
     let mut meta = HashMap::new();
     meta.insert("format".to_string(), "pt".to_string());
-    meta.insert("source".to_string(), format!("birdbone import-gguf {}", gguf.file_name().map(|n| n.to_string_lossy()).unwrap_or_default()));
+    meta.insert(
+        "source".to_string(),
+        format!(
+            "birdbone import-gguf {}",
+            gguf.file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default()
+        ),
+    );
     let st_path = out_dir.join("model.safetensors");
-    safetensors::serialize_to_file(views, Some(meta), &st_path).map_err(|e| Error::Output(format!("{}: {e}", st_path.display())))?;
+    safetensors::serialize_to_file(views, Some(meta), &st_path)
+        .map_err(|e| Error::Output(format!("{}: {e}", st_path.display())))?;
 
     let config = json!({
         "architectures": ["LlamaForCausalLM"],
@@ -148,13 +196,20 @@ pub fn import_llama(gguf: &Path, out_dir: &Path) -> Result<ImportSummary> {
     });
     let write = |name: &str, v: &serde_json::Value| {
         let p = out_dir.join(name);
-        std::fs::write(&p, serde_json::to_string_pretty(v).expect("json")).map_err(|source| Error::Io { path: p, source })
+        std::fs::write(&p, serde_json::to_string_pretty(v).expect("json"))
+            .map_err(|source| Error::Io { path: p, source })
     };
     write("config.json", &config)?;
     write("tokenizer.json", &tok)?;
     // Prove the tokenizer file is one the tokenizers crate accepts before calling it done.
-    tokenizers::Tokenizer::from_file(out_dir.join("tokenizer.json")).map_err(|e| Error::Output(format!("the rebuilt tokenizer.json does not load: {e}")))?;
-    Ok(ImportSummary { tensors: arrays.len(), parameters, config, vocab_size })
+    tokenizers::Tokenizer::from_file(out_dir.join("tokenizer.json"))
+        .map_err(|e| Error::Output(format!("the rebuilt tokenizer.json does not load: {e}")))?;
+    Ok(ImportSummary {
+        tensors: arrays.len(),
+        parameters,
+        config,
+        vocab_size,
+    })
 }
 
 #[cfg(test)]

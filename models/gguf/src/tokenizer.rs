@@ -30,24 +30,42 @@ fn pre_tokenizer(pre: &str) -> Result<Json> {
 /// `gpt2`): vocabulary, merges, control tokens as special added tokens, and the pre-tokenizer
 /// named by `tokenizer.ggml.pre`.
 pub fn tokenizer_json(f: &GgufFile) -> Result<Json> {
-    let model = f.get("tokenizer.ggml.model").and_then(|v| v.as_str()).unwrap_or("");
+    let model = f
+        .get("tokenizer.ggml.model")
+        .and_then(|v| v.as_str())
+        .unwrap_or("");
     if model != "gpt2" {
-        return Err(Error::Unsupported(format!("tokenizer model '{model}' is not supported (only byte-level BPE, 'gpt2')")));
+        return Err(Error::Unsupported(format!(
+            "tokenizer model '{model}' is not supported (only byte-level BPE, 'gpt2')"
+        )));
     }
     let tokens = f
         .get("tokenizer.ggml.tokens")
         .and_then(|v| v.as_array())
         .ok_or_else(|| Error::Unsupported("the GGUF file has no tokenizer.ggml.tokens".into()))?;
-    let merges = f.get("tokenizer.ggml.merges").and_then(|v| v.as_array()).unwrap_or(&[]);
-    let types = f.get("tokenizer.ggml.token_type").and_then(|v| v.as_array());
-    let pre = f.get("tokenizer.ggml.pre").and_then(|v| v.as_str()).unwrap_or("default");
+    let merges = f
+        .get("tokenizer.ggml.merges")
+        .and_then(|v| v.as_array())
+        .unwrap_or(&[]);
+    let types = f
+        .get("tokenizer.ggml.token_type")
+        .and_then(|v| v.as_array());
+    let pre = f
+        .get("tokenizer.ggml.pre")
+        .and_then(|v| v.as_str())
+        .unwrap_or("default");
 
     let mut vocab = Map::new();
     let mut added = Vec::new();
     for (id, t) in tokens.iter().enumerate() {
-        let s = t.as_str().ok_or_else(|| Error::Unsupported(format!("token {id} is not a string")))?;
+        let s = t
+            .as_str()
+            .ok_or_else(|| Error::Unsupported(format!("token {id} is not a string")))?;
         vocab.insert(s.to_string(), json!(id));
-        let ty = types.and_then(|ts| ts.get(id)).and_then(|v| v.as_u64()).unwrap_or(1);
+        let ty = types
+            .and_then(|ts| ts.get(id))
+            .and_then(|v| v.as_u64())
+            .unwrap_or(1);
         if ty == CONTROL || ty == USER_DEFINED {
             added.push(json!({
                 "id": id, "content": s, "single_word": false, "lstrip": false, "rstrip": false,
@@ -55,7 +73,11 @@ pub fn tokenizer_json(f: &GgufFile) -> Result<Json> {
             }));
         }
     }
-    let merges: Vec<Json> = merges.iter().filter_map(|m| m.as_str()).map(|m| json!(m)).collect();
+    let merges: Vec<Json> = merges
+        .iter()
+        .filter_map(|m| m.as_str())
+        .map(|m| json!(m))
+        .collect();
     Ok(json!({
         "version": "1.0",
         "truncation": null,

@@ -14,7 +14,12 @@ impl StrategyImpl for Global {
         let k = exact_count(target.sparsity, total);
         let sel = plan.select_k_smallest(&all, &[k], SelectScope::Global)?;
         for p in all {
-            plan.decide(p, Decision::Apply { selection: sel[0].id })?;
+            plan.decide(
+                p,
+                Decision::Apply {
+                    selection: sel[0].id,
+                },
+            )?;
         }
         Ok(())
     }
@@ -29,8 +34,11 @@ impl Plugin for GlobalPlugin {
     const DESCRIPTION: &'static str = "One exact threshold over all selected parameters";
 
     fn components() -> Vec<ComponentInfo> {
-        vec![ComponentInfo::strategy("global", "prune the lowest-scoring round(s x n) weights of all parameters together")
-            .requires("select.exact")]
+        vec![ComponentInfo::strategy(
+            "global",
+            "prune the lowest-scoring round(s x n) weights of all parameters together",
+        )
+        .requires("select.exact")]
     }
 
     fn create_strategy(name: &str, _config: &Config, _host: Host) -> Result<Box<dyn StrategyImpl>> {

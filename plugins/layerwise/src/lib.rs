@@ -20,12 +20,22 @@ impl StrategyImpl for Layerwise {
     fn select(&mut self, plan: &mut Plan<'_>, target: &Target) -> Result<()> {
         let all = plan.all();
         let (ks, scope): (Vec<u64>, SelectScope) = match self.scope {
-            Scope::Tensor => (plan.params().iter().map(|p| exact_count(target.sparsity, p.numel)).collect(), SelectScope::PerParam),
+            Scope::Tensor => (
+                plan.params()
+                    .iter()
+                    .map(|p| exact_count(target.sparsity, p.numel))
+                    .collect(),
+                SelectScope::PerParam,
+            ),
             Scope::Row => {
                 let mut ks = Vec::new();
                 for p in plan.params() {
                     if p.shape.len() != 2 {
-                        return Err(PluginError::invalid(format!("scope=row needs 2-D parameters; '{}' is {:?}", p.name, p.shape.as_slice())));
+                        return Err(PluginError::invalid(format!(
+                            "scope=row needs 2-D parameters; '{}' is {:?}",
+                            p.name,
+                            p.shape.as_slice()
+                        )));
                     }
                     ks.push(exact_count(target.sparsity, p.shape[1] as u64));
                 }
@@ -61,7 +71,11 @@ impl Plugin for LayerwisePlugin {
         let scope = match config.str("scope")? {
             "tensor" => Scope::Tensor,
             "row" => Scope::Row,
-            other => return Err(PluginError::invalid(format!("scope must be 'tensor' or 'row', got '{other}'"))),
+            other => {
+                return Err(PluginError::invalid(format!(
+                    "scope must be 'tensor' or 'row', got '{other}'"
+                )))
+            }
         };
         Ok(Box::new(Layerwise { scope }))
     }

@@ -11,15 +11,32 @@ struct Magnitude {
 }
 
 impl ScorerImpl for Magnitude {
-    fn score(&mut self, _param: &ParamInfo, inputs: &ScoreInputs, request: ScoreRequest) -> Result<ScoreOut> {
+    fn score(
+        &mut self,
+        _param: &ParamInfo,
+        inputs: &ScoreInputs,
+        request: ScoreRequest,
+    ) -> Result<ScoreOut> {
         let dim = match request.granularity {
-            Granularity::Unstructured => return Ok(ScoreOut::Magnitude { column_scale: RNone }),
+            Granularity::Unstructured => {
+                return Ok(ScoreOut::Magnitude {
+                    column_scale: RNone,
+                })
+            }
             Granularity::Rows => 1,
             Granularity::Columns => 0,
-            Granularity::NM => return Err(PluginError::unsupported("N:M is a strategy's pattern, not a score granularity")),
+            Granularity::NM => {
+                return Err(PluginError::unsupported(
+                    "N:M is a strategy's pattern, not a score granularity",
+                ))
+            }
         };
-        let norms = self.host.reduce(ReduceOp::L2Norm, inputs.weight, Some(dim), false)?;
-        Ok(ScoreOut::Dense { scores: norms.into_raw() })
+        let norms = self
+            .host
+            .reduce(ReduceOp::L2Norm, inputs.weight, Some(dim), false)?;
+        Ok(ScoreOut::Dense {
+            scores: norms.into_raw(),
+        })
     }
 }
 
@@ -32,9 +49,16 @@ impl Plugin for MagnitudePlugin {
     const DESCRIPTION: &'static str = "Weight-magnitude importance scores";
 
     fn components() -> Vec<ComponentInfo> {
-        vec![ComponentInfo::scorer("magnitude", "|W| per weight; L2 norm per row or column for structured strategies")
-            .granularity(GranularitySet::of(Granularity::Unstructured).with(Granularity::Rows).with(Granularity::Columns))
-            .requires("scores.fused-magnitude")]
+        vec![ComponentInfo::scorer(
+            "magnitude",
+            "|W| per weight; L2 norm per row or column for structured strategies",
+        )
+        .granularity(
+            GranularitySet::of(Granularity::Unstructured)
+                .with(Granularity::Rows)
+                .with(Granularity::Columns),
+        )
+        .requires("scores.fused-magnitude")]
     }
 
     fn create_scorer(name: &str, _config: &Config, host: Host) -> Result<Box<dyn ScorerImpl>> {

@@ -31,7 +31,10 @@ impl StrategyImpl for Nm {
 
 fn check(p: NmPattern) -> Result<()> {
     if p.m == 0 || p.m > 32 || p.n > p.m {
-        return Err(PluginError::invalid(format!("{}:{} is not an N:M pattern (need 0 <= N <= M <= 32, M >= 1)", p.n, p.m)));
+        return Err(PluginError::invalid(format!(
+            "{}:{} is not an N:M pattern (need 0 <= N <= M <= 32, M >= 1)",
+            p.n, p.m
+        )));
     }
     Ok(())
 }
@@ -45,11 +48,14 @@ impl Plugin for NmPlugin {
     const DESCRIPTION: &'static str = "N:M semi-structured sparsity (2:4, 4:8, ...)";
 
     fn components() -> Vec<ComponentInfo> {
-        vec![ComponentInfo::strategy("nm", "keep the N highest-scoring of every M consecutive weights along the input dimension")
-            .param("n", ParamValue::Int(2), "weights kept per group")
-            .param("m", ParamValue::Int(4), "group size (at most 32)")
-            .granularity(GranularitySet::of(Granularity::NM))
-            .requires("decide.nm")]
+        vec![ComponentInfo::strategy(
+            "nm",
+            "keep the N highest-scoring of every M consecutive weights along the input dimension",
+        )
+        .param("n", ParamValue::Int(2), "weights kept per group")
+        .param("m", ParamValue::Int(4), "group size (at most 32)")
+        .granularity(GranularitySet::of(Granularity::NM))
+        .requires("decide.nm")]
     }
 
     fn create_strategy(name: &str, config: &Config, _host: Host) -> Result<Box<dyn StrategyImpl>> {
@@ -60,7 +66,10 @@ impl Plugin for NmPlugin {
         if !(0..=32).contains(&n) || !(1..=32).contains(&m) {
             return Err(PluginError::invalid(format!("{n}:{m} is out of range")));
         }
-        let pattern = NmPattern { n: n as u32, m: m as u32 };
+        let pattern = NmPattern {
+            n: n as u32,
+            m: m as u32,
+        };
         check(pattern)?;
         Ok(Box::new(Nm { pattern }))
     }

@@ -49,7 +49,9 @@ impl ScoreSource<'_> {
     /// Number of scores.
     pub fn len(&self) -> usize {
         match self {
-            ScoreSource::Magnitude(e) | ScoreSource::ScaledMagnitude(e, _) | ScoreSource::Dense(e) => e.len(),
+            ScoreSource::Magnitude(e)
+            | ScoreSource::ScaledMagnitude(e, _)
+            | ScoreSource::Dense(e) => e.len(),
         }
     }
     /// Whether there are none.
@@ -68,7 +70,10 @@ impl ScoreSource<'_> {
     /// Whether every key has zero low 16 bits (bf16 values), so one 16-bit histogram pass
     /// determines the threshold exactly.
     pub fn keys_fit_16_bits(&self) -> bool {
-        matches!(self, ScoreSource::Magnitude(Elems::BF16(_)) | ScoreSource::Dense(Elems::BF16(_)))
+        matches!(
+            self,
+            ScoreSource::Magnitude(Elems::BF16(_)) | ScoreSource::Dense(Elems::BF16(_))
+        )
     }
 }
 
@@ -99,7 +104,18 @@ mod tests {
 
     #[test]
     fn keys_order_like_floats() {
-        let vals = [-f32::INFINITY, -3.5, -1e-30, -0.0, 0.0, 1e-40, 1e-30, 0.5, 2.0, f32::INFINITY];
+        let vals = [
+            -f32::INFINITY,
+            -3.5,
+            -1e-30,
+            -0.0,
+            0.0,
+            1e-40,
+            1e-30,
+            0.5,
+            2.0,
+            f32::INFINITY,
+        ];
         for w in vals.windows(2) {
             assert!(key_of(w[0]) < key_of(w[1]), "{} vs {}", w[0], w[1]);
         }

@@ -16,6 +16,6 @@ mod select;
 pub use keys::{key_of, key_value, Elems, ScoreSource};
 pub use mask::{mask_bytes, zero_pruned, BitMask, ElemsMut};
 pub use select::{
-    apply_nm, apply_per_row, apply_threshold, select_global, select_per_row, GlobalSelection, GlobalSelector,
-    ParamQuota, RowThresholds, SelectError,
+    apply_nm, apply_per_row, apply_threshold, select_global, select_per_row, GlobalSelection,
+    GlobalSelector, ParamQuota, RowThresholds, SelectError,
 };

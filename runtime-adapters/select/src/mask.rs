@@ -16,9 +16,7 @@ impl BitMask {
     /// A mask keeping every weight.
     pub fn all_kept(numel: usize) -> BitMask {
         let mut bytes = vec![0u8; mask_bytes(numel)];
-        for i in 0..numel / 8 {
-            bytes[i] = 0xff;
-        }
+        bytes[..numel / 8].fill(0xff);
         for i in (numel / 8) * 8..numel {
             bytes[i / 8] |= 1 << (i % 8);
         }
@@ -31,7 +29,8 @@ impl BitMask {
             return None;
         }
         let m = BitMask { numel, bytes };
-        let padding_clear = (numel..m.bytes.len() * 8).all(|i| m.bytes[i / 8] & (1 << (i % 8)) == 0);
+        let padding_clear =
+            (numel..m.bytes.len() * 8).all(|i| m.bytes[i / 8] & (1 << (i % 8)) == 0);
         padding_clear.then_some(m)
     }
 
@@ -68,26 +67,6 @@ impl BitMask {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn padding_and_counts() {
-        let mut m = BitMask::all_kept(37);
-        assert_eq!(m.bytes().len(), 8);
-        assert_eq!(m.count_kept(), 37);
-        m.prune(0);
-        m.prune(36);
-        assert!(!m.kept(36) && m.kept(35));
-        assert_eq!(m.count_pruned(), 2);
-        assert!(BitMask::from_bytes(37, m.bytes().to_vec()).is_some());
-        let mut bad = m.bytes().to_vec();
-        bad[7] = 0x80;
-        assert!(BitMask::from_bytes(37, bad).is_none());
-    }
-}
-
 /// Weights in host memory, writable, by storage type.
 pub enum ElemsMut<'a> {
     /// bfloat16 bit patterns.
@@ -114,5 +93,25 @@ pub fn zero_pruned(mask: &[u8], w: ElemsMut<'_>) -> u64 {
     match w {
         ElemsMut::BF16(x) | ElemsMut::F16(x) => run(mask, x, 0u16),
         ElemsMut::F32(x) => run(mask, x, 0f32),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn padding_and_counts() {
+        let mut m = BitMask::all_kept(37);
+        assert_eq!(m.bytes().len(), 8);
+        assert_eq!(m.count_kept(), 37);
+        m.prune(0);
+        m.prune(36);
+        assert!(!m.kept(36) && m.kept(35));
+        assert_eq!(m.count_pruned(), 2);
+        assert!(BitMask::from_bytes(37, m.bytes().to_vec()).is_some());
+        let mut bad = m.bytes().to_vec();
+        bad[7] = 0x80;
+        assert!(BitMask::from_bytes(37, bad).is_none());
     }
 }

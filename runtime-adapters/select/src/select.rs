@@ -30,24 +30,34 @@ const BINS: usize = 1 << 16;
 #[inline(always)]
 fn for_each_score(src: &ScoreSource<'_>, mut f: impl FnMut(usize, f32)) {
     match *src {
-        ScoreSource::Magnitude(Elems::BF16(x)) => {
-            x.iter().enumerate().for_each(|(i, &b)| f(i, f32::from_bits(((b & 0x7fff) as u32) << 16)))
+        ScoreSource::Magnitude(Elems::BF16(x)) => x
+            .iter()
+            .enumerate()
+            .for_each(|(i, &b)| f(i, f32::from_bits(((b & 0x7fff) as u32) << 16))),
+        ScoreSource::Dense(Elems::BF16(x)) => x
+            .iter()
+            .enumerate()
+            .for_each(|(i, &b)| f(i, f32::from_bits((b as u32) << 16))),
+        ScoreSource::Magnitude(Elems::F32(x)) => {
+            x.iter().enumerate().for_each(|(i, &v)| f(i, v.abs()))
         }
-        ScoreSource::Dense(Elems::BF16(x)) => {
-            x.iter().enumerate().for_each(|(i, &b)| f(i, f32::from_bits((b as u32) << 16)))
-        }
-        ScoreSource::Magnitude(Elems::F32(x)) => x.iter().enumerate().for_each(|(i, &v)| f(i, v.abs())),
         ScoreSource::Dense(Elems::F32(x)) => x.iter().enumerate().for_each(|(i, &v)| f(i, v)),
         ScoreSource::ScaledMagnitude(e, scale) => {
             let cols = scale.len();
             match e {
                 Elems::BF16(x) => x.chunks(cols).enumerate().for_each(|(r, row)| {
                     row.iter().zip(scale).enumerate().for_each(|(j, (&b, &s))| {
-                        f(r * cols + j, f32::from_bits(((b & 0x7fff) as u32) << 16) * s)
+                        f(
+                            r * cols + j,
+                            f32::from_bits(((b & 0x7fff) as u32) << 16) * s,
+                        )
                     })
                 }),
                 Elems::F32(x) => x.chunks(cols).enumerate().for_each(|(r, row)| {
-                    row.iter().zip(scale).enumerate().for_each(|(j, (&v, &s))| f(r * cols + j, v.abs() * s))
+                    row.iter()
+                        .zip(scale)
+                        .enumerate()
+                        .for_each(|(j, (&v, &s))| f(r * cols + j, v.abs() * s))
                 }),
                 Elems::F16(_) => (0..e.len()).for_each(|i| f(i, e.get(i).abs() * scale[i % cols])),
             }
@@ -57,7 +67,11 @@ fn for_each_score(src: &ScoreSource<'_>, mut f: impl FnMut(usize, f32)) {
 }
 
 /// Keys of all elements, checking finiteness.
-fn for_each_key(src: &ScoreSource<'_>, param: usize, mut f: impl FnMut(usize, u32)) -> Result<(), SelectError> {
+fn for_each_key(
+    src: &ScoreSource<'_>,
+    param: usize,
+    mut f: impl FnMut(usize, u32),
+) -> Result<(), SelectError> {
     let mut bad = None;
     for_each_score(src, |i, v| {
         if !v.is_finite() {
@@ -137,7 +151,14 @@ pub struct GlobalSelector {
 impl GlobalSelector {
     /// A selector for `k` weights over `params` parameters.
     pub fn new(k: u64, params: usize) -> GlobalSelector {
-        GlobalSelector { k, n: 0, fit16: true, high: vec![Vec::new(); params], low: vec![Vec::new(); params], high_bin: None }
+        GlobalSelector {
+            k,
+            n: 0,
+            fit16: true,
+            high: vec![Vec::new(); params],
+            low: vec![Vec::new(); params],
+            high_bin: None,
+        }
     }
 
     /// Pass 1 for parameter `p`.
@@ -153,12 +174,17 @@ impl GlobalSelector {
     /// Ends pass 1: whether pass 2 is needed.
     pub fn needs_low_pass(&mut self) -> Result<bool, SelectError> {
         if self.k > self.n {
-            return Err(SelectError::TooMany { k: self.k, n: self.n });
+            return Err(SelectError::TooMany {
+                k: self.k,
+                n: self.n,
+            });
         }
         if self.k == 0 {
             return Ok(false);
         }
-        let total: Vec<u64> = (0..BINS).map(|b| self.high.iter().map(|h| h[b] as u64).sum()).collect();
+        let total: Vec<u64> = (0..BINS)
+            .map(|b| self.high.iter().map(|h| h[b] as u64).sum())
+            .collect();
         self.high_bin = Some(find_bin(&total, self.k));
         Ok(!self.fit16)
     }
@@ -180,15 +206,33 @@ impl GlobalSelector {
     pub fn finish(self) -> GlobalSelection {
         let params_n = self.high.len();
         let Some((hi, before_hi)) = self.high_bin else {
-            let params = (0..params_n).map(|_| ParamQuota { threshold: 0, below: 0, ties: 0, take: 0 }).collect();
-            return GlobalSelection { threshold: 0, pruned: 0, considered: self.n, params };
+            let params = (0..params_n)
+                .map(|_| ParamQuota {
+                    threshold: 0,
+                    below: 0,
+                    ties: 0,
+                    take: 0,
+                })
+                .collect();
+            return GlobalSelection {
+                threshold: 0,
+                pruned: 0,
+                considered: self.n,
+                params,
+            };
         };
         let below_hi = |h: &[u32]| h[..hi].iter().map(|&c| c as u64).sum::<u64>();
         let (threshold, below, ties): (u32, Vec<u64>, Vec<u64>) = if self.fit16 {
             let below = self.high.iter().map(|h| below_hi(h)).collect();
-            ((hi as u32) << 16, below, self.high.iter().map(|h| h[hi] as u64).collect())
+            (
+                (hi as u32) << 16,
+                below,
+                self.high.iter().map(|h| h[hi] as u64).collect(),
+            )
         } else {
-            let lo_total: Vec<u64> = (0..BINS).map(|b| self.low.iter().map(|h| h[b] as u64).sum()).collect();
+            let lo_total: Vec<u64> = (0..BINS)
+                .map(|b| self.low.iter().map(|h| h[b] as u64).sum())
+                .collect();
             let (lo, _) = find_bin(&lo_total, self.k - before_hi);
             let below = self
                 .high
@@ -196,17 +240,31 @@ impl GlobalSelector {
                 .zip(&self.low)
                 .map(|(h, l)| below_hi(h) + l[..lo].iter().map(|&c| c as u64).sum::<u64>())
                 .collect();
-            (((hi as u32) << 16) | lo as u32, below, self.low.iter().map(|h| h[lo] as u64).collect())
+            (
+                ((hi as u32) << 16) | lo as u32,
+                below,
+                self.low.iter().map(|h| h[lo] as u64).collect(),
+            )
         };
         let mut remaining = self.k - below.iter().sum::<u64>();
         let mut params = Vec::with_capacity(params_n);
         for p in 0..params_n {
             let take = ties[p].min(remaining);
             remaining -= take;
-            params.push(ParamQuota { threshold, below: below[p], ties: ties[p], take });
+            params.push(ParamQuota {
+                threshold,
+                below: below[p],
+                ties: ties[p],
+                take,
+            });
         }
         debug_assert_eq!(remaining, 0);
-        GlobalSelection { threshold, pruned: self.k, considered: self.n, params }
+        GlobalSelection {
+            threshold,
+            pruned: self.k,
+            considered: self.n,
+            params,
+        }
     }
 }
 
@@ -225,7 +283,11 @@ pub fn select_global(sources: &[ScoreSource<'_>], k: u64) -> Result<GlobalSelect
 }
 
 /// Prunes, in `mask`, what `quota` selects of `src`. Returns the number pruned.
-pub fn apply_threshold(src: &ScoreSource<'_>, quota: &ParamQuota, mask: &mut BitMask) -> Result<u64, SelectError> {
+pub fn apply_threshold(
+    src: &ScoreSource<'_>,
+    quota: &ParamQuota,
+    mask: &mut BitMask,
+) -> Result<u64, SelectError> {
     let mut seen_ties = 0u64;
     let mut pruned = 0u64;
     for_each_key(src, 0, |i, key| {
@@ -253,20 +315,30 @@ pub struct RowThresholds {
 
 fn rows_cols(src: &ScoreSource<'_>, cols: usize) -> Result<usize, SelectError> {
     if cols == 0 || src.len() % cols != 0 {
-        return Err(SelectError::Shape(format!("{} elements do not form rows of {cols}", src.len())));
+        return Err(SelectError::Shape(format!(
+            "{} elements do not form rows of {cols}",
+            src.len()
+        )));
     }
     Ok(src.len() / cols)
 }
 
 /// The `k` lowest scores of every row of a row-major `[rows, cols]` source.
-pub fn select_per_row(src: &ScoreSource<'_>, cols: usize, k: u64) -> Result<RowThresholds, SelectError> {
+pub fn select_per_row(
+    src: &ScoreSource<'_>,
+    cols: usize,
+    k: u64,
+) -> Result<RowThresholds, SelectError> {
     let rows = rows_cols(src, cols)?;
     if k > cols as u64 {
         return Err(SelectError::TooMany { k, n: cols as u64 });
     }
     let mut keys = vec![0u32; src.len()];
     for_each_key(src, 0, |i, key| keys[i] = key)?;
-    let mut out = RowThresholds { keys: vec![0; rows], take: vec![0; rows] };
+    let mut out = RowThresholds {
+        keys: vec![0; rows],
+        take: vec![0; rows],
+    };
     if k == 0 {
         return Ok(out);
     }
@@ -283,10 +355,18 @@ pub fn select_per_row(src: &ScoreSource<'_>, cols: usize, k: u64) -> Result<RowT
 }
 
 /// Prunes, in `mask`, what [`select_per_row`] chose. Returns the number pruned.
-pub fn apply_per_row(src: &ScoreSource<'_>, cols: usize, t: &RowThresholds, mask: &mut BitMask) -> Result<u64, SelectError> {
+pub fn apply_per_row(
+    src: &ScoreSource<'_>,
+    cols: usize,
+    t: &RowThresholds,
+    mask: &mut BitMask,
+) -> Result<u64, SelectError> {
     let rows = rows_cols(src, cols)?;
     if t.keys.len() != rows {
-        return Err(SelectError::Shape(format!("{} row thresholds for {rows} rows", t.keys.len())));
+        return Err(SelectError::Shape(format!(
+            "{} row thresholds for {rows} rows",
+            t.keys.len()
+        )));
     }
     let mut pruned = 0u64;
     let mut seen = 0u32;
@@ -311,11 +391,19 @@ pub fn apply_per_row(src: &ScoreSource<'_>, cols: usize, t: &RowThresholds, mask
 /// Keeps the `n` highest scores of every `m` consecutive elements along rows of `cols`
 /// (`cols % m == 0`); among equal scores the lower index is pruned first. Returns the number
 /// pruned.
-pub fn apply_nm(src: &ScoreSource<'_>, cols: usize, n: u32, m: u32, mask: &mut BitMask) -> Result<u64, SelectError> {
+pub fn apply_nm(
+    src: &ScoreSource<'_>,
+    cols: usize,
+    n: u32,
+    m: u32,
+    mask: &mut BitMask,
+) -> Result<u64, SelectError> {
     rows_cols(src, cols)?;
     let (n, m) = (n as usize, m as usize);
     if m == 0 || n > m || m > 32 || cols % m != 0 {
-        return Err(SelectError::Shape(format!("{n}:{m} does not fit rows of {cols}")));
+        return Err(SelectError::Shape(format!(
+            "{n}:{m} does not fit rows of {cols}"
+        )));
     }
     let mut keys = vec![0u32; src.len()];
     for_each_key(src, 0, |i, key| keys[i] = key)?;
@@ -323,7 +411,9 @@ pub fn apply_nm(src: &ScoreSource<'_>, cols: usize, n: u32, m: u32, mask: &mut B
     let mut pruned = 0u64;
     for (g, group) in keys.chunks(m).enumerate() {
         for i in 0..m {
-            let rank = (0..m).filter(|&j| group[j] < group[i] || (group[j] == group[i] && j < i)).count();
+            let rank = (0..m)
+                .filter(|&j| group[j] < group[i] || (group[j] == group[i] && j < i))
+                .count();
             if rank < drop {
                 mask.prune(g * m + i);
                 pruned += 1;
@@ -340,13 +430,20 @@ mod tests {
 
     /// A tiny deterministic generator, so tests need no dependency.
     fn lcg(seed: &mut u64) -> u32 {
-        *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (*seed >> 33) as u32
     }
 
     fn bf16_data(n: usize, seed: u64, distinct: u32) -> Vec<u16> {
         let mut s = seed;
-        (0..n).map(|_| (0x3c00 + (lcg(&mut s) % distinct) as u16) | if lcg(&mut s) % 2 == 0 { 0x8000 } else { 0 }).collect()
+        (0..n)
+            .map(|_| {
+                (0x3c00 + (lcg(&mut s) % distinct) as u16)
+                    | if lcg(&mut s) % 2 == 0 { 0x8000 } else { 0 }
+            })
+            .collect()
     }
 
     /// Reference: sort all (key, param, index) and take the first k.
@@ -372,8 +469,8 @@ mod tests {
         for (p, s) in sources.iter().enumerate() {
             let mut mask = BitMask::all_kept(s.len());
             total += apply_threshold(s, &sel.params[p], &mut mask).unwrap();
-            for i in 0..s.len() {
-                assert_eq!(!mask.kept(i), expect[p][i], "param {p} index {i} k {k}");
+            for (i, &e) in expect[p].iter().enumerate() {
+                assert_eq!(!mask.kept(i), e, "param {p} index {i} k {k}");
             }
         }
         assert_eq!(total, k);
@@ -383,7 +480,10 @@ mod tests {
     fn global_bf16_with_heavy_ties_matches_sorting() {
         let a = bf16_data(1000, 1, 7);
         let b = bf16_data(333, 2, 5);
-        let srcs = [ScoreSource::Magnitude(Elems::BF16(&a)), ScoreSource::Magnitude(Elems::BF16(&b))];
+        let srcs = [
+            ScoreSource::Magnitude(Elems::BF16(&a)),
+            ScoreSource::Magnitude(Elems::BF16(&b)),
+        ];
         for k in [0, 1, 17, 500, 666, 1332, 1333] {
             check_global(&srcs, k);
         }
@@ -392,10 +492,15 @@ mod tests {
     #[test]
     fn global_f32_scaled_needs_two_passes_and_matches() {
         let mut s = 9;
-        let w: Vec<f32> = (0..600).map(|_| (lcg(&mut s) % 1000) as f32 * 1e-3 - 0.5).collect();
+        let w: Vec<f32> = (0..600)
+            .map(|_| (lcg(&mut s) % 1000) as f32 * 1e-3 - 0.5)
+            .collect();
         let scale: Vec<f32> = (0..20).map(|_| (lcg(&mut s) % 7) as f32 * 0.25).collect();
         let d: Vec<f32> = (0..100).map(|_| (lcg(&mut s) % 50) as f32 - 25.0).collect();
-        let srcs = [ScoreSource::ScaledMagnitude(Elems::F32(&w), &scale), ScoreSource::Dense(Elems::F32(&d))];
+        let srcs = [
+            ScoreSource::ScaledMagnitude(Elems::F32(&w), &scale),
+            ScoreSource::Dense(Elems::F32(&d)),
+        ];
         for k in [0, 1, 99, 350, 699, 700] {
             check_global(&srcs, k);
         }
@@ -404,7 +509,13 @@ mod tests {
     #[test]
     fn non_finite_is_reported_with_its_place() {
         let w = [1.0f32, f32::NAN, 2.0];
-        let err = select_global(&[ScoreSource::Magnitude(Elems::F32(&[0.0])), ScoreSource::Magnitude(Elems::F32(&w))], 1);
+        let err = select_global(
+            &[
+                ScoreSource::Magnitude(Elems::F32(&[0.0])),
+                ScoreSource::Magnitude(Elems::F32(&w)),
+            ],
+            1,
+        );
         assert_eq!(err, Err(SelectError::NonFinite { param: 1, index: 1 }));
     }
 
@@ -418,7 +529,10 @@ mod tests {
         let kept: Vec<bool> = (0..12).map(|i| mask.kept(i)).collect();
         // Row 0: |.| = 3 1 1 1 2 0 -> prune 0, then the ties 1,1 at columns 1,2.
         // Row 1: 5 5 5 5 1 4 -> prune 1, 4, then the first 5 (column 0).
-        assert_eq!(kept, vec![true, false, false, true, true, false, false, true, true, true, false, false]);
+        assert_eq!(
+            kept,
+            vec![true, false, false, true, true, false, false, true, true, true, false, false]
+        );
     }
 
     #[test]
@@ -428,7 +542,10 @@ mod tests {
         let mut mask = BitMask::all_kept(8);
         assert_eq!(apply_nm(&src, 8, 2, 4, &mut mask).unwrap(), 4);
         let kept: Vec<bool> = (0..8).map(|i| mask.kept(i)).collect();
-        assert_eq!(kept, vec![false, false, true, true, false, true, true, false]);
+        assert_eq!(
+            kept,
+            vec![false, false, true, true, false, true, true, false]
+        );
         assert!(apply_nm(&src, 8, 2, 3, &mut mask).is_err());
     }
 }

@@ -16,7 +16,9 @@ pub enum Error {
         error: PluginError,
     },
     /// A weight, gradient, statistic or score is NaN or infinite.
-    #[error("{what} of parameter '{param}' is not finite (element {index}); the model was not changed")]
+    #[error(
+        "{what} of parameter '{param}' is not finite (element {index}); the model was not changed"
+    )]
     NonFinite {
         /// "weight", "score", ...
         what: &'static str,

@@ -30,7 +30,10 @@ pub use mask::{MaskSet, ParamMask};
 pub use ops::host_ops;
 pub use params::{glob_match, role_of, ParamFilter, ParamSource};
 pub use prune::{ParamReport, PassConfig, PassInputs, PassReport, PrunePlan, Pruner};
-pub use registry::{complete_config, Component, ComponentRef, LoadSummary, LoadedPlugin, PluginRegistry, Rejected, PLUGIN_PATH_ENV};
+pub use registry::{
+    complete_config, Component, ComponentRef, LoadSummary, LoadedPlugin, PluginRegistry, Rejected,
+    PLUGIN_PATH_ENV,
+};
 pub use stats::ActivationStats;
 pub use tensors::{dtype_of, kind_of, plugin_owned_count};
 

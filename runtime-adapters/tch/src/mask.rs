@@ -39,7 +39,8 @@ impl ParamMask {
 
     /// The mask as a bool tensor of the parameter's shape (true = kept).
     pub fn keep(&self) -> Result<Tensor> {
-        Ok(engine::unpack_keep(&self.bits, self.numel() as i64)?.f_reshape(self.shape.as_slice())?)
+        Ok(engine::unpack_keep(&self.bits, self.numel() as i64)?
+            .f_reshape(self.shape.as_slice())?)
     }
 }
 
@@ -91,14 +92,26 @@ impl MaskSet {
         Ok((pruned, total))
     }
 
-    fn matched<'a>(&'a self, params: &'a [(String, Tensor)]) -> Result<Vec<(&'a Tensor, &'a ParamMask)>> {
+    fn matched<'a>(
+        &'a self,
+        params: &'a [(String, Tensor)],
+    ) -> Result<Vec<(&'a Tensor, &'a ParamMask)>> {
         let by_name: HashMap<&str, &Tensor> = params.iter().map(|(n, t)| (n.as_str(), t)).collect();
         self.masks
             .iter()
             .map(|(name, m)| {
-                let t = by_name.get(name.as_str()).ok_or_else(|| Error::Invalid(format!("the model has no parameter '{name}' for its mask")))?;
+                let t = by_name.get(name.as_str()).ok_or_else(|| {
+                    Error::Invalid(format!("the model has no parameter '{name}' for its mask"))
+                })?;
                 if t.size() != m.shape {
-                    return Err(Error::Shape { op: "mask", message: format!("'{name}' is {:?} but its mask is {:?}", t.size(), m.shape) });
+                    return Err(Error::Shape {
+                        op: "mask",
+                        message: format!(
+                            "'{name}' is {:?} but its mask is {:?}",
+                            t.size(),
+                            m.shape
+                        ),
+                    });
                 }
                 Ok((*t, m))
             })
@@ -114,7 +127,11 @@ impl MaskSet {
         let _g = tch::no_grad_guard();
         let mut n = 0;
         for (t, m) in pairs {
-            let bits = if m.bits.device() == t.device() { m.bits.shallow_clone() } else { m.bits.to_device(t.device()) };
+            let bits = if m.bits.device() == t.device() {
+                m.bits.shallow_clone()
+            } else {
+                m.bits.to_device(t.device())
+            };
             n += engine::apply_mask(t, &bits)?;
         }
         Ok(n)
@@ -128,8 +145,16 @@ impl MaskSet {
         for (t, m) in pairs {
             let g = t.grad();
             if g.defined() {
-                let bits = if m.bits.device() == g.device() { m.bits.shallow_clone() } else { m.bits.to_device(g.device()) };
-                let g = if g.is_contiguous() { g } else { return Err(Error::Invalid("non-contiguous gradient".into())) };
+                let bits = if m.bits.device() == g.device() {
+                    m.bits.shallow_clone()
+                } else {
+                    m.bits.to_device(g.device())
+                };
+                let g = if g.is_contiguous() {
+                    g
+                } else {
+                    return Err(Error::Invalid("non-contiguous gradient".into()));
+                };
                 engine::apply_mask(&g, &bits)?;
             }
         }
@@ -143,25 +168,47 @@ impl MaskSet {
         let mut meta = HashMap::new();
         meta.insert(FORMAT_KEY.to_string(), FORMAT.to_string());
         for (name, m) in &self.masks {
-            bytes.push((name.clone(), Vec::<u8>::try_from(&m.bits.to_device(Device::Cpu))?));
-            meta.insert(format!("shape:{name}"), serde_json::to_string(&m.shape).expect("a list of integers"));
+            bytes.push((
+                name.clone(),
+                Vec::<u8>::try_from(&m.bits.to_device(Device::Cpu))?,
+            ));
+            meta.insert(
+                format!("shape:{name}"),
+                serde_json::to_string(&m.shape).expect("a list of integers"),
+            );
         }
         let views: Vec<(String, StView<'_>)> = bytes
             .iter()
-            .map(|(n, b)| (n.clone(), StView::new(Dtype::U8, vec![b.len()], b).expect("length matches")))
+            .map(|(n, b)| {
+                (
+                    n.clone(),
+                    StView::new(Dtype::U8, vec![b.len()], b).expect("length matches"),
+                )
+            })
             .collect();
-        safetensors::serialize_to_file(views, Some(meta), path)
-            .map_err(|e| Error::Format { path: path.into(), message: e.to_string() })
+        safetensors::serialize_to_file(views, Some(meta), path).map_err(|e| Error::Format {
+            path: path.into(),
+            message: e.to_string(),
+        })
     }
 
     /// Reads masks written by [`MaskSet::save`], onto `device`.
     pub fn load(path: &Path, device: Device) -> Result<MaskSet> {
-        let data = std::fs::read(path).map_err(|source| Error::Io { path: path.into(), source })?;
-        let bad = |message: String| Error::Format { path: path.into(), message };
-        let (_, metadata) = SafeTensors::read_metadata(&data).map_err(|e| bad(format!("not a safetensors file: {e}")))?;
+        let data = std::fs::read(path).map_err(|source| Error::Io {
+            path: path.into(),
+            source,
+        })?;
+        let bad = |message: String| Error::Format {
+            path: path.into(),
+            message,
+        };
+        let (_, metadata) = SafeTensors::read_metadata(&data)
+            .map_err(|e| bad(format!("not a safetensors file: {e}")))?;
         let meta = metadata.metadata().clone().unwrap_or_default();
         if meta.get(FORMAT_KEY).map(String::as_str) != Some(FORMAT) {
-            return Err(bad(format!("not a Birdbone mask file (metadata '{FORMAT_KEY}' is not '{FORMAT}')")));
+            return Err(bad(format!(
+                "not a Birdbone mask file (metadata '{FORMAT_KEY}' is not '{FORMAT}')"
+            )));
         }
         let st = SafeTensors::deserialize(&data).map_err(|e| bad(e.to_string()))?;
         let mut set = MaskSet::new();
@@ -172,10 +219,16 @@ impl MaskSet {
                 .ok_or_else(|| bad(format!("no shape recorded for '{name}'")))?;
             let numel = shape.iter().product::<i64>() as usize;
             if view.dtype() != Dtype::U8 || view.data().len() != mask_bytes(numel) {
-                return Err(bad(format!("mask '{name}' has {} bytes; a {shape:?} parameter needs {}", view.data().len(), mask_bytes(numel))));
+                return Err(bad(format!(
+                    "mask '{name}' has {} bytes; a {shape:?} parameter needs {}",
+                    view.data().len(),
+                    mask_bytes(numel)
+                )));
             }
             if birdbone_select::BitMask::from_bytes(numel, view.data().to_vec()).is_none() {
-                return Err(bad(format!("mask '{name}' has bits set past its {numel} weights")));
+                return Err(bad(format!(
+                    "mask '{name}' has bits set past its {numel} weights"
+                )));
             }
             let bits = Tensor::from_slice(view.data()).f_to_device(device)?;
             debug_assert_eq!(bits.kind(), Kind::Uint8);

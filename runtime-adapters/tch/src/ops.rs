@@ -11,8 +11,8 @@ use abi_stable::{
     std_types::{ROption, RResult, RSlice, RVec, Tuple2},
 };
 use birdbone_host_api::{
-    self as api, AbiVersion, BinaryOp, DType, ErrorCode, HostOps, HostOps_Ref, KthValue, PluginError,
-    ReduceOp, TensorId, UnaryOp,
+    self as api, AbiVersion, BinaryOp, DType, ErrorCode, HostOps, HostOps_Ref, KthValue,
+    PluginError, ReduceOp, TensorId, UnaryOp,
 };
 use birdbone_select::key_value;
 use tch::{Kind, Tensor};
@@ -37,7 +37,10 @@ pub(crate) fn guard<T>(f: impl FnOnce() -> Result<T>) -> RResult<T, PluginError>
                 .map(|s| s.to_string())
                 .or_else(|| p.downcast_ref::<String>().cloned())
                 .unwrap_or_default();
-            RResult::RErr(PluginError::new(ErrorCode::Internal, format!("host operation panicked: {msg}")))
+            RResult::RErr(PluginError::new(
+                ErrorCode::Internal,
+                format!("host operation panicked: {msg}"),
+            ))
         }
     }
 }
@@ -53,20 +56,38 @@ fn deliver(value: Tensor, out: ROption<TensorId>) -> Result<api::Tensor> {
         Some(id) => {
             let mut dst = tensors::get_writable(id)?;
             dst.f_copy_(&value)?;
-            Ok(api::Tensor { id, view: tensors::view_of(&dst)? })
+            Ok(api::Tensor {
+                id,
+                view: tensors::view_of(&dst)?,
+            })
         }
     }
 }
 
-extern "C" fn alloc(shape: RSlice<'_, i64>, dtype: DType, device: api::Device, fill: f64) -> RResult<api::Tensor, PluginError> {
-    guard(|| new_tensor(Tensor::f_full(shape.as_slice(), fill, (kind_of(dtype), torch_device(device)))?))
+extern "C" fn alloc(
+    shape: RSlice<'_, i64>,
+    dtype: DType,
+    device: api::Device,
+    fill: f64,
+) -> RResult<api::Tensor, PluginError> {
+    guard(|| {
+        new_tensor(Tensor::f_full(
+            shape.as_slice(),
+            fill,
+            (kind_of(dtype), torch_device(device)),
+        )?)
+    })
 }
 
 extern "C" fn release(id: TensorId) -> RResult<(), PluginError> {
     guard(|| tensors::release(id))
 }
 
-extern "C" fn unary(op: UnaryOp, x: TensorId, out: ROption<TensorId>) -> RResult<api::Tensor, PluginError> {
+extern "C" fn unary(
+    op: UnaryOp,
+    x: TensorId,
+    out: ROption<TensorId>,
+) -> RResult<api::Tensor, PluginError> {
     guard(|| {
         let x = tensors::get(x)?;
         let y = match op {
@@ -101,11 +122,26 @@ fn binary_tensors(op: BinaryOp, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     })
 }
 
-extern "C" fn binary(op: BinaryOp, a: TensorId, b: TensorId, out: ROption<TensorId>) -> RResult<api::Tensor, PluginError> {
-    guard(|| deliver(binary_tensors(op, &tensors::get(a)?, &tensors::get(b)?)?, out))
+extern "C" fn binary(
+    op: BinaryOp,
+    a: TensorId,
+    b: TensorId,
+    out: ROption<TensorId>,
+) -> RResult<api::Tensor, PluginError> {
+    guard(|| {
+        deliver(
+            binary_tensors(op, &tensors::get(a)?, &tensors::get(b)?)?,
+            out,
+        )
+    })
 }
 
-extern "C" fn binary_scalar(op: BinaryOp, a: TensorId, s: f64, out: ROption<TensorId>) -> RResult<api::Tensor, PluginError> {
+extern "C" fn binary_scalar(
+    op: BinaryOp,
+    a: TensorId,
+    s: f64,
+    out: ROption<TensorId>,
+) -> RResult<api::Tensor, PluginError> {
     guard(|| {
         let a = tensors::get(a)?;
         let b = Tensor::f_scalar_tensor(s, (a.kind(), a.device()))?;
@@ -113,7 +149,11 @@ extern "C" fn binary_scalar(op: BinaryOp, a: TensorId, s: f64, out: ROption<Tens
     })
 }
 
-extern "C" fn where_select(cond: TensorId, a: TensorId, b: TensorId) -> RResult<api::Tensor, PluginError> {
+extern "C" fn where_select(
+    cond: TensorId,
+    a: TensorId,
+    b: TensorId,
+) -> RResult<api::Tensor, PluginError> {
     guard(|| {
         let c = tensors::get(cond)?.f_ne(0)?;
         new_tensor(tensors::get(a)?.f_where_self(&c, &tensors::get(b)?)?)
@@ -129,12 +169,23 @@ extern "C" fn masked_fill(x: TensorId, mask: TensorId, value: f64) -> RResult<()
     })
 }
 
-extern "C" fn reduce(op: ReduceOp, x: TensorId, dim: ROption<i64>, keepdim: bool) -> RResult<api::Tensor, PluginError> {
+extern "C" fn reduce(
+    op: ReduceOp,
+    x: TensorId,
+    dim: ROption<i64>,
+    keepdim: bool,
+) -> RResult<api::Tensor, PluginError> {
     guard(|| {
         let x = tensors::get(x)?;
         let dims: Option<Vec<i64>> = dim.into_option().map(|d| vec![d]);
         let d = dims.as_deref();
-        let float = |t: &Tensor| -> Result<Tensor> { Ok(if t.is_floating_point() { t.shallow_clone() } else { t.f_to_kind(Kind::Float)? }) };
+        let float = |t: &Tensor| -> Result<Tensor> {
+            Ok(if t.is_floating_point() {
+                t.shallow_clone()
+            } else {
+                t.f_to_kind(Kind::Float)?
+            })
+        };
         let y = match (op, d) {
             (ReduceOp::Sum, d) => x.f_sum_dim_intlist(d, keepdim, None::<Kind>)?,
             (ReduceOp::Mean, d) => float(&x)?.f_mean_dim(d, keepdim, None::<Kind>)?,
@@ -143,8 +194,15 @@ extern "C" fn reduce(op: ReduceOp, x: TensorId, dim: ROption<i64>, keepdim: bool
             (ReduceOp::Min, Some(d)) => x.f_amin(d, keepdim)?,
             (ReduceOp::Min, None) => x.f_min()?,
             (ReduceOp::L1Norm, d) => x.f_abs()?.f_sum_dim_intlist(d, keepdim, None::<Kind>)?,
-            (ReduceOp::SumSquares, d) => float(&x)?.f_square()?.f_sum_dim_intlist(d, keepdim, None::<Kind>)?,
-            (ReduceOp::L2Norm, d) => float(&x)?.f_square()?.f_sum_dim_intlist(d, keepdim, None::<Kind>)?.f_sqrt()?,
+            (ReduceOp::SumSquares, d) => {
+                float(&x)?
+                    .f_square()?
+                    .f_sum_dim_intlist(d, keepdim, None::<Kind>)?
+            }
+            (ReduceOp::L2Norm, d) => float(&x)?
+                .f_square()?
+                .f_sum_dim_intlist(d, keepdim, None::<Kind>)?
+                .f_sqrt()?,
         };
         new_tensor(y)
     })
@@ -159,7 +217,10 @@ extern "C" fn copy(src: TensorId, dst: TensorId) -> RResult<(), PluginError> {
         let mut d = tensors::get_writable(dst)?;
         let s = tensors::get(src)?;
         if s.size() != d.size() {
-            return Err(Error::Shape { op: "copy", message: format!("{:?} into {:?}", s.size(), d.size()) });
+            return Err(Error::Shape {
+                op: "copy",
+                message: format!("{:?} into {:?}", s.size(), d.size()),
+            });
         }
         d.f_copy_(&s)?;
         Ok(())
@@ -168,26 +229,47 @@ extern "C" fn copy(src: TensorId, dst: TensorId) -> RResult<(), PluginError> {
 
 extern "C" fn to_host(x: TensorId) -> RResult<RVec<f64>, PluginError> {
     guard(|| {
-        let x = tensors::get(x)?.f_to_kind(Kind::Double)?.f_to_device(tch::Device::Cpu)?.f_reshape([-1])?;
+        let x = tensors::get(x)?
+            .f_to_kind(Kind::Double)?
+            .f_to_device(tch::Device::Cpu)?
+            .f_reshape([-1])?;
         Ok(RVec::from(Vec::<f64>::try_from(&x)?))
     })
 }
 
-extern "C" fn from_host(data: RSlice<'_, f64>, shape: RSlice<'_, i64>, dtype: DType, device: api::Device) -> RResult<api::Tensor, PluginError> {
+extern "C" fn from_host(
+    data: RSlice<'_, f64>,
+    shape: RSlice<'_, i64>,
+    dtype: DType,
+    device: api::Device,
+) -> RResult<api::Tensor, PluginError> {
     guard(|| {
         let n: i64 = shape.iter().product();
         if n as usize != data.len() {
-            return Err(Error::Shape { op: "from_host", message: format!("{} values for shape {:?}", data.len(), shape.as_slice()) });
+            return Err(Error::Shape {
+                op: "from_host",
+                message: format!("{} values for shape {:?}", data.len(), shape.as_slice()),
+            });
         }
-        let t = Tensor::from_slice(data.as_slice()).f_reshape(shape.as_slice())?.f_to_kind(kind_of(dtype))?.f_to_device(torch_device(device))?;
+        let t = Tensor::from_slice(data.as_slice())
+            .f_reshape(shape.as_slice())?
+            .f_to_kind(kind_of(dtype))?
+            .f_to_device(torch_device(device))?;
         new_tensor(t)
     })
 }
 
-extern "C" fn histogram(x: TensorId, bins: u32, min: f64, max: f64) -> RResult<api::Tensor, PluginError> {
+extern "C" fn histogram(
+    x: TensorId,
+    bins: u32,
+    min: f64,
+    max: f64,
+) -> RResult<api::Tensor, PluginError> {
     guard(|| {
-        if bins == 0 || !(max > min) {
-            crate::bail!("histogram needs bins > 0 and max > min (got {bins} bins over [{min}, {max}])");
+        if bins == 0 || max.partial_cmp(&min) != Some(std::cmp::Ordering::Greater) {
+            crate::bail!(
+                "histogram needs bins > 0 and max > min (got {bins} bins over [{min}, {max}])"
+            );
         }
         // histc semantics: values outside [min, max] are ignored; max falls in the last bin.
         let x = tensors::get(x)?.f_to_kind(Kind::Double)?.f_reshape([-1])?;
@@ -199,18 +281,26 @@ extern "C" fn histogram(x: TensorId, bins: u32, min: f64, max: f64) -> RResult<a
             .f_floor()?
             .f_clamp(0.0, (bins - 1) as f64)?
             .f_to_kind(Kind::Int64)?;
-        new_tensor(idx.f_bincount::<Tensor>(None, bins as i64)?.f_to_kind(Kind::Float)?)
+        new_tensor(
+            idx.f_bincount::<Tensor>(None, bins as i64)?
+                .f_to_kind(Kind::Float)?,
+        )
     })
 }
 
 /// The exact k-th smallest over a set of tensors, through the same selection machinery as the
 /// pruning pass (so it has no element limit and no sort).
 pub(crate) fn kth_of(xs: &[Tensor], k: u64) -> Result<KthValue> {
-    let Some(first) = xs.first() else { crate::bail!("kth_value of no tensors") };
+    let Some(first) = xs.first() else {
+        crate::bail!("kth_value of no tensors")
+    };
     if k == 0 {
         crate::bail!("kth_value counts k from 1");
     }
-    let scores: Vec<Scores> = xs.iter().map(|x| Ok(Scores::Dense(x.f_to_kind(Kind::Float)?.f_contiguous()?))).collect::<Result<_>>()?;
+    let scores: Vec<Scores> = xs
+        .iter()
+        .map(|x| Ok(Scores::Dense(x.f_to_kind(Kind::Float)?.f_contiguous()?)))
+        .collect::<Result<_>>()?;
     let mut sel = engine::global_selector(first.device(), k, scores.len())?;
     for (p, s) in scores.iter().enumerate() {
         sel.feed_high(p, s)?;
@@ -223,12 +313,19 @@ pub(crate) fn kth_of(xs: &[Tensor], k: u64) -> Result<KthValue> {
     let g = sel.finish()?;
     let below = g.params.iter().map(|q| q.below).sum();
     let equal = g.params.iter().map(|q| q.ties).sum();
-    Ok(KthValue { value: key_value(g.threshold) as f64, below, equal })
+    Ok(KthValue {
+        value: key_value(g.threshold) as f64,
+        below,
+        equal,
+    })
 }
 
 extern "C" fn kth_value(xs: RSlice<'_, TensorId>, k: u64) -> RResult<KthValue, PluginError> {
     guard(|| {
-        let ts: Vec<Tensor> = xs.iter().map(|&id| tensors::get(id)).collect::<Result<_>>()?;
+        let ts: Vec<Tensor> = xs
+            .iter()
+            .map(|&id| tensors::get(id))
+            .collect::<Result<_>>()?;
         kth_of(&ts, k)
     })
 }
@@ -237,7 +334,12 @@ extern "C" fn kth_along(x: TensorId, k: u64, dim: i64) -> RResult<api::Tensor, P
     guard(|| new_tensor(tensors::get(x)?.f_kthvalue(k as i64, dim, false)?.0))
 }
 
-extern "C" fn topk(x: TensorId, k: u64, dim: i64, largest: bool) -> RResult<Tuple2<api::Tensor, api::Tensor>, PluginError> {
+extern "C" fn topk(
+    x: TensorId,
+    k: u64,
+    dim: i64,
+    largest: bool,
+) -> RResult<Tuple2<api::Tensor, api::Tensor>, PluginError> {
     guard(|| {
         let (v, i) = tensors::get(x)?.f_topk(k as i64, dim, largest, true)?;
         Ok(Tuple2(new_tensor(v)?, new_tensor(i)?))

@@ -31,7 +31,10 @@ impl ParamSource for CModule {
 
 impl ParamSource for [(String, Tensor)] {
     fn named_parameters(&self) -> Result<Vec<(String, Tensor)>> {
-        Ok(self.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect())
+        Ok(self
+            .iter()
+            .map(|(n, t)| (n.clone(), t.shallow_clone()))
+            .collect())
     }
 }
 
@@ -90,12 +93,18 @@ impl ParamFilter {
         if !self.include.is_empty() {
             return self.include.iter().any(|p| glob_match(p, name));
         }
-        dims.len() == 2 && name.ends_with("weight") && !NEVER_BY_DEFAULT.iter().any(|w| name.contains(w))
+        dims.len() == 2
+            && name.ends_with("weight")
+            && !NEVER_BY_DEFAULT.iter().any(|w| name.contains(w))
     }
 
     /// The selected parameters of a source, in name order.
     pub fn select(&self, source: &(impl ParamSource + ?Sized)) -> Result<Vec<(String, Tensor)>> {
-        Ok(source.named_parameters()?.into_iter().filter(|(n, t)| self.selects(n, &t.size())).collect())
+        Ok(source
+            .named_parameters()?
+            .into_iter()
+            .filter(|(n, t)| self.selects(n, &t.size()))
+            .collect())
     }
 }
 
@@ -105,13 +114,18 @@ pub fn role_of(name: &str) -> ParamRole {
     let parts: Vec<&str> = name.split('.').collect();
     let layer = parts
         .windows(2)
-        .find(|w| matches!(w[0], "layers" | "h" | "blocks" | "layer") && w[1].parse::<u32>().is_ok())
+        .find(|w| {
+            matches!(w[0], "layers" | "h" | "blocks" | "layer") && w[1].parse::<u32>().is_ok()
+        })
         .map(|w| w[1].parse().expect("checked"));
     let kind = match parts.as_slice() {
         [.., kind, "weight" | "bias"] => kind.to_string(),
         _ => String::new(),
     };
-    ParamRole { layer: layer.into(), kind: kind.into() }
+    ParamRole {
+        layer: layer.into(),
+        kind: kind.into(),
+    }
 }
 
 #[cfg(test)]
@@ -120,8 +134,14 @@ mod tests {
 
     #[test]
     fn globs() {
-        assert!(glob_match("model.layers.*.mlp.*", "model.layers.3.mlp.down_proj.weight"));
-        assert!(!glob_match("*.q_proj.weight", "model.layers.3.self_attn.k_proj.weight"));
+        assert!(glob_match(
+            "model.layers.*.mlp.*",
+            "model.layers.3.mlp.down_proj.weight"
+        ));
+        assert!(!glob_match(
+            "*.q_proj.weight",
+            "model.layers.3.self_attn.k_proj.weight"
+        ));
         assert!(glob_match("*", ""));
     }
 
@@ -132,7 +152,10 @@ mod tests {
         assert!(!f.selects("model.embed_tokens.weight", &[49152, 576]));
         assert!(!f.selects("model.layers.0.input_layernorm.weight", &[576]));
         assert!(!f.selects("lm_head.weight", &[49152, 576]));
-        let g = ParamFilter { include: vec![], exclude: vec!["*.layers.0.*".into()] };
+        let g = ParamFilter {
+            include: vec![],
+            exclude: vec!["*.layers.0.*".into()],
+        };
         assert!(!g.selects("model.layers.0.self_attn.q_proj.weight", &[576, 576]));
     }
 

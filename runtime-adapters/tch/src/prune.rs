@@ -11,15 +11,16 @@ use abi_stable::{
     std_types::{RNone, ROption, RResult, RSlice, RVec},
 };
 use birdbone_host_api::{
-    Decision, DeviceSet, Granularity, HostOps_Ref, InputSet, NmPattern, ParamInfo, PlanContext, PlanContext_TO,
-    PluginError, ScoreInputs, ScoreOut, ScoreRequest, ScorerBox, SelectScope, Selection, StrategyBox, Target,
+    Decision, DeviceSet, Granularity, HostOps_Ref, InputSet, NmPattern, ParamInfo, PlanContext,
+    PlanContext_TO, PluginError, ScoreInputs, ScoreOut, ScoreRequest, ScorerBox, SelectScope,
+    Selection, StrategyBox, Target,
 };
 use birdbone_select::{key_value, ParamQuota};
 use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
 use crate::{
-    engine::{self, Rule, RowSel, Scores},
+    engine::{self, RowSel, Rule, Scores},
     error::{Error, Result},
     mask::{MaskSet, ParamMask},
     ops::{guard, host_ops},
@@ -45,7 +46,12 @@ pub struct PassConfig {
 
 impl Default for PassConfig {
     fn default() -> Self {
-        PassConfig { sparsity: 0.5, nm: None, keep_masks: true, filter: ParamFilter::default() }
+        PassConfig {
+            sparsity: 0.5,
+            nm: None,
+            keep_masks: true,
+            filter: ParamFilter::default(),
+        }
     }
 }
 
@@ -59,7 +65,10 @@ impl PassConfig {
                 crate::bail!("N:M pattern {n}:{m} is not valid (need 0 <= N <= M, 1 <= M <= 32)");
             }
         }
-        Ok(Target { sparsity: self.sparsity, nm: self.nm.map(|(n, m)| NmPattern { n, m }).into() })
+        Ok(Target {
+            sparsity: self.sparsity,
+            nm: self.nm.map(|(n, m)| NmPattern { n, m }).into(),
+        })
     }
 }
 
@@ -111,9 +120,18 @@ impl PassReport {
     /// A table for a terminal.
     pub fn to_table(&self) -> String {
         let mut s = String::new();
-        s.push_str(&format!("{:<56} {:>16} {:>12} {:>9}\n", "parameter", "shape", "pruned", "sparsity"));
+        s.push_str(&format!(
+            "{:<56} {:>16} {:>12} {:>9}\n",
+            "parameter", "shape", "pruned", "sparsity"
+        ));
         for p in &self.params {
-            s.push_str(&format!("{:<56} {:>16} {:>12} {:>8.2}%\n", p.name, format!("{:?}", p.shape), p.pruned, 100.0 * p.sparsity));
+            s.push_str(&format!(
+                "{:<56} {:>16} {:>12} {:>8.2}%\n",
+                p.name,
+                format!("{:?}", p.shape),
+                p.pruned,
+                100.0 * p.sparsity
+            ));
         }
         s.push_str(&format!(
             "total: {} of {} weights pruned ({:.4}%) by {} + {} on {}; plan {:.3} s, commit {:.3} s\n",
@@ -144,8 +162,16 @@ pub struct Pruner {
 }
 
 fn describe<T>(c: &Component<T>) -> String {
-    let cfg: Vec<String> = c.config.iter().map(|e| format!("{}={}", e.name, e.value)).collect();
-    if cfg.is_empty() { c.name.clone() } else { format!("{}({})", c.name, cfg.join(", ")) }
+    let cfg: Vec<String> = c
+        .config
+        .iter()
+        .map(|e| format!("{}={}", e.name, e.value))
+        .collect();
+    if cfg.is_empty() {
+        c.name.clone()
+    } else {
+        format!("{}({})", c.name, cfg.join(", "))
+    }
 }
 
 fn sync(device: Device) {
@@ -163,7 +189,10 @@ impl Pruner {
         strategy: &str,
         strategy_settings: &BTreeMap<String, String>,
     ) -> Result<Pruner> {
-        Ok(Pruner { scorer: registry.create_scorer(scorer, scorer_settings)?, strategy: registry.create_strategy(strategy, strategy_settings)? })
+        Ok(Pruner {
+            scorer: registry.create_scorer(scorer, scorer_settings)?,
+            strategy: registry.create_strategy(strategy, strategy_settings)?,
+        })
     }
 
     /// The scorer (a training loop feeds it through [`Pruner::observe`]).
@@ -180,7 +209,11 @@ impl Pruner {
             let g = w.grad();
             let inputs = ScoreInputs {
                 weight: lent.lend(w)?,
-                grad: if g.defined() { ROption::RSome(lent.lend(&g)?) } else { RNone },
+                grad: if g.defined() {
+                    ROption::RSome(lent.lend(&g)?)
+                } else {
+                    RNone
+                },
                 act_sq_sums: RNone,
                 act_tokens: 0,
             };
@@ -188,19 +221,33 @@ impl Pruner {
                 .object
                 .observe(&info, &inputs)
                 .into_result()
-                .map_err(|error| Error::Plugin { component: self.scorer.name.clone(), param: name.clone(), error })?;
+                .map_err(|error| Error::Plugin {
+                    component: self.scorer.name.clone(),
+                    param: name.clone(),
+                    error,
+                })?;
         }
         Ok(())
     }
 
     /// Plans a pass over the parameters of `model` that `config.filter` selects.
-    pub fn plan(&mut self, model: &(impl ParamSource + ?Sized), config: &PassConfig, inputs: PassInputs<'_>) -> Result<PrunePlan> {
+    pub fn plan(
+        &mut self,
+        model: &(impl ParamSource + ?Sized),
+        config: &PassConfig,
+        inputs: PassInputs<'_>,
+    ) -> Result<PrunePlan> {
         let params = config.filter.select(model)?;
         self.plan_params(params, config, inputs)
     }
 
     /// Plans a pass over exactly these parameters.
-    pub fn plan_params(&mut self, params: Vec<(String, Tensor)>, config: &PassConfig, inputs: PassInputs<'_>) -> Result<PrunePlan> {
+    pub fn plan_params(
+        &mut self,
+        params: Vec<(String, Tensor)>,
+        config: &PassConfig,
+        inputs: PassInputs<'_>,
+    ) -> Result<PrunePlan> {
         let started = Instant::now();
         let target = config.target()?;
         if params.is_empty() {
@@ -211,16 +258,29 @@ impl Pruner {
         let needs = self.scorer.info.capabilities.inputs;
         let mut plan_params = Vec::with_capacity(params.len());
         for (i, (name, weight)) in params.into_iter().enumerate() {
-            for (c, what) in [(&self.scorer.info, "scorer"), (&self.strategy.info, "strategy")] {
-                let need = if weight.device().is_cuda() { DeviceSet::CUDA } else { DeviceSet::CPU };
+            for (c, what) in [
+                (&self.scorer.info, "scorer"),
+                (&self.strategy.info, "strategy"),
+            ] {
+                let need = if weight.device().is_cuda() {
+                    DeviceSet::CUDA
+                } else {
+                    DeviceSet::CPU
+                };
                 if !c.capabilities.devices.contains(need) {
                     return Err(Error::Config {
                         component: c.name.to_string(),
-                        message: format!("this {what} does not run on {:?} tensors ('{name}')", weight.device()),
+                        message: format!(
+                            "this {what} does not run on {:?} tensors ('{name}')",
+                            weight.device()
+                        ),
                     });
                 }
             }
-            let act = inputs.stats.and_then(|s| s.get(&name)).map(|(t, n)| (t.shallow_clone(), n));
+            let act = inputs
+                .stats
+                .and_then(|s| s.get(&name))
+                .map(|(t, n)| (t.shallow_clone(), n));
             if needs.contains(InputSet::ACTIVATION_STATS) && act.is_none() {
                 return Err(Error::Config {
                     component: self.scorer.name.clone(),
@@ -232,11 +292,19 @@ impl Pruner {
             if needs.contains(InputSet::GRADIENTS) && grad.is_none() {
                 return Err(Error::Config {
                     component: self.scorer.name.clone(),
-                    message: format!("it needs gradients and '{name}' has none: run a backward pass first"),
+                    message: format!(
+                        "it needs gradients and '{name}' has none: run a backward pass first"
+                    ),
                 });
             }
             let info = param_info(i, &name, &weight)?;
-            plan_params.push(PlanParam { name, info, weight, grad, act });
+            plan_params.push(PlanParam {
+                name,
+                info,
+                weight,
+                grad,
+                act,
+            });
         }
         let infos: RVec<ParamInfo> = plan_params.iter().map(|p| p.info.clone()).collect();
         let mut ctx = HostPlan {
@@ -255,7 +323,11 @@ impl Pruner {
         };
         if let Err(error) = result {
             // Prefer the host's own account of the failure (it names the parameter and stage).
-            return Err(ctx.error.take().unwrap_or(Error::Plugin { component: strategy_name, param: "the pass".into(), error }));
+            return Err(ctx.error.take().unwrap_or(Error::Plugin {
+                component: strategy_name,
+                param: "the pass".into(),
+                error,
+            }));
         }
         let decisions = std::mem::take(&mut ctx.decisions);
         drop(ctx);
@@ -265,10 +337,16 @@ impl Pruner {
                 return Err(Error::Plugin {
                     component: strategy_name,
                     param: p.name.clone(),
-                    error: PluginError::invalid("the strategy returned without deciding this parameter"),
+                    error: PluginError::invalid(
+                        "the strategy returned without deciding this parameter",
+                    ),
                 });
             };
-            entries.push(PlannedParam { name: p.name, weight: p.weight, planned });
+            entries.push(PlannedParam {
+                name: p.name,
+                weight: p.weight,
+                planned,
+            });
         }
         sync(device);
         Ok(PrunePlan {
@@ -282,13 +360,21 @@ impl Pruner {
     }
 
     /// Plans and commits one pass over `model`.
-    pub fn run(&mut self, model: &(impl ParamSource + ?Sized), config: &PassConfig, inputs: PassInputs<'_>) -> Result<(PassReport, MaskSet)> {
+    pub fn run(
+        &mut self,
+        model: &(impl ParamSource + ?Sized),
+        config: &PassConfig,
+        inputs: PassInputs<'_>,
+    ) -> Result<(PassReport, MaskSet)> {
         self.plan(model, config, inputs)?.commit()
     }
 }
 
 fn param_info(index: usize, name: &str, w: &Tensor) -> Result<ParamInfo> {
-    let dtype = dtype_of(w.kind()).ok_or_else(|| Error::Shape { op: "plan", message: format!("'{name}' has element type {:?}", w.kind()) })?;
+    let dtype = dtype_of(w.kind()).ok_or_else(|| Error::Shape {
+        op: "plan",
+        message: format!("'{name}' has element type {:?}", w.kind()),
+    })?;
     Ok(ParamInfo {
         index: index as u32,
         name: name.into(),
@@ -311,9 +397,18 @@ struct PlanParam {
 enum Planned {
     Keep,
     /// Evaluated at commit, in the same kernel that writes the weight.
-    Lazy { scores: Scores, rule: Rule, pruned: u64, what: String },
+    Lazy {
+        scores: Scores,
+        rule: Rule,
+        pruned: u64,
+        what: String,
+    },
     /// A mask built during planning.
-    Mask { bits: Tensor, pruned: u64, what: String },
+    Mask {
+        bits: Tensor,
+        pruned: u64,
+        what: String,
+    },
 }
 
 struct PlannedParam {
@@ -356,7 +451,9 @@ impl PrunePlan {
             let numel = e.weight.numel() as u64;
             let (pruned, what, mask) = match &e.planned {
                 Planned::Keep => (0, "keep".to_string(), None),
-                Planned::Lazy { scores, rule, what, .. } => {
+                Planned::Lazy {
+                    scores, rule, what, ..
+                } => {
                     let (mask, pruned) = engine::prune_in_place(&e.weight, scores, rule, keep)?;
                     (pruned, what.clone(), mask)
                 }
@@ -366,7 +463,13 @@ impl PrunePlan {
                 }
             };
             if let Some(bits) = mask {
-                masks.insert(e.name.clone(), ParamMask { shape: e.weight.size(), bits });
+                masks.insert(
+                    e.name.clone(),
+                    ParamMask {
+                        shape: e.weight.size(),
+                        bits,
+                    },
+                );
             }
             params.push(ParamReport {
                 name: e.name.clone(),
@@ -398,8 +501,15 @@ impl PrunePlan {
 }
 
 enum SelRecord {
-    Threshold { params: Vec<u32>, quotas: Vec<ParamQuota> },
-    PerRow { param: u32, rows: RowSel, k: u64 },
+    Threshold {
+        params: Vec<u32>,
+        quotas: Vec<ParamQuota>,
+    },
+    PerRow {
+        param: u32,
+        rows: RowSel,
+        k: u64,
+    },
 }
 
 struct HostPlan<'a> {
@@ -414,13 +524,23 @@ struct HostPlan<'a> {
 
 impl HostPlan<'_> {
     fn param(&self, p: u32) -> Result<&PlanParam> {
-        self.params.get(p as usize).ok_or_else(|| Error::Invalid(format!("parameter index {p} is out of range (the pass has {})", self.params.len())))
+        self.params.get(p as usize).ok_or_else(|| {
+            Error::Invalid(format!(
+                "parameter index {p} is out of range (the pass has {})",
+                self.params.len()
+            ))
+        })
     }
 
     /// Calls the scorer on parameter `p`.
     fn score(&mut self, p: u32, request: ScoreRequest) -> Result<Scores> {
         let params = self.params;
-        let pp = params.get(p as usize).ok_or_else(|| Error::Invalid(format!("parameter index {p} is out of range (the pass has {})", params.len())))?;
+        let pp = params.get(p as usize).ok_or_else(|| {
+            Error::Invalid(format!(
+                "parameter index {p} is out of range (the pass has {})",
+                params.len()
+            ))
+        })?;
         let mut lent = Lent::default();
         let inputs = ScoreInputs {
             weight: lent.lend(&pp.weight)?,
@@ -438,7 +558,11 @@ impl HostPlan<'_> {
             .scorer
             .score(&pp.info, &inputs, request)
             .into_result()
-            .map_err(|error| Error::Plugin { component: self.scorer_name.to_string(), param: pp.name.clone(), error })?;
+            .map_err(|error| Error::Plugin {
+                component: self.scorer_name.to_string(),
+                param: pp.name.clone(),
+                error,
+            })?;
         drop(lent);
         let bad = |message: String| Error::Plugin {
             component: self.scorer_name.to_string(),
@@ -449,24 +573,41 @@ impl HostPlan<'_> {
         match out {
             ScoreOut::Magnitude { column_scale } => {
                 if request.granularity != Granularity::Unstructured {
-                    return Err(bad(format!("returned fused magnitude scores for a {:?} request", request.granularity)));
+                    return Err(bad(format!(
+                        "returned fused magnitude scores for a {:?} request",
+                        request.granularity
+                    )));
                 }
                 let scale = match column_scale.into_option() {
                     None => None,
                     Some(t) => {
-                        let s = tensors::take(t.id)?.f_to_kind(Kind::Float)?.f_to_device(weight.device())?.f_contiguous()?;
+                        let s = tensors::take(t.id)?
+                            .f_to_kind(Kind::Float)?
+                            .f_to_device(weight.device())?
+                            .f_contiguous()?;
                         let cols = *weight.size().last().unwrap_or(&1);
                         if s.size() != [cols] {
-                            return Err(bad(format!("column scale has shape {:?}; the weight has {cols} columns", s.size())));
+                            return Err(bad(format!(
+                                "column scale has shape {:?}; the weight has {cols} columns",
+                                s.size()
+                            )));
                         }
-                        let ok = s.f_isfinite()?.f_all()?.int64_value(&[]) == 1 && s.f_min()?.double_value(&[]) >= 0.0;
+                        let ok = s.f_isfinite()?.f_all()?.int64_value(&[]) == 1
+                            && s.f_min()?.double_value(&[]) >= 0.0;
                         if !ok {
-                            return Err(Error::NonFinite { what: "column scale (activation norms)", param: pp.name.clone(), index: 0 });
+                            return Err(Error::NonFinite {
+                                what: "column scale (activation norms)",
+                                param: pp.name.clone(),
+                                index: 0,
+                            });
                         }
                         Some(s)
                     }
                 };
-                Ok(Scores::Magnitude { weight: weight.shallow_clone(), scale })
+                Ok(Scores::Magnitude {
+                    weight: weight.shallow_clone(),
+                    scale,
+                })
             }
             ScoreOut::Dense { scores } => {
                 let t = tensors::take(scores.id)?;
@@ -484,15 +625,25 @@ impl HostPlan<'_> {
                         weight.device()
                     )));
                 }
-                let t = if matches!(t.kind(), Kind::Float | Kind::Half | Kind::BFloat16) { t } else { t.f_to_kind(Kind::Float)? };
-                Ok(Scores::Dense(t.f_reshape(weight.size().as_slice())?.f_contiguous()?))
+                let t = if matches!(t.kind(), Kind::Float | Kind::Half | Kind::BFloat16) {
+                    t
+                } else {
+                    t.f_to_kind(Kind::Float)?
+                };
+                Ok(Scores::Dense(
+                    t.f_reshape(weight.size().as_slice())?.f_contiguous()?,
+                ))
             }
         }
     }
 
     fn name_non_finite(&self, p: u32, e: Error) -> Error {
         match e {
-            Error::NonFinite { what, index, .. } => Error::NonFinite { what, param: self.params[p as usize].name.clone(), index },
+            Error::NonFinite { what, index, .. } => Error::NonFinite {
+                what,
+                param: self.params[p as usize].name.clone(),
+                index,
+            },
             other => other,
         }
     }
@@ -500,7 +651,11 @@ impl HostPlan<'_> {
     fn check_weight_finite(&self, p: u32) -> Result<()> {
         let pp = self.param(p)?;
         if let Some(index) = engine::find_non_finite(&pp.weight)? {
-            return Err(Error::NonFinite { what: "weight", param: pp.name.clone(), index });
+            return Err(Error::NonFinite {
+                what: "weight",
+                param: pp.name.clone(),
+                index,
+            });
         }
         Ok(())
     }
@@ -519,7 +674,11 @@ impl HostPlan<'_> {
             }
             SelectScope::PerParam => {
                 if ks.len() != params.len() {
-                    crate::bail!("a per-parameter selection takes one count per parameter ({} for {})", ks.len(), params.len());
+                    crate::bail!(
+                        "a per-parameter selection takes one count per parameter ({} for {})",
+                        ks.len(),
+                        params.len()
+                    );
                 }
                 for (&p, &k) in params.iter().zip(ks) {
                     out.push(self.select_together(&[p], k)?);
@@ -527,18 +686,32 @@ impl HostPlan<'_> {
             }
             SelectScope::PerRow => {
                 if ks.len() != params.len() {
-                    crate::bail!("a per-row selection takes one count per parameter ({} for {})", ks.len(), params.len());
+                    crate::bail!(
+                        "a per-row selection takes one count per parameter ({} for {})",
+                        ks.len(),
+                        params.len()
+                    );
                 }
                 for (&p, &k) in params.iter().zip(ks) {
                     let s = self.score(p, ScoreRequest::ELEMENTS)?;
                     let dims = self.params[p as usize].weight.size();
                     if dims.len() != 2 {
-                        crate::bail!("per-row selection needs a 2-D parameter; '{}' is {dims:?}", self.params[p as usize].name);
+                        crate::bail!(
+                            "per-row selection needs a 2-D parameter; '{}' is {dims:?}",
+                            self.params[p as usize].name
+                        );
                     }
-                    let rows = engine::select_per_row(&s, k).map_err(|e| self.name_non_finite(p, e))?;
+                    let rows =
+                        engine::select_per_row(&s, k).map_err(|e| self.name_non_finite(p, e))?;
                     let id = self.selections.len() as u32;
-                    self.selections.push(SelRecord::PerRow { param: p, rows, k });
-                    out.push(Selection { id, pruned: k * dims[0] as u64, considered: s.numel(), threshold: f64::NAN });
+                    self.selections
+                        .push(SelRecord::PerRow { param: p, rows, k });
+                    out.push(Selection {
+                        id,
+                        pruned: k * dims[0] as u64,
+                        considered: s.numel(),
+                        threshold: f64::NAN,
+                    });
                 }
             }
         }
@@ -546,27 +719,49 @@ impl HostPlan<'_> {
     }
 
     fn select_together(&mut self, params: &[u32], k: u64) -> Result<Selection> {
-        let Some(&first) = params.first() else { crate::bail!("a selection over no parameters") };
+        let Some(&first) = params.first() else {
+            crate::bail!("a selection over no parameters")
+        };
         let device = self.params[first as usize].weight.device();
-        if let Some(&p) = params.iter().find(|&&p| self.params[p as usize].weight.device() != device) {
-            crate::bail!("one selection cannot span devices ('{}' is not on {device:?})", self.params[p as usize].name);
+        if let Some(&p) = params
+            .iter()
+            .find(|&&p| self.params[p as usize].weight.device() != device)
+        {
+            crate::bail!(
+                "one selection cannot span devices ('{}' is not on {device:?})",
+                self.params[p as usize].name
+            );
         }
         let mut sel = engine::global_selector(device, k, params.len())?;
         for (i, &p) in params.iter().enumerate() {
             let s = self.score(p, ScoreRequest::ELEMENTS)?;
-            sel.feed_high(i, &s).map_err(|e| self.name_non_finite(p, e))?;
+            sel.feed_high(i, &s)
+                .map_err(|e| self.name_non_finite(p, e))?;
         }
         if sel.needs_low_pass()? {
             for (i, &p) in params.iter().enumerate() {
                 let s = self.score(p, ScoreRequest::ELEMENTS)?;
-                sel.feed_low(i, &s).map_err(|e| self.name_non_finite(p, e))?;
+                sel.feed_low(i, &s)
+                    .map_err(|e| self.name_non_finite(p, e))?;
             }
         }
         let g = sel.finish()?;
         let id = self.selections.len() as u32;
-        let threshold = if k == 0 { f64::NEG_INFINITY } else { key_value(g.threshold) as f64 };
-        self.selections.push(SelRecord::Threshold { params: params.to_vec(), quotas: g.params });
-        Ok(Selection { id, pruned: g.pruned, considered: g.considered, threshold })
+        let threshold = if k == 0 {
+            f64::NEG_INFINITY
+        } else {
+            key_value(g.threshold) as f64
+        };
+        self.selections.push(SelRecord::Threshold {
+            params: params.to_vec(),
+            quotas: g.params,
+        });
+        Ok(Selection {
+            id,
+            pruned: g.pruned,
+            considered: g.considered,
+            threshold,
+        })
     }
 
     fn decide(&mut self, p: u32, decision: Decision) -> Result<()> {
@@ -578,20 +773,30 @@ impl HostPlan<'_> {
             Decision::Keep => Planned::Keep,
             Decision::Apply { selection } => {
                 let (rule, what) = match self.selections.get(selection as usize) {
-                    Some(SelRecord::Threshold { params, quotas }) => match params.iter().position(|&q| q == p) {
+                    Some(SelRecord::Threshold { params, quotas }) => match params
+                        .iter()
+                        .position(|&q| q == p)
+                    {
                         Some(i) => (Rule::Threshold(quotas[i]), format!("selection {selection}")),
                         None => crate::bail!("selection {selection} does not cover '{name}'"),
                     },
                     Some(SelRecord::PerRow { param, rows, k }) if *param == p => (
-                        Rule::PerRow(RowSel { keys: rows.keys.shallow_clone(), take: rows.take.shallow_clone() }),
+                        Rule::PerRow(RowSel {
+                            keys: rows.keys.shallow_clone(),
+                            take: rows.take.shallow_clone(),
+                        }),
                         format!("{k} per row"),
                     ),
-                    Some(SelRecord::PerRow { .. }) => crate::bail!("selection {selection} does not cover '{name}'"),
+                    Some(SelRecord::PerRow { .. }) => {
+                        crate::bail!("selection {selection} does not cover '{name}'")
+                    }
                     None => crate::bail!("there is no selection {selection}"),
                 };
                 self.planned_rule(p, rule, what)?
             }
-            Decision::NM { pattern: NmPattern { n, m } } => {
+            Decision::NM {
+                pattern: NmPattern { n, m },
+            } => {
                 let cols = *self.params[p as usize].weight.size().last().unwrap_or(&0);
                 if m == 0 || n > m || m > 32 || cols % m as i64 != 0 {
                     crate::bail!("{n}:{m} does not fit '{name}' (rows of {cols}; need N <= M <= 32 and M dividing the row)");
@@ -602,12 +807,20 @@ impl HostPlan<'_> {
                 let keep = tensors::get(mask)?;
                 let w = &self.params[p as usize].weight;
                 if keep.size() != w.size() {
-                    crate::bail!("mask for '{name}' has shape {:?}; the weight is {:?}", keep.size(), w.size());
+                    crate::bail!(
+                        "mask for '{name}' has shape {:?}; the weight is {:?}",
+                        keep.size(),
+                        w.size()
+                    );
                 }
                 self.check_weight_finite(p)?;
                 let bits = engine::pack_keep(&keep.f_to_device(w.device())?)?;
                 let kept = keep.f_ne(0)?.f_sum(Kind::Int64)?.int64_value(&[]) as u64;
-                Planned::Mask { bits, pruned: w.numel() as u64 - kept, what: "explicit mask".into() }
+                Planned::Mask {
+                    bits,
+                    pruned: w.numel() as u64 - kept,
+                    what: "explicit mask".into(),
+                }
             }
         };
         self.decisions[p as usize] = Some(planned);
@@ -617,7 +830,13 @@ impl HostPlan<'_> {
     fn planned_rule(&mut self, p: u32, rule: Rule, what: String) -> Result<Planned> {
         let scores = self.score(p, ScoreRequest::ELEMENTS)?;
         let numel = scores.numel();
-        let fused_checked = matches!((&scores, &rule), (Scores::Magnitude { .. }, Rule::Threshold(_) | Rule::PerRow(_)));
+        let fused_checked = matches!(
+            (&scores, &rule),
+            (
+                Scores::Magnitude { .. },
+                Rule::Threshold(_) | Rule::PerRow(_)
+            )
+        );
         if !fused_checked {
             // Selections over fused magnitude scores already read every weight; other paths
             // check the weight here, before anything is written.
@@ -625,21 +844,30 @@ impl HostPlan<'_> {
         }
         match scores {
             Scores::Magnitude { .. } => {
-                let pruned = match &rule {
-                    Rule::Threshold(q) => q.pruned(),
-                    Rule::PerRow(r) => {
-                        let rows = r.keys.numel() as u64;
-                        let Some(SelRecord::PerRow { k, .. }) = self.selections.iter().find(|s| matches!(s, SelRecord::PerRow { param, .. } if *param == p)) else {
-                            unreachable!("a per-row rule comes from a per-row selection")
-                        };
-                        k * rows
-                    }
-                    Rule::NM { n, m } => numel / *m as u64 * (*m - *n) as u64,
-                };
-                Ok(Planned::Lazy { scores, rule, pruned, what })
+                let pruned =
+                    match &rule {
+                        Rule::Threshold(q) => q.pruned(),
+                        Rule::PerRow(r) => {
+                            let rows = r.keys.numel() as u64;
+                            let Some(SelRecord::PerRow { k, .. }) = self.selections.iter().find(
+                                |s| matches!(s, SelRecord::PerRow { param, .. } if *param == p),
+                            ) else {
+                                unreachable!("a per-row rule comes from a per-row selection")
+                            };
+                            k * rows
+                        }
+                        Rule::NM { n, m } => numel / *m as u64 * (*m - *n) as u64,
+                    };
+                Ok(Planned::Lazy {
+                    scores,
+                    rule,
+                    pruned,
+                    what,
+                })
             }
             Scores::Dense(_) => {
-                let (bits, pruned) = engine::build_mask(&scores, &rule).map_err(|e| self.name_non_finite(p, e))?;
+                let (bits, pruned) =
+                    engine::build_mask(&scores, &rule).map_err(|e| self.name_non_finite(p, e))?;
                 Ok(Planned::Mask { bits, pruned, what })
             }
         }
@@ -658,9 +886,24 @@ impl HostPlan<'_> {
 /// A copy of an error for the pass's account (errors are not `Clone`: libtorch's aren't).
 fn clone_error(e: &Error) -> Error {
     match e {
-        Error::Plugin { component, param, error } => Error::Plugin { component: component.clone(), param: param.clone(), error: error.clone() },
-        Error::NonFinite { what, param, index } => Error::NonFinite { what, param: param.clone(), index: *index },
-        Error::Config { component, message } => Error::Config { component: component.clone(), message: message.clone() },
+        Error::Plugin {
+            component,
+            param,
+            error,
+        } => Error::Plugin {
+            component: component.clone(),
+            param: param.clone(),
+            error: error.clone(),
+        },
+        Error::NonFinite { what, param, index } => Error::NonFinite {
+            what,
+            param: param.clone(),
+            index: *index,
+        },
+        Error::Config { component, message } => Error::Config {
+            component: component.clone(),
+            message: message.clone(),
+        },
         other => Error::Invalid(other.to_string()),
     }
 }
@@ -674,7 +917,11 @@ impl PlanContext for HostPlan<'_> {
         host_ops()
     }
 
-    fn scores(&mut self, param: u32, request: ScoreRequest) -> RResult<birdbone_host_api::Tensor, PluginError> {
+    fn scores(
+        &mut self,
+        param: u32,
+        request: ScoreRequest,
+    ) -> RResult<birdbone_host_api::Tensor, PluginError> {
         guard(|| {
             let r = self.score(param, request).and_then(|s| match s {
                 Scores::Dense(t) => Ok(t),
@@ -685,7 +932,12 @@ impl PlanContext for HostPlan<'_> {
         })
     }
 
-    fn select_k_smallest(&mut self, params: RSlice<'_, u32>, ks: RSlice<'_, u64>, scope: SelectScope) -> RResult<RVec<Selection>, PluginError> {
+    fn select_k_smallest(
+        &mut self,
+        params: RSlice<'_, u32>,
+        ks: RSlice<'_, u64>,
+        scope: SelectScope,
+    ) -> RResult<RVec<Selection>, PluginError> {
         guard(|| {
             let r = self.select(params.as_slice(), ks.as_slice(), scope);
             self.record(r).map(RVec::from)

@@ -74,7 +74,10 @@ pub struct LoadSummary {
 }
 
 fn is_shared_library(path: &Path) -> bool {
-    matches!(path.extension().and_then(|e| e.to_str()), Some("so" | "dylib" | "dll"))
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("so" | "dylib" | "dll")
+    )
 }
 
 fn explain(err: LibraryError) -> String {
@@ -134,7 +137,11 @@ impl PluginRegistry {
         let mut summary = LoadSummary::default();
         if let Some(list) = std::env::var_os(PLUGIN_PATH_ENV) {
             for p in std::env::split_paths(&list) {
-                let s = if p.is_dir() { self.load_dir(&p) } else { self.load_paths(&[p]) };
+                let s = if p.is_dir() {
+                    self.load_dir(&p)
+                } else {
+                    self.load_paths(&[p])
+                };
                 summary.loaded.extend(s.loaded);
                 summary.rejected.extend(s.rejected);
                 summary.seconds += s.seconds;
@@ -148,11 +155,21 @@ impl PluginRegistry {
     pub fn load_dir(&mut self, dir: &Path) -> LoadSummary {
         let started = Instant::now();
         let mut files = match std::fs::read_dir(dir) {
-            Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| is_shared_library(p)).collect::<Vec<_>>(),
+            Ok(rd) => rd
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| is_shared_library(p))
+                .collect::<Vec<_>>(),
             Err(e) => {
-                let r = Rejected { path: dir.to_path_buf(), reason: format!("cannot read plugin folder: {e}") };
+                let r = Rejected {
+                    path: dir.to_path_buf(),
+                    reason: format!("cannot read plugin folder: {e}"),
+                };
                 self.rejected.push(r.clone());
-                return LoadSummary { loaded: vec![], rejected: vec![r], seconds: 0.0 };
+                return LoadSummary {
+                    loaded: vec![],
+                    rejected: vec![r],
+                    seconds: 0.0,
+                };
             }
         };
         files.sort();
@@ -174,14 +191,19 @@ impl PluginRegistry {
             if self.load_one(path).is_ok() {
                 summary.loaded.push(path.clone());
             }
-            summary.rejected.extend(self.rejected[before..].iter().cloned());
+            summary
+                .rejected
+                .extend(self.rejected[before..].iter().cloned());
         }
         summary.seconds = started.elapsed().as_secs_f64();
         summary
     }
 
     fn reject(&mut self, path: &Path, reason: String) -> Result<(), ()> {
-        self.rejected.push(Rejected { path: path.to_path_buf(), reason });
+        self.rejected.push(Rejected {
+            path: path.to_path_buf(),
+            reason,
+        });
         Err(())
     }
 
@@ -189,7 +211,9 @@ impl PluginRegistry {
         if !path.exists() {
             return self.reject(path, "no such file".into());
         }
-        let module = match lib_header_from_path(path).and_then(|h| h.init_root_module::<PluginModule_Ref>()) {
+        let module = match lib_header_from_path(path)
+            .and_then(|h| h.init_root_module::<PluginModule_Ref>())
+        {
             Ok(m) => m,
             Err(e) => return self.reject(path, explain(e)),
         };
@@ -210,13 +234,24 @@ impl PluginRegistry {
             Err(e) => return self.reject(path, format!("its manifest failed: {e}")),
         };
         if manifest.abi != abi {
-            return self.reject(path, format!("its manifest claims ABI {} but its module {abi}", manifest.abi));
+            return self.reject(
+                path,
+                format!(
+                    "its manifest claims ABI {} but its module {abi}",
+                    manifest.abi
+                ),
+            );
         }
         let index = self.plugins.len();
         let mut accepted = Vec::new();
         for (ci, c) in manifest.components.iter().enumerate() {
             let name = c.name.to_string();
-            if let Some(missing) = c.capabilities.requires.iter().find(|r| !HOST_CAPABILITIES.contains(&r.as_str())) {
+            if let Some(missing) = c
+                .capabilities
+                .requires
+                .iter()
+                .find(|r| !HOST_CAPABILITIES.contains(&r.as_str()))
+            {
                 let _ = self.reject(
                     path,
                     format!("component '{name}' requires host capability '{missing}', which this host (ABI {}) lacks", AbiVersion::CURRENT),
@@ -225,11 +260,19 @@ impl PluginRegistry {
             }
             if let Some(&(pi, _)) = self.components.get(&name) {
                 let other = self.plugins[pi].path.display().to_string();
-                let _ = self.reject(path, format!("component '{name}' is already offered by {other}; names must be unique"));
+                let _ = self.reject(
+                    path,
+                    format!(
+                        "component '{name}' is already offered by {other}; names must be unique"
+                    ),
+                );
                 continue;
             }
             if accepted.iter().any(|(n, _)| n == &name) {
-                let _ = self.reject(path, format!("component '{name}' is listed twice in its manifest"));
+                let _ = self.reject(
+                    path,
+                    format!("component '{name}' is listed twice in its manifest"),
+                );
                 continue;
             }
             accepted.push((name, ci));
@@ -237,7 +280,11 @@ impl PluginRegistry {
         for (name, ci) in accepted {
             self.components.insert(name, (index, ci));
         }
-        self.plugins.push(LoadedPlugin { path: path.to_path_buf(), manifest, module });
+        self.plugins.push(LoadedPlugin {
+            path: path.to_path_buf(),
+            manifest,
+            module,
+        });
         Ok(())
     }
 
@@ -253,23 +300,37 @@ impl PluginRegistry {
 
     /// Every usable component, by name.
     pub fn components(&self) -> impl Iterator<Item = ComponentRef<'_>> {
-        self.components.values().map(|&(p, c)| ComponentRef { info: &self.plugins[p].manifest.components[c], plugin: &self.plugins[p] })
+        self.components.values().map(|&(p, c)| ComponentRef {
+            info: &self.plugins[p].manifest.components[c],
+            plugin: &self.plugins[p],
+        })
     }
 
     /// A component by name.
     pub fn component(&self, name: &str) -> Option<ComponentRef<'_>> {
-        self.components.get(name).map(|&(p, c)| ComponentRef { info: &self.plugins[p].manifest.components[c], plugin: &self.plugins[p] })
+        self.components.get(name).map(|&(p, c)| ComponentRef {
+            info: &self.plugins[p].manifest.components[c],
+            plugin: &self.plugins[p],
+        })
     }
 
     fn find(&self, kind: ComponentKind, name: &str) -> Result<ComponentRef<'_>> {
         match self.component(name) {
             Some(c) if c.info.kind == kind => Ok(c),
             _ => {
-                let available: Vec<&str> = self.components().filter(|c| c.info.kind == kind).map(|c| c.info.name.as_str()).collect();
+                let available: Vec<&str> = self
+                    .components()
+                    .filter(|c| c.info.kind == kind)
+                    .map(|c| c.info.name.as_str())
+                    .collect();
                 Err(Error::UnknownComponent {
                     kind: kind_name(kind),
                     name: name.to_string(),
-                    available: if available.is_empty() { "none".into() } else { available.join(", ") },
+                    available: if available.is_empty() {
+                        "none".into()
+                    } else {
+                        available.join(", ")
+                    },
                 })
             }
         }
@@ -277,23 +338,51 @@ impl PluginRegistry {
 
     /// Creates scorer `name` from user settings (`key -> text`), validated against its
     /// parameters.
-    pub fn create_scorer(&self, name: &str, settings: &BTreeMap<String, String>) -> Result<Component<ScorerBox>> {
+    pub fn create_scorer(
+        &self,
+        name: &str,
+        settings: &BTreeMap<String, String>,
+    ) -> Result<Component<ScorerBox>> {
         let c = self.find(ComponentKind::Scorer, name)?;
         let config = complete_config(c.info, settings)?;
-        let object = (c.plugin.module.create_scorer())(name.into(), config.as_slice().into(), host_ops())
-            .into_result()
-            .map_err(|error| Error::Plugin { component: name.into(), param: "creation".into(), error })?;
-        Ok(Component { name: name.into(), info: c.info.clone(), config, object })
+        let object =
+            (c.plugin.module.create_scorer())(name.into(), config.as_slice().into(), host_ops())
+                .into_result()
+                .map_err(|error| Error::Plugin {
+                    component: name.into(),
+                    param: "creation".into(),
+                    error,
+                })?;
+        Ok(Component {
+            name: name.into(),
+            info: c.info.clone(),
+            config,
+            object,
+        })
     }
 
     /// Creates strategy `name` from user settings.
-    pub fn create_strategy(&self, name: &str, settings: &BTreeMap<String, String>) -> Result<Component<StrategyBox>> {
+    pub fn create_strategy(
+        &self,
+        name: &str,
+        settings: &BTreeMap<String, String>,
+    ) -> Result<Component<StrategyBox>> {
         let c = self.find(ComponentKind::Strategy, name)?;
         let config = complete_config(c.info, settings)?;
-        let object = (c.plugin.module.create_strategy())(name.into(), config.as_slice().into(), host_ops())
-            .into_result()
-            .map_err(|error| Error::Plugin { component: name.into(), param: "creation".into(), error })?;
-        Ok(Component { name: name.into(), info: c.info.clone(), config, object })
+        let object =
+            (c.plugin.module.create_strategy())(name.into(), config.as_slice().into(), host_ops())
+                .into_result()
+                .map_err(|error| Error::Plugin {
+                    component: name.into(),
+                    param: "creation".into(),
+                    error,
+                })?;
+        Ok(Component {
+            name: name.into(),
+            info: c.info.clone(),
+            config,
+            object,
+        })
     }
 }
 
@@ -330,7 +419,10 @@ fn parse_value(kind: ParamKind, text: &str) -> Option<ParamValue> {
 }
 
 /// Checks user settings against a component's parameters and fills in defaults.
-pub fn complete_config(info: &ComponentInfo, settings: &BTreeMap<String, String>) -> Result<RVec<ConfigEntry>> {
+pub fn complete_config(
+    info: &ComponentInfo,
+    settings: &BTreeMap<String, String>,
+) -> Result<RVec<ConfigEntry>> {
     let known: Vec<&str> = info.params.iter().map(|p| p.name.as_str()).collect();
     for key in settings.keys() {
         if !known.contains(&key.as_str()) {
@@ -338,7 +430,11 @@ pub fn complete_config(info: &ComponentInfo, settings: &BTreeMap<String, String>
                 component: info.name.to_string(),
                 message: format!(
                     "unknown parameter '{key}' (it takes: {})",
-                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
                 ),
             });
         }
@@ -350,10 +446,16 @@ pub fn complete_config(info: &ComponentInfo, settings: &BTreeMap<String, String>
                 None => spec.default.clone(),
                 Some(text) => parse_value(spec.kind, text).ok_or_else(|| Error::Config {
                     component: info.name.to_string(),
-                    message: format!("parameter '{}' wants a {:?}, got '{text}'", spec.name, spec.kind),
+                    message: format!(
+                        "parameter '{}' wants a {:?}, got '{text}'",
+                        spec.name, spec.kind
+                    ),
                 })?,
             };
-            Ok(ConfigEntry { name: spec.name.clone(), value })
+            Ok(ConfigEntry {
+                name: spec.name.clone(),
+                value,
+            })
         })
         .collect::<Result<Vec<_>>>()
         .map(RVec::from)

@@ -34,7 +34,10 @@ struct Store {
     map: Mutex<HashMap<u64, Entry>>,
 }
 
-static STORE: LazyLock<Store> = LazyLock::new(|| Store { next: AtomicU64::new(1), map: Mutex::new(HashMap::new()) });
+static STORE: LazyLock<Store> = LazyLock::new(|| Store {
+    next: AtomicU64::new(1),
+    map: Mutex::new(HashMap::new()),
+});
 
 /// The ABI element type of a libtorch kind.
 pub fn dtype_of(kind: Kind) -> Option<DType> {
@@ -87,10 +90,18 @@ pub fn torch_device(device: api::Device) -> Device {
 pub fn view_of(t: &Tensor) -> Result<TensorView> {
     let dims = t.size();
     if dims.len() > MAX_DIMS {
-        return Err(Error::Shape { op: "view", message: format!("{} dimensions; at most {MAX_DIMS} cross the ABI", dims.len()) });
+        return Err(Error::Shape {
+            op: "view",
+            message: format!(
+                "{} dimensions; at most {MAX_DIMS} cross the ABI",
+                dims.len()
+            ),
+        });
     }
-    let dtype = dtype_of(t.kind())
-        .ok_or_else(|| Error::Shape { op: "view", message: format!("element type {:?} does not cross the ABI", t.kind()) })?;
+    let dtype = dtype_of(t.kind()).ok_or_else(|| Error::Shape {
+        op: "view",
+        message: format!("element type {:?} does not cross the ABI", t.kind()),
+    })?;
     let strides = t.stride();
     let mut view = TensorView {
         data: t.data_ptr(),
@@ -111,23 +122,37 @@ pub(crate) fn register(tensor: Tensor, owner: Owner) -> Result<api::Tensor> {
     let view = view_of(&tensor)?;
     let id = STORE.next.fetch_add(1, Ordering::Relaxed);
     STORE.map.lock().insert(id, Entry { tensor, owner });
-    Ok(api::Tensor { id: TensorId(id), view })
+    Ok(api::Tensor {
+        id: TensorId(id),
+        view,
+    })
 }
 
 fn unknown(id: TensorId) -> Error {
-    Error::Invalid(format!("tensor id {} is unknown (released, or lent for an earlier call only)", id.0))
+    Error::Invalid(format!(
+        "tensor id {} is unknown (released, or lent for an earlier call only)",
+        id.0
+    ))
 }
 
 /// The tensor behind an id (sharing storage).
 pub(crate) fn get(id: TensorId) -> Result<Tensor> {
-    STORE.map.lock().get(&id.0).map(|e| e.tensor.shallow_clone()).ok_or_else(|| unknown(id))
+    STORE
+        .map
+        .lock()
+        .get(&id.0)
+        .map(|e| e.tensor.shallow_clone())
+        .ok_or_else(|| unknown(id))
 }
 
 /// The tensor behind an id the plugin owns; writing to host tensors is refused.
 pub(crate) fn get_writable(id: TensorId) -> Result<Tensor> {
     match STORE.map.lock().get(&id.0) {
         Some(e) if e.owner == Owner::Plugin => Ok(e.tensor.shallow_clone()),
-        Some(_) => Err(Error::Invalid(format!("tensor id {} belongs to the host (a weight or an input) and cannot be written", id.0))),
+        Some(_) => Err(Error::Invalid(format!(
+            "tensor id {} belongs to the host (a weight or an input) and cannot be written",
+            id.0
+        ))),
         None => Err(unknown(id)),
     }
 }
@@ -140,7 +165,10 @@ pub(crate) fn release(id: TensorId) -> Result<()> {
             map.remove(&id.0);
             Ok(())
         }
-        Some(_) => Err(Error::Invalid(format!("tensor id {} belongs to the host and cannot be released by a plugin", id.0))),
+        Some(_) => Err(Error::Invalid(format!(
+            "tensor id {} belongs to the host and cannot be released by a plugin",
+            id.0
+        ))),
         None => Err(unknown(id)),
     }
 }
@@ -150,14 +178,22 @@ pub(crate) fn take(id: TensorId) -> Result<Tensor> {
     let mut map = STORE.map.lock();
     match map.get(&id.0) {
         Some(e) if e.owner == Owner::Plugin => Ok(map.remove(&id.0).expect("present").tensor),
-        Some(_) => Err(Error::Invalid(format!("tensor id {} belongs to the host; a plugin can only hand over tensors it owns", id.0))),
+        Some(_) => Err(Error::Invalid(format!(
+            "tensor id {} belongs to the host; a plugin can only hand over tensors it owns",
+            id.0
+        ))),
         None => Err(unknown(id)),
     }
 }
 
 /// Number of tensors plugins hold right now (for leak checks in tests).
 pub fn plugin_owned_count() -> usize {
-    STORE.map.lock().values().filter(|e| e.owner == Owner::Plugin).count()
+    STORE
+        .map
+        .lock()
+        .values()
+        .filter(|e| e.owner == Owner::Plugin)
+        .count()
 }
 
 /// Host tensors lent for one call; unregistered when dropped.

@@ -1,13 +1,17 @@
 use birdbone_select::{
-    self as sel, zero_pruned, BitMask, Elems, ElemsMut, GlobalSelection, GlobalSelector, ScoreSource,
+    self as sel, zero_pruned, BitMask, Elems, ElemsMut, GlobalSelection, GlobalSelector,
+    ScoreSource,
 };
 use tch::{Kind, Tensor};
 
-use super::{GlobalSel, Rule, RowSel, Scores};
+use super::{GlobalSel, RowSel, Rule, Scores};
 use crate::error::{Error, Result};
 
 fn not_contiguous(op: &'static str) -> Error {
-    Error::Shape { op, message: "the CPU path needs contiguous tensors".into() }
+    Error::Shape {
+        op,
+        message: "the CPU path needs contiguous tensors".into(),
+    }
 }
 
 /// The elements of a contiguous CPU tensor, borrowed.
@@ -24,7 +28,12 @@ fn elems(t: &Tensor) -> Result<Elems<'_>> {
             Kind::BFloat16 => Elems::BF16(std::slice::from_raw_parts(p as *const u16, n)),
             Kind::Half => Elems::F16(std::slice::from_raw_parts(p as *const u16, n)),
             Kind::Float => Elems::F32(std::slice::from_raw_parts(p as *const f32, n)),
-            k => return Err(Error::Shape { op: "score", message: format!("element type {k:?} cannot be scored (f32, f16 or bf16)") }),
+            k => {
+                return Err(Error::Shape {
+                    op: "score",
+                    message: format!("element type {k:?} cannot be scored (f32, f16 or bf16)"),
+                })
+            }
         })
     }
 }
@@ -42,15 +51,26 @@ fn elems_mut(t: &Tensor) -> Result<ElemsMut<'_>> {
             Kind::BFloat16 => ElemsMut::BF16(std::slice::from_raw_parts_mut(p as *mut u16, n)),
             Kind::Half => ElemsMut::F16(std::slice::from_raw_parts_mut(p as *mut u16, n)),
             Kind::Float => ElemsMut::F32(std::slice::from_raw_parts_mut(p as *mut f32, n)),
-            k => return Err(Error::Shape { op: "prune", message: format!("element type {k:?} cannot be pruned (f32, f16 or bf16)") }),
+            k => {
+                return Err(Error::Shape {
+                    op: "prune",
+                    message: format!("element type {k:?} cannot be pruned (f32, f16 or bf16)"),
+                })
+            }
         })
     }
 }
 
 fn source<'a>(scores: &'a Scores, scale: &'a mut Vec<f32>) -> Result<ScoreSource<'a>> {
     Ok(match scores {
-        Scores::Magnitude { weight, scale: None } => ScoreSource::Magnitude(elems(weight)?),
-        Scores::Magnitude { weight, scale: Some(s) } => {
+        Scores::Magnitude {
+            weight,
+            scale: None,
+        } => ScoreSource::Magnitude(elems(weight)?),
+        Scores::Magnitude {
+            weight,
+            scale: Some(s),
+        } => {
             *scale = Vec::<f32>::try_from(s)?;
             ScoreSource::ScaledMagnitude(elems(weight)?, scale)
         }
@@ -60,7 +80,11 @@ fn source<'a>(scores: &'a Scores, scale: &'a mut Vec<f32>) -> Result<ScoreSource
 
 fn select_err(e: sel::SelectError) -> Error {
     match e {
-        sel::SelectError::NonFinite { index, .. } => Error::NonFinite { what: "score", param: String::new(), index: index as u64 },
+        sel::SelectError::NonFinite { index, .. } => Error::NonFinite {
+            what: "score",
+            param: String::new(),
+            index: index as u64,
+        },
         other => Error::Invalid(other.to_string()),
     }
 }
@@ -76,14 +100,18 @@ impl CpuGlobal {
 impl GlobalSel for CpuGlobal {
     fn feed_high(&mut self, p: usize, scores: &Scores) -> Result<()> {
         let mut scale = Vec::new();
-        self.0.feed_high(p, &source(scores, &mut scale)?).map_err(select_err)
+        self.0
+            .feed_high(p, &source(scores, &mut scale)?)
+            .map_err(select_err)
     }
     fn needs_low_pass(&mut self) -> Result<bool> {
         self.0.needs_low_pass().map_err(select_err)
     }
     fn feed_low(&mut self, p: usize, scores: &Scores) -> Result<()> {
         let mut scale = Vec::new();
-        self.0.feed_low(p, &source(scores, &mut scale)?).map_err(select_err)
+        self.0
+            .feed_low(p, &source(scores, &mut scale)?)
+            .map_err(select_err)
     }
     fn finish(self: Box<Self>) -> Result<GlobalSelection> {
         Ok(self.0.finish())
@@ -92,10 +120,14 @@ impl GlobalSel for CpuGlobal {
 
 pub(crate) fn select_per_row(scores: &Scores, k: u64) -> Result<RowSel> {
     let mut scale = Vec::new();
-    let t = sel::select_per_row(&source(scores, &mut scale)?, scores.cols() as usize, k).map_err(select_err)?;
+    let t = sel::select_per_row(&source(scores, &mut scale)?, scores.cols() as usize, k)
+        .map_err(select_err)?;
     let keys: Vec<i32> = t.keys.iter().map(|&k| k as i32).collect();
     let take: Vec<i32> = t.take.iter().map(|&k| k as i32).collect();
-    Ok(RowSel { keys: Tensor::from_slice(&keys), take: Tensor::from_slice(&take) })
+    Ok(RowSel {
+        keys: Tensor::from_slice(&keys),
+        take: Tensor::from_slice(&take),
+    })
 }
 
 pub(crate) fn build_mask(scores: &Scores, rule: &Rule) -> Result<(Tensor, u64)> {
@@ -107,8 +139,14 @@ pub(crate) fn build_mask(scores: &Scores, rule: &Rule) -> Result<(Tensor, u64)> 
         Rule::Threshold(q) => sel::apply_threshold(&src, q, &mut mask),
         Rule::PerRow(r) => {
             let t = sel::RowThresholds {
-                keys: Vec::<i32>::try_from(&r.keys)?.into_iter().map(|k| k as u32).collect(),
-                take: Vec::<i32>::try_from(&r.take)?.into_iter().map(|k| k as u32).collect(),
+                keys: Vec::<i32>::try_from(&r.keys)?
+                    .into_iter()
+                    .map(|k| k as u32)
+                    .collect(),
+                take: Vec::<i32>::try_from(&r.take)?
+                    .into_iter()
+                    .map(|k| k as u32)
+                    .collect(),
             };
             sel::apply_per_row(&src, cols, &t, &mut mask)
         }
@@ -120,12 +158,16 @@ pub(crate) fn build_mask(scores: &Scores, rule: &Rule) -> Result<(Tensor, u64)> 
 
 pub(crate) fn find_non_finite(t: &Tensor) -> Result<Option<u64>> {
     let c;
-    let t = if t.is_contiguous() { t } else {
+    let t = if t.is_contiguous() {
+        t
+    } else {
         c = t.contiguous();
         &c
     };
     let e = elems(t)?;
-    Ok((0..e.len()).find(|&i| !e.get(i).is_finite()).map(|i| i as u64))
+    Ok((0..e.len())
+        .find(|&i| !e.get(i).is_finite())
+        .map(|i| i as u64))
 }
 
 pub(crate) fn apply_mask(weight: &Tensor, mask: &Tensor) -> Result<u64> {
@@ -137,6 +179,8 @@ pub(crate) fn apply_mask(weight: &Tensor, mask: &Tensor) -> Result<u64> {
     let _g = tch::no_grad_guard();
     let keep = super::unpack_keep(mask, weight.numel() as i64)?.f_reshape(weight.size())?;
     let pruned = keep.numel() as i64 - keep.f_sum(Kind::Int64)?.int64_value(&[]);
-    let _ = weight.shallow_clone().f_masked_fill_(&keep.f_logical_not()?, 0.0)?;
+    let _ = weight
+        .shallow_clone()
+        .f_masked_fill_(&keep.f_logical_not()?, 0.0)?;
     Ok(pruned as u64)
 }

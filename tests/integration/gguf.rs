@@ -1,0 +1,85 @@
+use birdbone_gguf::{import_llama, GgufFile};
+use birdbone_tests::*;
+
+#[test]
+fn the_real_checkpoint_imports_with_its_architecture() {
+    let f = GgufFile::open(&real_gguf()).unwrap();
+    assert_eq!(
+        f.get("general.architecture").and_then(|v| v.as_str()),
+        Some("llama")
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let s = import_llama(&real_gguf(), dir.path()).unwrap();
+    let c = &s.config;
+    assert_eq!(
+        (c["num_hidden_layers"].as_u64(), c["hidden_size"].as_u64()),
+        (Some(30), Some(576))
+    );
+    assert_eq!(
+        (
+            c["num_attention_heads"].as_u64(),
+            c["num_key_value_heads"].as_u64()
+        ),
+        (Some(9), Some(3))
+    );
+    assert_eq!(
+        (c["vocab_size"].as_u64(), c["rope_theta"].as_f64()),
+        (Some(49152), Some(100000.0))
+    );
+    assert_eq!(c["tie_word_embeddings"].as_bool(), Some(true));
+    // 30 blocks x 9 tensors + embeddings + final norm; tied, so no lm_head.
+    assert_eq!(s.tensors, 30 * 9 + 2);
+    assert_eq!(s.parameters, 134_515_008);
+}
+
+#[test]
+fn the_rebuilt_tokenizer_round_trips_real_text() {
+    let tok = tokenizers::Tokenizer::from_file(real_model_dir().join("tokenizer.json")).unwrap();
+    let text = std::fs::read_to_string(real_text("wiki.utf8")).unwrap();
+    let sample: String = text.chars().take(300_000).collect();
+    let enc = tok.encode(sample.as_str(), false).unwrap();
+    let ids = enc.get_ids();
+    assert!(
+        ids.len() > 50_000 && ids.len() < 150_000,
+        "{} tokens for 300k characters",
+        ids.len()
+    );
+    assert_eq!(tok.decode(ids, false).unwrap(), sample);
+    // SmolLM splits digits one by one; common words are single tokens.
+    assert_eq!(tok.encode("12345", false).unwrap().get_ids().len(), 5);
+    assert_eq!(tok.encode(" the", false).unwrap().get_ids().len(), 1);
+    // Special tokens survive as single ids.
+    let chat = tok.encode("<|im_start|>user", false).unwrap();
+    assert_eq!(chat.get_tokens()[0], "<|im_start|>");
+}
+
+#[test]
+fn truncated_and_corrupt_files_are_clear_errors() {
+    let bytes = std::fs::read(real_gguf()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    for (i, cut) in [3usize, 24, 1_000, 1_000_000, bytes.len() - 10]
+        .into_iter()
+        .enumerate()
+    {
+        let p = dir.path().join(format!("cut{i}.gguf"));
+        std::fs::write(&p, &bytes[..cut]).unwrap();
+        let e = GgufFile::open(&p)
+            .err()
+            .unwrap_or_else(|| panic!("a file cut at {cut} bytes opened"));
+        let msg = e.to_string();
+        assert!(
+            msg.contains("truncated") && msg.contains(&format!("cut{i}.gguf")),
+            "cut at {cut}: {msg}"
+        );
+        assert!(import_llama(&p, &dir.path().join("out")).is_err());
+    }
+    let p = dir.path().join("bad-magic.gguf");
+    let mut b = bytes[..4096].to_vec();
+    b[0] = b'X';
+    std::fs::write(&p, b).unwrap();
+    assert!(GgufFile::open(&p)
+        .err()
+        .unwrap()
+        .to_string()
+        .contains("not a GGUF file"));
+}

@@ -1,0 +1,16 @@
+//! Birdbone's integration tests. One binary; modules by area:
+//!
+//! - `loader`: plugins loaded from their `.so` files, rejected ones, component configuration.
+//! - `prune`: exact counts, N:M validity and failure safety on the real SmolLM2 weights.
+//! - `masks`: saving, loading, and holding pruned weights at zero through optimizer steps.
+//! - `models`: a `VarStore` and a TorchScript `CModule` pruned in place.
+//! - `gguf`: the importer on the real checkpoint, truncated and corrupt files.
+//! - `gpu`: CUDA paths against the CPU path; they return early where no GPU is present.
+
+mod checks;
+mod gguf;
+mod gpu;
+mod loader;
+mod masks;
+mod models;
+mod prune;
