@@ -9,4 +9,6 @@ TORCH_LIB="$BIRDBONE_ROOT/.venv/lib/python3.11/site-packages/torch/lib"
 if [ -d "$BIRDBONE_ROOT/.venv/lib" ]; then
   TORCH_LIB="$(ls -d "$BIRDBONE_ROOT"/.venv/lib/python3*/site-packages/torch/lib 2>/dev/null | head -n1)"
 fi
-export LD_LIBRARY_PATH="$TORCH_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# NVRTC (for the CUDA kernels, compiled at run time) comes with the wheel's nvidia packages.
+NVIDIA_LIB="$(dirname "$(dirname "$TORCH_LIB")")/nvidia/cu13/lib"
+export LD_LIBRARY_PATH="$TORCH_LIB:$NVIDIA_LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"

@@ -1,7 +1,7 @@
 //! CUDA paths, checked against the CPU path bit for bit. They return early where no GPU is
 //! present (CI); scripts/gpu-check.sh runs them on the GPU machine.
 
-use birdbone_tch::{Error, PassConfig, Pruner};
+use birdbone_tch::{ActivationStats, Error, PassConfig, PassInputs, Pruner};
 use birdbone_tests::*;
 use tch::{Device, Kind, Tensor};
 
@@ -82,7 +82,11 @@ fn cuda_nan_weight_is_an_error_and_the_model_is_untouched() {
     let params = on(&real_weights(Kind::BFloat16), Device::Cuda(0));
     {
         let _g = tch::no_grad_guard();
-        let _ = params[40].1.get(3).get(7).fill_(f64::INFINITY);
+        let _ = params[params.len() / 2]
+            .1
+            .get(3)
+            .get(7)
+            .fill_(f64::INFINITY);
     }
     let before = snapshot(&params);
     for (strategy, st, nm) in [
@@ -105,9 +109,83 @@ fn cuda_nan_weight_is_an_error_and_the_model_is_untouched() {
             .err()
             .expect("must fail");
         assert!(
-            matches!(&err, Error::NonFinite { param, .. } if *param == params[40].0),
+            matches!(&err, Error::NonFinite { param, .. } if *param == params[params.len() / 2].0),
             "{strategy}: {err}"
         );
         assert_untouched(&params, &before);
+    }
+}
+
+#[test]
+fn cuda_wanda_scores_select_like_the_cpu() {
+    if !cuda_or_skip("cuda_wanda_scores_select_like_the_cpu") {
+        return;
+    }
+    let cpu = real_weights(Kind::BFloat16);
+    tch::manual_seed(3);
+    let sq: Vec<Tensor> = cpu
+        .iter()
+        .map(|(_, w)| (Tensor::randn([w.size()[1]], (Kind::Float, Device::Cpu)) * 2.0).exp())
+        .collect();
+    let stats_on = |device: Device| {
+        let mut s = ActivationStats::new();
+        for ((name, _), t) in cpu.iter().zip(&sq) {
+            s.insert(name.clone(), t.to_device(device), 64);
+        }
+        s
+    };
+    let (cpu_stats, gpu_stats) = (stats_on(Device::Cpu), stats_on(Device::Cuda(0)));
+    let reg = builtin_registry();
+    type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Option<(u32, u32)>);
+    let cases: Vec<Case> = vec![
+        ("layerwise", vec![("scope", "row")], None),
+        ("layerwise", vec![], None),
+        ("global", vec![], None),
+        ("nm", vec![], Some((2, 4))),
+    ];
+    for (strategy, st, nm) in cases {
+        let cpu_params: Vec<_> = cpu.iter().map(|(n, t)| (n.clone(), t.copy())).collect();
+        let gpu_params = on(&cpu, Device::Cuda(0));
+        let cfg = PassConfig {
+            sparsity: 0.5,
+            nm,
+            ..Default::default()
+        };
+        let mut a = Pruner::new(&reg, "wanda", &settings(&[]), strategy, &settings(&st)).unwrap();
+        let mut b = Pruner::new(&reg, "wanda", &settings(&[]), strategy, &settings(&st)).unwrap();
+        let (cr, cm) = a
+            .run(
+                &cpu_params,
+                &cfg,
+                PassInputs {
+                    stats: Some(&cpu_stats),
+                },
+            )
+            .unwrap();
+        let (gr, gm) = b
+            .run(
+                &gpu_params,
+                &cfg,
+                PassInputs {
+                    stats: Some(&gpu_stats),
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            cr.pruned, gr.pruned,
+            "wanda + {strategy} {st:?}: counts differ"
+        );
+        assert_eq!(
+            cr.pruned * 2,
+            cr.total,
+            "wanda + {strategy} {st:?}: not 50%"
+        );
+        for (name, m) in cm.iter() {
+            let g = gm.get(name).unwrap().bits.to_device(Device::Cpu);
+            assert!(
+                identical(&m.bits, &g),
+                "wanda + {strategy} {st:?} {name}: masks differ"
+            );
+        }
     }
 }

@@ -225,3 +225,68 @@ fn host_kth_value_is_exact_over_a_set_of_real_tensors() {
         );
     }
 }
+
+#[test]
+fn wanda_prunes_exactly_per_row_and_leaves_the_statistics_untouched() {
+    // Regression: a plugin's cast of f32 statistics once aliased the host's tensor, so its
+    // in-place sqrt rewrote the statistics between scoring calls and broke exactness.
+    let params = real_weights(Kind::BFloat16);
+    let before = snapshot(&params);
+    tch::manual_seed(11);
+    let mut stats = birdbone_tch::ActivationStats::new();
+    let mut originals = Vec::new();
+    for (name, w) in &params {
+        let sq = (Tensor::randn([w.size()[1]], (Kind::Float, tch::Device::Cpu)) * 2.0).exp();
+        originals.push(sq.copy());
+        stats.insert(name.clone(), sq, 128);
+    }
+    let reg = builtin_registry();
+    let mut pruner = Pruner::new(
+        &reg,
+        "wanda",
+        &settings(&[]),
+        "layerwise",
+        &settings(&[("scope", "row")]),
+    )
+    .unwrap();
+    let (report, masks) = pruner
+        .run(
+            &params,
+            &PassConfig {
+                sparsity: 0.5,
+                ..Default::default()
+            },
+            birdbone_tch::PassInputs {
+                stats: Some(&stats),
+            },
+        )
+        .unwrap();
+    assert_eq!(report.pruned * 2, report.total);
+    for ((name, w), (orig, b)) in params.iter().zip(originals.iter().zip(&before)) {
+        let (sq, _) = stats.get(name).unwrap();
+        assert!(identical(sq, orig), "{name}: statistics changed");
+        let keep = masks.get(name).unwrap().keep().unwrap();
+        let per_row = keep
+            .logical_not()
+            .sum_dim_intlist(Some(&[1i64][..]), false, Kind::Int64);
+        assert_eq!(
+            per_row
+                .ne(w.size()[1] / 2)
+                .sum(Kind::Int64)
+                .int64_value(&[]),
+            0,
+            "{name}"
+        );
+        // Wanda's comparison: within each row nothing kept scores below anything pruned.
+        let score = b.abs().to_kind(Kind::Float) * orig.sqrt();
+        let big = Tensor::from(f32::INFINITY);
+        let small = Tensor::from(f32::NEG_INFINITY);
+        let mp = score.where_self(&keep.logical_not(), &small).amax(1, false);
+        let mk = score.where_self(&keep, &big).amin(1, false);
+        assert_eq!(
+            mp.gt_tensor(&mk).sum(Kind::Int64).int64_value(&[]),
+            0,
+            "{name}"
+        );
+    }
+}

@@ -33,9 +33,9 @@ pub fn plugin_file(crate_name: &str) -> PathBuf {
     p
 }
 
-/// The four built-in plugins' files.
+/// The built-in plugins' files.
 pub fn builtin_plugin_files() -> Vec<PathBuf> {
-    ["magnitude", "global", "layerwise", "nm"]
+    ["magnitude", "global", "layerwise", "nm", "wanda"]
         .iter()
         .map(|n| plugin_file(&format!("birdbone_plugin_{n}")))
         .collect()

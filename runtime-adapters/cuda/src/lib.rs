@@ -1,6 +1,697 @@
-//! CUDA kernels for Birdbone's exact selections.
+//! Birdbone's CUDA kernels: exact selection (histograms of score keys, per-row radix select,
+//! N:M) and in-place pruning with deterministic tie splitting, compiled at run time with NVRTC
+//! through cudarc, so building needs no CUDA toolkit and CI builds without a GPU.
+//!
+//! The kernels implement the rules of `birdbone-select` bit for bit. They work on raw device
+//! pointers of memory the caller owns (libtorch tensors), on the stream libtorch uses for the
+//! device; results land in caller-provided device buffers. The module is compiled once per
+//! process and device and cached.
 
-/// A CUDA failure.
+mod stream;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, LazyLock},
+};
+
+use cudarc::{
+    driver::{
+        sys::CUfunction_attribute_enum, CudaContext, CudaFunction, CudaModule, CudaStream,
+        LaunchConfig, PushKernelArg,
+    },
+    nvrtc::{compile_ptx_with_opts, CompileOptions},
+};
+use parking_lot::Mutex;
+
+pub use stream::torch_current_stream;
+
+/// The CUDA C++ source of every kernel.
+pub const KERNELS: &str = include_str!("kernels.cu");
+
+/// A CUDA failure, with what was being done.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct CudaError(pub String);
+
+impl CudaError {
+    fn at(what: &str, e: impl std::fmt::Display) -> CudaError {
+        CudaError(format!("{what}: {e}"))
+    }
+}
+
+type Result<T> = std::result::Result<T, CudaError>;
+
+/// Element type of the data a kernel reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Dt {
+    /// bfloat16.
+    BF16,
+    /// IEEE half.
+    F16,
+    /// f32.
+    F32,
+}
+
+impl Dt {
+    /// Elements per 16-byte vector.
+    pub fn per_vector(self) -> u64 {
+        match self {
+            Dt::F32 => 4,
+            _ => 8,
+        }
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Dt::BF16 => "bf16",
+            Dt::F16 => "f16",
+            Dt::F32 => "f32",
+        }
+    }
+}
+
+/// How scores are derived from the data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ScoreKind {
+    /// `|w|`.
+    Magnitude,
+    /// `|w| * scale[col]`.
+    Scaled,
+    /// The data are the scores.
+    Dense,
+}
+
+impl ScoreKind {
+    fn name(self) -> &'static str {
+        match self {
+            ScoreKind::Magnitude => "mag",
+            ScoreKind::Scaled => "scaled",
+            ScoreKind::Dense => "dense",
+        }
+    }
+}
+
+/// What to read: data pointer, element type, score kind, and the column scale (0 if none).
+#[derive(Clone, Copy, Debug)]
+pub struct Source {
+    /// Device pointer of the first element.
+    pub ptr: u64,
+    /// Element type.
+    pub dt: Dt,
+    /// Score kind.
+    pub kind: ScoreKind,
+    /// Device pointer of the f32 column scale (`Scaled` only), else 0.
+    pub scale: u64,
+    /// Elements.
+    pub n: u64,
+    /// Row length.
+    pub cols: u64,
+}
+
+impl Source {
+    /// Whether 16-byte vector loads are allowed.
+    pub fn aligned(&self) -> bool {
+        self.ptr % 16 == 0
+    }
+}
+
+/// Words per segment descriptor (see the kernel source).
+pub const SEGW: usize = 16;
+
+/// One segment of a batched launch: a parameter (or score tensor) and what to do with it. Laid
+/// out as `SEGW` u64 words by [`Seg::words`]; fields a kernel does not use stay 0.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Seg {
+    /// Data pointer.
+    pub w: u64,
+    /// f32 column-scale pointer, or 0.
+    pub scale: u64,
+    /// Elements.
+    pub n: u64,
+    /// Row length.
+    pub cols: u64,
+    /// 16-byte aligned data.
+    pub aligned: bool,
+    /// Index into per-segment outputs.
+    pub slot: u64,
+    /// Mask pointer, or 0.
+    pub mask: u64,
+    /// Threshold key (apply), or the per-row key array (rows).
+    pub t: u64,
+    /// Ties to prune (apply), or the per-row take array (rows).
+    pub take: u64,
+    /// Apply mode, or the per-row ties array (rows).
+    pub mode: u64,
+    /// First tile or row of the segment in the launch.
+    pub first: u64,
+    /// Per-row count (row select).
+    pub k: u64,
+    /// Write the data (else only the mask).
+    pub write: bool,
+    /// N of N:M.
+    pub nkeep: u64,
+    /// M of N:M.
+    pub m: u64,
+}
+
+impl Seg {
+    /// A segment reading `src`.
+    pub fn of(src: &Source, slot: u64) -> Seg {
+        Seg {
+            w: src.ptr,
+            scale: src.scale,
+            n: src.n,
+            cols: src.cols,
+            aligned: src.aligned(),
+            slot,
+            ..Default::default()
+        }
+    }
+    /// The descriptor words, as the kernels read them (i64 for upload through libtorch).
+    pub fn words(&self) -> [i64; SEGW] {
+        [
+            self.w as i64,
+            self.scale as i64,
+            self.n as i64,
+            self.cols as i64,
+            self.aligned as i64,
+            self.slot as i64,
+            self.mask as i64,
+            self.t as i64,
+            self.take as i64,
+            self.mode as i64,
+            self.first as i64,
+            self.k as i64,
+            self.write as i64,
+            self.nkeep as i64,
+            self.m as i64,
+            0,
+        ]
+    }
+}
+
+/// Vectors per histogram chunk when several parameters share one launch: large enough that
+/// flushing a block's shared histogram is a small fraction of its work.
+pub const CHUNK_VECTORS: u64 = 1 << 18;
+/// Bins per key-half histogram.
+pub const BINS: usize = 65536;
+/// Vectors per thread in an apply tile.
+const TILE_U: u64 = 4;
+const APPLY_THREADS: u32 = 256;
+
+/// Splits segments into chunks of at most `chunk` units each: 3 i64 per chunk
+/// `{segment, first unit, units}`, for the chunked kernels.
+pub fn chunk_table(units: &[u64], chunk: u64) -> Vec<i64> {
+    let mut out = Vec::new();
+    for (i, &u) in units.iter().enumerate() {
+        let mut v = 0;
+        while v < u {
+            let len = chunk.min(u - v);
+            out.extend([i as i64, v as i64, len as i64]);
+            v += len;
+        }
+    }
+    out
+}
+
+/// One device's compiled kernels.
+pub struct Gpu {
+    ctx: Arc<CudaContext>,
+    module: Arc<CudaModule>,
+    sms: u32,
+    functions: Mutex<HashMap<String, Arc<CudaFunction>>>,
+}
+
+static GPUS: LazyLock<Mutex<HashMap<usize, Arc<Gpu>>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+fn arch_for(cc: (i32, i32)) -> Option<&'static str> {
+    Some(match cc {
+        (7, 0) => "compute_70",
+        (7, 5) => "compute_75",
+        (8, 0) => "compute_80",
+        (8, 6) => "compute_86",
+        (8, 9) => "compute_89",
+        (9, 0) => "compute_90",
+        (10, 0) => "compute_100",
+        (12, 0) => "compute_120",
+        _ => return None,
+    })
+}
+
+/// Compiles the kernel source to PTX (no GPU needed; NVRTC must be loadable).
+pub fn compile(arch: Option<&'static str>) -> Result<cudarc::nvrtc::Ptx> {
+    let opts = CompileOptions {
+        arch,
+        fmad: Some(false),
+        options: vec!["--std=c++17".into()],
+        ..Default::default()
+    };
+    std::panic::catch_unwind(|| compile_ptx_with_opts(KERNELS, opts))
+        .map_err(|_| {
+            CudaError("NVRTC could not be loaded (is libnvrtc on LD_LIBRARY_PATH?)".into())
+        })?
+        .map_err(|e| CudaError::at("compiling the Birdbone kernels with NVRTC", e))
+}
+
+/// The kernels of CUDA device `ordinal`, compiled on first use.
+pub fn gpu(ordinal: usize) -> Result<Arc<Gpu>> {
+    let mut map = GPUS.lock();
+    if let Some(g) = map.get(&ordinal) {
+        return Ok(g.clone());
+    }
+    let ctx = std::panic::catch_unwind(|| CudaContext::new(ordinal))
+        .map_err(|_| CudaError("the CUDA driver could not be loaded".into()))?
+        .map_err(|e| CudaError::at("opening the CUDA device", e))?;
+    let cc = ctx
+        .compute_capability()
+        .map_err(|e| CudaError::at("reading the compute capability", e))?;
+    let sms = ctx
+        .attribute(
+            cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+        )
+        .map_err(|e| CudaError::at("reading the SM count", e))? as u32;
+    let ptx = compile(arch_for(cc))?;
+    let module = ctx
+        .load_module(ptx)
+        .map_err(|e| CudaError::at("loading the kernels", e))?;
+    let g = Arc::new(Gpu {
+        ctx,
+        module,
+        sms,
+        functions: Mutex::new(HashMap::new()),
+    });
+    map.insert(ordinal, g.clone());
+    Ok(g)
+}
+
+fn cfg(grid: u64, block: u32, smem: u32) -> LaunchConfig {
+    LaunchConfig {
+        grid_dim: (grid.clamp(1, u32::MAX as u64) as u32, 1, 1),
+        block_dim: (block, 1, 1),
+        shared_mem_bytes: smem,
+    }
+}
+
+impl Gpu {
+    /// Streaming multiprocessors on the device.
+    pub fn sms(&self) -> u32 {
+        self.sms
+    }
+
+    /// The device's name (`NVIDIA H100 80GB HBM3`, ...).
+    pub fn name(&self) -> String {
+        self.ctx
+            .name()
+            .unwrap_or_else(|_| "unknown CUDA device".into())
+    }
+
+    /// Free and total device memory, in bytes, from the driver (callable from any thread).
+    pub fn mem_info(&self) -> Result<(usize, usize)> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| CudaError::at("binding the context", e))?;
+        self.ctx
+            .mem_get_info()
+            .map_err(|e| CudaError::at("reading memory use", e))
+    }
+
+    fn function(&self, name: &str) -> Result<Arc<CudaFunction>> {
+        let mut f = self.functions.lock();
+        if let Some(x) = f.get(name) {
+            return Ok(x.clone());
+        }
+        let func = Arc::new(
+            self.module
+                .load_function(name)
+                .map_err(|e| CudaError::at(name, e))?,
+        );
+        if name.starts_with("hist_high") {
+            func.set_attribute(
+                CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                32768 * 4,
+            )
+            .map_err(|e| CudaError::at("allowing 128 KiB of shared memory", e))?;
+        }
+        if std::env::var_os("BIRDBONE_CUDA_INFO").is_some() {
+            let (block, smem) = if name.starts_with("hist_high") {
+                (1024, 32768 * 4)
+            } else {
+                (256, 0)
+            };
+            eprintln!(
+                "[birdbone-cuda] {name}: {} registers, {} B local, {} blocks of {block} per SM",
+                func.num_regs().unwrap_or(-1),
+                func.local_size_bytes().unwrap_or(-1),
+                func.occupancy_max_active_blocks_per_multiprocessor(block, smem, None)
+                    .unwrap_or(0)
+            );
+        }
+        f.insert(name.to_string(), func.clone());
+        Ok(func)
+    }
+
+    /// The stream libtorch uses for this device now.
+    pub fn stream(&self) -> Arc<CudaStream> {
+        match torch_current_stream(self.ctx.ordinal() as i8) {
+            // SAFETY: libtorch owns the stream and keeps it alive; it belongs to the primary
+            // context of this device, which `ctx` retains; ordering is libtorch's own.
+            Some(s) if !s.is_null() => unsafe { self.ctx.wrap_borrowed_stream(s as _) },
+            _ => self.ctx.default_stream(),
+        }
+    }
+
+    /// Pass 1: histograms of the high key halves. `segs` holds 6 u64 per segment
+    /// `{ptr, scale, n, cols, slot, aligned}`, `chunks` 3 u64 per chunk `{segment, first vector,
+    /// vectors}`; `hists` 65536 u32 per slot; `bad_flag` u32, `bad_index` one u64 per slot
+    /// (init !0): the first non-finite element's index.
+    #[allow(clippy::too_many_arguments)]
+    pub fn hist_high(
+        &self,
+        dt: Dt,
+        kind: ScoreKind,
+        segs: u64,
+        chunks: u64,
+        nchunks: u32,
+        hists: u64,
+        bad_flag: u64,
+        bad_index: u64,
+    ) -> Result<()> {
+        let f = self.function(&format!("hist_high_{}_{}", dt.name(), kind.name()))?;
+        let s = self.stream();
+        let mut b = s.launch_builder(&f);
+        b.arg(&segs)
+            .arg(&chunks)
+            .arg(&nchunks)
+            .arg(&hists)
+            .arg(&bad_flag)
+            .arg(&bad_index);
+        // SAFETY: the arguments match the kernel's signature; the caller guarantees the pointers.
+        unsafe { b.launch(cfg((nchunks as u64).min(self.sms as u64), 1024, 32768 * 4)) }
+            .map_err(|e| CudaError::at("hist_high", e))?;
+        Ok(())
+    }
+
+    /// Pass 2: histograms of the low key halves of keys whose high half is their slot's entry
+    /// of `his` (u32 per slot).
+    #[allow(clippy::too_many_arguments)]
+    pub fn hist_low(
+        &self,
+        dt: Dt,
+        kind: ScoreKind,
+        segs: u64,
+        chunks: u64,
+        nchunks: u32,
+        his: u64,
+        hists: u64,
+    ) -> Result<()> {
+        let f = self.function(&format!("hist_low_{}_{}", dt.name(), kind.name()))?;
+        let s = self.stream();
+        let mut b = s.launch_builder(&f);
+        b.arg(&segs)
+            .arg(&chunks)
+            .arg(&nchunks)
+            .arg(&his)
+            .arg(&hists);
+        // SAFETY: as above.
+        unsafe { b.launch(cfg((nchunks as u64).min(self.sms as u64 * 4), 1024, 0)) }
+            .map_err(|e| CudaError::at("hist_low", e))?;
+        Ok(())
+    }
+
+    /// Totals over `slots` histograms into `total` (65536 u64).
+    pub fn sum_slots(&self, hists: u64, slots: u32, total: u64) -> Result<()> {
+        let f = self.function("sum_slots")?;
+        let s = self.stream();
+        let mut b = s.launch_builder(&f);
+        b.arg(&hists).arg(&slots).arg(&total);
+        // SAFETY: as above.
+        unsafe { b.launch(cfg(256, 256, 0)) }.map_err(|e| CudaError::at("sum_slots", e))?;
+        Ok(())
+    }
+
+    /// Per slot: the count in `bin` (into `at`) and below it (into `below`), u64 each.
+    pub fn slot_counts(&self, hists: u64, slots: u32, bin: u32, at: u64, below: u64) -> Result<()> {
+        let f = self.function("slot_counts")?;
+        let s = self.stream();
+        let mut b = s.launch_builder(&f);
+        b.arg(&hists).arg(&slots).arg(&bin).arg(&at).arg(&below);
+        // SAFETY: as above.
+        unsafe { b.launch(cfg(slots as u64, 256, 0)) }
+            .map_err(|e| CudaError::at("slot_counts", e))?;
+        Ok(())
+    }
+
+    /// Per slot: the bin of its `ks[slot]`-th smallest key (u32; !0 when k is 0), the count
+    /// before that bin and in it (u64 each).
+    #[allow(clippy::too_many_arguments)]
+    pub fn find_slot_bins(
+        &self,
+        hists: u64,
+        slots: u32,
+        ks: u64,
+        bins: u64,
+        before: u64,
+        at: u64,
+    ) -> Result<()> {
+        let f = self.function("find_slot_bins")?;
+        let s = self.stream();
+        let mut b = s.launch_builder(&f);
+        b.arg(&hists)
+            .arg(&slots)
+            .arg(&ks)
+            .arg(&bins)
+            .arg(&before)
+            .arg(&at);
+        // SAFETY: as above.
+        unsafe { b.launch(cfg(slots as u64, 256, 0)) }
+            .map_err(|e| CudaError::at("find_slot_bins", e))?;
+        Ok(())
+    }
+
+    /// Tiles an apply launch needs for `n` elements of `dt`.
+    pub fn apply_tiles(&self, dt: Dt, n: u64) -> u64 {
+        n.div_ceil(dt.per_vector())
+            .div_ceil(APPLY_THREADS as u64 * TILE_U)
+    }
+
+    fn launch(&self, name: &str, grid: u64, block: u32, args: &[&dyn ArgValue]) -> Result<()> {
+        let f = self.function(name)?;
+        let s = self.stream();
+        let mut b = s.launch_builder(&f);
+        for a in args {
+            a.push(&mut b);
+        }
+        // SAFETY: every entry point's parameters are listed in `args` in order and with the
+        // kernel's types; pointers come from live libtorch tensors the caller holds.
+        unsafe { b.launch(cfg(grid, block, 0)) }.map_err(|e| CudaError::at(name, e))?;
+        Ok(())
+    }
+
+    /// Threshold apply over `nsegs` segments whose tiles (`Seg::first`) total `tiles`.
+    /// `status`: one zeroed u64 per tile; `ticket`: a zeroed u32; `pruned`: u64 per slot.
+    #[allow(clippy::too_many_arguments)]
+    pub fn apply_threshold(
+        &self,
+        dt: Dt,
+        kind: ScoreKind,
+        segs: u64,
+        nsegs: i32,
+        tiles: u64,
+        status: u64,
+        ticket: u64,
+        pruned: u64,
+    ) -> Result<()> {
+        let name = format!("apply_threshold_{}_{}", dt.name(), kind.name());
+        // Persistent blocks: a few per SM, each taking tiles from the ticket until none is left.
+        self.launch(
+            &name,
+            tiles.min(self.sms as u64 * 8),
+            APPLY_THREADS,
+            &[&segs, &nsegs, &tiles, &status, &ticket, &pruned],
+        )
+    }
+
+    /// Per-row selection: one block per row of the segments (`Seg::first` = first row), outputs
+    /// through the per-segment pointers `t`/`take`/`mode`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn row_select(
+        &self,
+        dt: Dt,
+        kind: ScoreKind,
+        segs: u64,
+        nsegs: i32,
+        rows: u64,
+        bad_flag: u64,
+        bad_index: u64,
+    ) -> Result<()> {
+        let name = format!("row_select_{}_{}", dt.name(), kind.name());
+        self.launch(
+            &name,
+            rows.min(self.sms as u64 * 8),
+            256,
+            &[&segs, &nsegs, &rows, &bad_flag, &bad_index],
+        )
+    }
+
+    /// Per-row apply of `row_select`'s thresholds.
+    pub fn row_apply(
+        &self,
+        dt: Dt,
+        kind: ScoreKind,
+        segs: u64,
+        nsegs: i32,
+        rows: u64,
+        pruned: u64,
+    ) -> Result<()> {
+        let name = format!("row_apply_{}_{}", dt.name(), kind.name());
+        self.launch(
+            &name,
+            rows.min(self.sms as u64 * 8),
+            256,
+            &[&segs, &nsegs, &rows, &pruned],
+        )
+    }
+
+    /// Units an N:M launch counts per segment: groups of `max(m, vector)` elements on the fast
+    /// path (`m` 4 or 8, aligned rows), single groups otherwise.
+    pub fn nm_units(&self, src: &Source, m: u64) -> (u64, bool) {
+        let fast = (m == 4 || m == 8) && src.aligned() && src.cols % m == 0;
+        if fast {
+            (src.n.div_ceil(m.max(src.dt.per_vector())), true)
+        } else {
+            (src.n / m, false)
+        }
+    }
+
+    /// N:M over chunks of units (see [`Gpu::nm_units`]); all segments of one launch share `m`
+    /// and the fast or generic path.
+    #[allow(clippy::too_many_arguments)]
+    pub fn nm(
+        &self,
+        dt: Dt,
+        kind: ScoreKind,
+        m: u64,
+        fast: bool,
+        segs: u64,
+        chunks: u64,
+        nchunks: u32,
+        pruned: u64,
+    ) -> Result<()> {
+        let prefix = match (fast, m) {
+            (true, 4) => "nm4",
+            (true, 8) => "nm8",
+            _ => "nm",
+        };
+        let name = format!("{prefix}_{}_{}", dt.name(), kind.name());
+        self.launch(
+            &name,
+            (nchunks as u64).min(self.sms as u64 * 8),
+            256,
+            &[&segs, &chunks, &nchunks, &pruned],
+        )
+    }
+
+    /// The smallest flat index of a non-finite element per slot into `first` (u64 per slot,
+    /// set to !0 before), over chunks of vectors.
+    pub fn find_non_finite(
+        &self,
+        dt: Dt,
+        segs: u64,
+        chunks: u64,
+        nchunks: u32,
+        first: u64,
+    ) -> Result<()> {
+        let name = format!("find_non_finite_{}", dt.name());
+        self.launch(
+            &name,
+            (nchunks as u64).min(self.sms as u64 * 8),
+            256,
+            &[&segs, &chunks, &nchunks, &first],
+        )
+    }
+
+    /// Zeroes the elements whose mask bit is 0 (mask pointer per segment); counts per slot.
+    pub fn apply_mask(
+        &self,
+        dt: Dt,
+        segs: u64,
+        chunks: u64,
+        nchunks: u32,
+        pruned: u64,
+    ) -> Result<()> {
+        let name = format!("apply_mask_{}", dt.name());
+        self.launch(
+            &name,
+            (nchunks as u64).min(self.sms as u64 * 8),
+            256,
+            &[&segs, &chunks, &nchunks, &pruned],
+        )
+    }
+}
+
+/// A kernel argument pushed into a launch (the values are copied by the driver at launch).
+trait ArgValue {
+    fn push<'a>(&'a self, b: &mut cudarc::driver::LaunchArgs<'a>);
+}
+
+impl ArgValue for u64 {
+    fn push<'a>(&'a self, b: &mut cudarc::driver::LaunchArgs<'a>) {
+        b.arg(self);
+    }
+}
+
+impl ArgValue for u32 {
+    fn push<'a>(&'a self, b: &mut cudarc::driver::LaunchArgs<'a>) {
+        b.arg(self);
+    }
+}
+
+impl ArgValue for i32 {
+    fn push<'a>(&'a self, b: &mut cudarc::driver::LaunchArgs<'a>) {
+        b.arg(self);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_kernels_compile_with_nvrtc() {
+        // NVRTC ships in the torch wheel's nvidia packages (scripts/env.sh puts it on the library
+        // path), so this runs on machines without a GPU too.
+        match super::compile(Some("compute_90")) {
+            Ok(ptx) => assert!(ptx.to_src().contains(".entry hist_high_bf16_mag")),
+            Err(e) if e.0.contains("could not be loaded") => eprintln!("skipped: {e}"),
+            Err(e) => panic!("{e}"),
+        }
+    }
+}
+#[cfg(test)]
+mod dev {
+    use std::ffi::{CStr, CString};
+
+    use cudarc::nvrtc::result;
+
+    /// Developer check, no GPU needed: `cargo test -p birdbone-cuda -- --ignored ptxas_report`
+    /// prints ptxas's register and spill report for every kernel on sm_90 (a kernel over 64
+    /// registers cannot launch with 1024 threads).
+    #[test]
+    #[ignore]
+    fn ptxas_report() {
+        let src = CString::new(super::KERNELS).unwrap();
+        let prog = result::create_program(&src, None).unwrap();
+        let opts = [
+            "--gpu-architecture=sm_90",
+            "--std=c++17",
+            "--fmad=false",
+            "--ptxas-options=-v",
+        ];
+        // SAFETY: the program and options are valid for the duration of the calls.
+        unsafe {
+            let r = result::compile_program(prog, &opts);
+            let log = result::get_program_log(prog).unwrap();
+            let log = CStr::from_ptr(log.as_ptr()).to_string_lossy();
+            std::fs::write("/tmp/ptxas.log", log.as_bytes()).unwrap();
+            r.unwrap();
+        }
+    }
+}

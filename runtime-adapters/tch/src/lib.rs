@@ -15,6 +15,7 @@
 //! ```
 
 pub mod checkpoint;
+pub mod direct;
 mod engine;
 mod error;
 mod mask;

@@ -125,16 +125,21 @@ impl MaskSet {
         let params = model.named_parameters()?;
         let pairs = self.matched(&params)?;
         let _g = tch::no_grad_guard();
-        let mut n = 0;
-        for (t, m) in pairs {
-            let bits = if m.bits.device() == t.device() {
-                m.bits.shallow_clone()
-            } else {
-                m.bits.to_device(t.device())
-            };
-            n += engine::apply_mask(t, &bits)?;
-        }
-        Ok(n)
+        let bits: Vec<Tensor> = pairs
+            .iter()
+            .map(|(t, m)| {
+                if m.bits.device() == t.device() {
+                    m.bits.shallow_clone()
+                } else {
+                    m.bits.to_device(t.device())
+                }
+            })
+            .collect();
+        let items: Vec<(&Tensor, &Tensor)> =
+            pairs.iter().zip(&bits).map(|((t, _), b)| (*t, b)).collect();
+        // One batched launch on a GPU; the counts are read once, after it.
+        let counts = engine::apply_masks(&items)?;
+        counts.iter().map(|c| c.get()).sum()
     }
 
     /// Zeroes the gradients of pruned weights (call between backward and the optimizer step).
@@ -142,6 +147,7 @@ impl MaskSet {
         let params = model.named_parameters()?;
         let pairs = self.matched(&params)?;
         let _g = tch::no_grad_guard();
+        let mut grads = Vec::new();
         for (t, m) in pairs {
             let g = t.grad();
             if g.defined() {
@@ -150,14 +156,11 @@ impl MaskSet {
                 } else {
                     m.bits.to_device(g.device())
                 };
-                let g = if g.is_contiguous() {
-                    g
-                } else {
-                    return Err(Error::Invalid("non-contiguous gradient".into()));
-                };
-                engine::apply_mask(&g, &bits)?;
+                grads.push((g, bits));
             }
         }
+        let items: Vec<(&Tensor, &Tensor)> = grads.iter().map(|(g, b)| (g, b)).collect();
+        engine::apply_masks(&items)?;
         Ok(())
     }
 

@@ -209,7 +209,20 @@ extern "C" fn reduce(
 }
 
 extern "C" fn cast(x: TensorId, dtype: DType) -> RResult<api::Tensor, PluginError> {
-    guard(|| new_tensor(tensors::get(x)?.f_to_kind(kind_of(dtype))?))
+    guard(|| {
+        let src = tensors::get(x)?;
+        let y = src.f_to_kind(kind_of(dtype))?;
+        // libtorch returns the input itself when the type already matches; a plugin's new tensor
+        // must never share storage with a host tensor it could then write.
+        let y = if y.data_ptr() == src.data_ptr() {
+            let mut fresh = y.f_empty_like()?;
+            fresh.f_copy_(&y)?;
+            fresh
+        } else {
+            y
+        };
+        new_tensor(y)
+    })
 }
 
 extern "C" fn copy(src: TensorId, dst: TensorId) -> RResult<(), PluginError> {

@@ -20,7 +20,7 @@ use serde::Serialize;
 use tch::{Device, Kind, Tensor};
 
 use crate::{
-    engine::{self, RowSel, Rule, Scores},
+    engine::{self, Count, FiniteCheck, RowSel, Rule, Scores},
     error::{Error, Result},
     mask::{MaskSet, ParamMask},
     ops::{guard, host_ops},
@@ -314,6 +314,8 @@ impl Pruner {
             scorer_name: &self.scorer.name,
             selections: Vec::new(),
             decisions: (0..plan_params.len()).map(|_| None).collect(),
+            checks: Vec::new(),
+            weights_to_check: Vec::new(),
             error: None,
         };
         let strategy_name = self.strategy.name.clone();
@@ -328,6 +330,26 @@ impl Pruner {
                 param: "the pass".into(),
                 error,
             }));
+        }
+        // Finiteness checks launched on the device during planning are read here, all at once,
+        // before anything is written.
+        let to_check = std::mem::take(&mut ctx.weights_to_check);
+        let weights: Vec<&Tensor> = to_check
+            .iter()
+            .map(|&p| &plan_params[p as usize].weight)
+            .collect();
+        let mut checks = std::mem::take(&mut ctx.checks);
+        for (&p, c) in to_check.iter().zip(engine::find_non_finite(&weights)?) {
+            checks.push((p, "weight", c));
+        }
+        for (p, what, check) in checks {
+            if let Some(index) = check.get()? {
+                return Err(Error::NonFinite {
+                    what,
+                    param: plan_params[p as usize].name.clone(),
+                    index,
+                });
+            }
         }
         let decisions = std::mem::take(&mut ctx.decisions);
         drop(ctx);
@@ -406,7 +428,7 @@ enum Planned {
     /// A mask built during planning.
     Mask {
         bits: Tensor,
-        pruned: u64,
+        pruned: Count,
         what: String,
     },
 }
@@ -429,12 +451,13 @@ pub struct PrunePlan {
 
 impl PrunePlan {
     /// Weights the plan will prune.
-    pub fn pruned(&self) -> u64 {
+    pub fn pruned(&self) -> Result<u64> {
         self.entries
             .iter()
             .map(|e| match &e.planned {
-                Planned::Keep => 0,
-                Planned::Lazy { pruned, .. } | Planned::Mask { pruned, .. } => *pruned,
+                Planned::Keep => Ok(0),
+                Planned::Lazy { pruned, .. } => Ok(*pruned),
+                Planned::Mask { pruned, .. } => pruned.get(),
             })
             .sum()
     }
@@ -447,20 +470,48 @@ impl PrunePlan {
         let mut masks = MaskSet::new();
         let mut params = Vec::with_capacity(self.entries.len());
         let keep = self.config.keep_masks;
+        // Every write is launched in batches first (a handful of kernels on a GPU)...
+        let lazy: Vec<usize> = (0..self.entries.len())
+            .filter(|&i| matches!(self.entries[i].planned, Planned::Lazy { .. }))
+            .collect();
+        let items: Vec<engine::PruneItem<'_>> = lazy
+            .iter()
+            .map(|&i| match &self.entries[i].planned {
+                Planned::Lazy { scores, rule, .. } => engine::PruneItem {
+                    weight: &self.entries[i].weight,
+                    scores,
+                    rule,
+                },
+                _ => unreachable!("filtered"),
+            })
+            .collect();
+        let mut lazy_out = engine::prune_many(&items, keep)?.into_iter();
+        let masked: Vec<usize> = (0..self.entries.len())
+            .filter(|&i| matches!(self.entries[i].planned, Planned::Mask { .. }))
+            .collect();
+        let mask_items: Vec<(&Tensor, &Tensor)> = masked
+            .iter()
+            .map(|&i| match &self.entries[i].planned {
+                Planned::Mask { bits, .. } => (&self.entries[i].weight, bits),
+                _ => unreachable!("filtered"),
+            })
+            .collect();
+        let mut mask_out = engine::apply_masks(&mask_items)?.into_iter();
+        // ...then the report and masks are gathered.
+        let mut counts = Vec::with_capacity(self.entries.len());
         for e in &self.entries {
             let numel = e.weight.numel() as u64;
             let (pruned, what, mask) = match &e.planned {
-                Planned::Keep => (0, "keep".to_string(), None),
-                Planned::Lazy {
-                    scores, rule, what, ..
-                } => {
-                    let (mask, pruned) = engine::prune_in_place(&e.weight, scores, rule, keep)?;
+                Planned::Keep => (Count::Ready(0), "keep".to_string(), None),
+                Planned::Lazy { what, .. } => {
+                    let (mask, pruned) = lazy_out.next().expect("one result per item");
                     (pruned, what.clone(), mask)
                 }
-                Planned::Mask { bits, what, .. } => {
-                    let pruned = engine::apply_mask(&e.weight, bits)?;
-                    (pruned, what.clone(), keep.then(|| bits.shallow_clone()))
-                }
+                Planned::Mask { bits, what, .. } => (
+                    mask_out.next().expect("one result per item"),
+                    what.clone(),
+                    keep.then(|| bits.shallow_clone()),
+                ),
             };
             if let Some(bits) = mask {
                 masks.insert(
@@ -471,16 +522,23 @@ impl PrunePlan {
                     },
                 );
             }
+            counts.push(pruned);
             params.push(ParamReport {
                 name: e.name.clone(),
                 shape: e.weight.size(),
                 numel,
-                pruned,
-                sparsity: pruned as f64 / numel.max(1) as f64,
+                pruned: 0,
+                sparsity: 0.0,
                 decision: what,
             });
         }
         sync(self.device);
+        let commit_seconds = started.elapsed().as_secs_f64();
+        // Counts come back after every write was launched: one wait on a GPU.
+        for (p, c) in params.iter_mut().zip(&counts) {
+            p.pruned = c.get()?;
+            p.sparsity = p.pruned as f64 / p.numel.max(1) as f64;
+        }
         let total: u64 = params.iter().map(|p| p.numel).sum();
         let pruned: u64 = params.iter().map(|p| p.pruned).sum();
         let report = PassReport {
@@ -494,7 +552,7 @@ impl PrunePlan {
             pruned,
             sparsity: pruned as f64 / total.max(1) as f64,
             plan_seconds: self.plan_seconds,
-            commit_seconds: started.elapsed().as_secs_f64(),
+            commit_seconds,
         };
         Ok((report, masks))
     }
@@ -519,6 +577,10 @@ struct HostPlan<'a> {
     scorer_name: &'a str,
     selections: Vec<SelRecord>,
     decisions: Vec<Option<Planned>>,
+    /// Finiteness checks still running on the device: (parameter, what, check).
+    checks: Vec<(u32, &'static str, FiniteCheck)>,
+    /// Weights whose finiteness is checked in one batch at the end of planning.
+    weights_to_check: Vec<u32>,
     error: Option<Error>,
 }
 
@@ -648,16 +710,28 @@ impl HostPlan<'_> {
         }
     }
 
-    fn check_weight_finite(&self, p: u32) -> Result<()> {
-        let pp = self.param(p)?;
-        if let Some(index) = engine::find_non_finite(&pp.weight)? {
-            return Err(Error::NonFinite {
-                what: "weight",
-                param: pp.name.clone(),
-                index,
-            });
-        }
+    /// Queues a finiteness check of a weight; all queued checks run in one batch at the end of
+    /// planning.
+    fn check_weight_finite(&mut self, p: u32) -> Result<()> {
+        self.param(p)?;
+        self.weights_to_check.push(p);
         Ok(())
+    }
+
+    /// Fails now when the answer is known, else reads it at the end of planning.
+    fn defer_check(&mut self, p: u32, what: &'static str, check: FiniteCheck) -> Result<()> {
+        match check {
+            FiniteCheck::Ready(Some(index)) => Err(Error::NonFinite {
+                what,
+                param: self.params[p as usize].name.clone(),
+                index,
+            }),
+            FiniteCheck::Ready(None) => Ok(()),
+            pending => {
+                self.checks.push((p, what, pending));
+                Ok(())
+            }
+        }
     }
 
     fn select(&mut self, params: &[u32], ks: &[u64], scope: SelectScope) -> Result<Vec<Selection>> {
@@ -680,8 +754,39 @@ impl HostPlan<'_> {
                         params.len()
                     );
                 }
-                for (&p, &k) in params.iter().zip(ks) {
-                    out.push(self.select_together(&[p], k)?);
+                let scores: Vec<Scores> = params
+                    .iter()
+                    .map(|&p| self.score(p, ScoreRequest::ELEMENTS))
+                    .collect::<Result<_>>()?;
+                if scores.iter().all(|s| matches!(s, Scores::Magnitude { .. })) {
+                    // Fused scores cost nothing to hold: every parameter in one batch.
+                    let quotas = engine::select_each(&scores, ks).map_err(|(i, e)| match i {
+                        Some(i) => self.name_non_finite(params[i], e),
+                        None => e,
+                    })?;
+                    for ((&p, q), s) in params.iter().zip(quotas).zip(&scores) {
+                        let id = self.selections.len() as u32;
+                        let threshold = if q.pruned() == 0 {
+                            f64::NEG_INFINITY
+                        } else {
+                            key_value(q.threshold) as f64
+                        };
+                        self.selections.push(SelRecord::Threshold {
+                            params: vec![p],
+                            quotas: vec![q],
+                        });
+                        out.push(Selection {
+                            id,
+                            pruned: q.pruned(),
+                            considered: s.numel(),
+                            threshold,
+                        });
+                    }
+                } else {
+                    drop(scores);
+                    for (&p, &k) in params.iter().zip(ks) {
+                        out.push(self.select_together(&[p], k)?);
+                    }
                 }
             }
             SelectScope::PerRow => {
@@ -692,8 +797,8 @@ impl HostPlan<'_> {
                         params.len()
                     );
                 }
-                for (&p, &k) in params.iter().zip(ks) {
-                    let s = self.score(p, ScoreRequest::ELEMENTS)?;
+                let mut scores = Vec::with_capacity(params.len());
+                for &p in params {
                     let dims = self.params[p as usize].weight.size();
                     if dims.len() != 2 {
                         crate::bail!(
@@ -701,14 +806,29 @@ impl HostPlan<'_> {
                             self.params[p as usize].name
                         );
                     }
-                    let rows =
-                        engine::select_per_row(&s, k).map_err(|e| self.name_non_finite(p, e))?;
+                    scores.push(self.score(p, ScoreRequest::ELEMENTS)?);
+                }
+                // One batch for all rows of all parameters (scores here are fused magnitudes
+                // or dense tensors the pass already holds).
+                let (rows, checks) =
+                    engine::select_rows(&scores, ks).map_err(|(i, e)| match i {
+                        Some(i) => self.name_non_finite(params[i], e),
+                        None => e,
+                    })?;
+                for (((&p, &k), (rows, check)), s) in params
+                    .iter()
+                    .zip(ks)
+                    .zip(rows.into_iter().zip(checks))
+                    .zip(&scores)
+                {
+                    self.defer_check(p, "score", check)?;
                     let id = self.selections.len() as u32;
+                    let n_rows = self.params[p as usize].weight.size()[0] as u64;
                     self.selections
                         .push(SelRecord::PerRow { param: p, rows, k });
                     out.push(Selection {
                         id,
-                        pruned: k * dims[0] as u64,
+                        pruned: k * n_rows,
                         considered: s.numel(),
                         threshold: f64::NAN,
                     });
@@ -733,16 +853,23 @@ impl HostPlan<'_> {
             );
         }
         let mut sel = engine::global_selector(device, k, params.len())?;
+        let named = |this: &Self, sel: &dyn engine::GlobalSel, e: Error| match sel.bad_param() {
+            Some(i) => this.name_non_finite(params[i], e),
+            None => e,
+        };
         for (i, &p) in params.iter().enumerate() {
             let s = self.score(p, ScoreRequest::ELEMENTS)?;
             sel.feed_high(i, &s)
-                .map_err(|e| self.name_non_finite(p, e))?;
+                .map_err(|e| named(self, sel.as_ref(), e))?;
         }
-        if sel.needs_low_pass()? {
+        if sel
+            .needs_low_pass()
+            .map_err(|e| named(self, sel.as_ref(), e))?
+        {
             for (i, &p) in params.iter().enumerate() {
                 let s = self.score(p, ScoreRequest::ELEMENTS)?;
                 sel.feed_low(i, &s)
-                    .map_err(|e| self.name_non_finite(p, e))?;
+                    .map_err(|e| named(self, sel.as_ref(), e))?;
             }
         }
         let g = sel.finish()?;
@@ -780,13 +907,9 @@ impl HostPlan<'_> {
                         Some(i) => (Rule::Threshold(quotas[i]), format!("selection {selection}")),
                         None => crate::bail!("selection {selection} does not cover '{name}'"),
                     },
-                    Some(SelRecord::PerRow { param, rows, k }) if *param == p => (
-                        Rule::PerRow(RowSel {
-                            keys: rows.keys.shallow_clone(),
-                            take: rows.take.shallow_clone(),
-                        }),
-                        format!("{k} per row"),
-                    ),
+                    Some(SelRecord::PerRow { param, rows, k }) if *param == p => {
+                        (Rule::PerRow(rows.shallow_clone()), format!("{k} per row"))
+                    }
                     Some(SelRecord::PerRow { .. }) => {
                         crate::bail!("selection {selection} does not cover '{name}'")
                     }
@@ -818,7 +941,7 @@ impl HostPlan<'_> {
                 let kept = keep.f_ne(0)?.f_sum(Kind::Int64)?.int64_value(&[]) as u64;
                 Planned::Mask {
                     bits,
-                    pruned: w.numel() as u64 - kept,
+                    pruned: Count::Ready(w.numel() as u64 - kept),
                     what: "explicit mask".into(),
                 }
             }

@@ -89,32 +89,45 @@ fn select_err(e: sel::SelectError) -> Error {
     }
 }
 
-pub(crate) struct CpuGlobal(GlobalSelector);
+pub(crate) struct CpuGlobal {
+    sel: GlobalSelector,
+    bad: Option<usize>,
+}
 
 impl CpuGlobal {
     pub fn new(k: u64, params: usize) -> CpuGlobal {
-        CpuGlobal(GlobalSelector::new(k, params))
+        CpuGlobal {
+            sel: GlobalSelector::new(k, params),
+            bad: None,
+        }
     }
 }
 
 impl GlobalSel for CpuGlobal {
     fn feed_high(&mut self, p: usize, scores: &Scores) -> Result<()> {
         let mut scale = Vec::new();
-        self.0
-            .feed_high(p, &source(scores, &mut scale)?)
-            .map_err(select_err)
+        let r = self.sel.feed_high(p, &source(scores, &mut scale)?);
+        if r.is_err() {
+            self.bad = Some(p);
+        }
+        r.map_err(select_err)
     }
     fn needs_low_pass(&mut self) -> Result<bool> {
-        self.0.needs_low_pass().map_err(select_err)
+        self.sel.needs_low_pass().map_err(select_err)
     }
     fn feed_low(&mut self, p: usize, scores: &Scores) -> Result<()> {
         let mut scale = Vec::new();
-        self.0
-            .feed_low(p, &source(scores, &mut scale)?)
-            .map_err(select_err)
+        let r = self.sel.feed_low(p, &source(scores, &mut scale)?);
+        if r.is_err() {
+            self.bad = Some(p);
+        }
+        r.map_err(select_err)
     }
     fn finish(self: Box<Self>) -> Result<GlobalSelection> {
-        Ok(self.0.finish())
+        Ok(self.sel.finish())
+    }
+    fn bad_param(&self) -> Option<usize> {
+        self.bad
     }
 }
 
@@ -124,9 +137,12 @@ pub(crate) fn select_per_row(scores: &Scores, k: u64) -> Result<RowSel> {
         .map_err(select_err)?;
     let keys: Vec<i32> = t.keys.iter().map(|&k| k as i32).collect();
     let take: Vec<i32> = t.take.iter().map(|&k| k as i32).collect();
+    // Ties present matter to the CUDA kernels only; the CPU rule reads `take` alone.
+    let ties = Tensor::zeros([keys.len() as i64], (Kind::Int, tch::Device::Cpu));
     Ok(RowSel {
         keys: Tensor::from_slice(&keys),
         take: Tensor::from_slice(&take),
+        ties,
     })
 }
 

@@ -1,34 +1,976 @@
-use birdbone_select::GlobalSelection;
-use tch::Tensor;
+//! The CUDA path: `birdbone-cuda`'s kernels on the tensors' device memory. Work is batched: one
+//! launch covers every parameter of a pass that shares an element type, score kind and rule, so
+//! a 7B model is pruned in a handful of launches. Buffers come from libtorch's caching allocator
+//! (so they follow its stream), and results are read back once, when first needed.
 
-use super::{GlobalSel, RowSel, Rule, Scores};
+use std::sync::{Arc, OnceLock};
+
+use birdbone_cuda::{chunk_table, gpu, Dt, Gpu, ScoreKind, Seg, Source, BINS, CHUNK_VECTORS, SEGW};
+use birdbone_select::{mask_bytes, GlobalSelection, ParamQuota};
+use tch::{Device, Kind, Tensor};
+
+use super::{Count, FiniteCheck, GlobalSel, RowSel, Rule, Scores};
 use crate::error::{Error, Result};
 
-fn todo() -> Error {
-    Error::Invalid("CUDA path not built yet".into())
+fn dt_of(kind: Kind) -> Result<Dt> {
+    Ok(match kind {
+        Kind::BFloat16 => Dt::BF16,
+        Kind::Half => Dt::F16,
+        Kind::Float => Dt::F32,
+        k => {
+            return Err(Error::Shape {
+                op: "CUDA selection",
+                message: format!("element type {k:?} (f32, f16 or bf16 only)"),
+            })
+        }
+    })
 }
-pub(crate) fn global_selector(_d: usize, _k: u64, _p: usize) -> Result<Box<dyn GlobalSel>> {
-    Err(todo())
+
+fn ptr(t: &Tensor) -> u64 {
+    t.data_ptr() as u64
 }
-pub(crate) fn select_per_row(_s: &Scores, _k: u64) -> Result<RowSel> {
-    Err(todo())
+
+fn ordinal(device: Device) -> usize {
+    match device {
+        Device::Cuda(i) => i,
+        _ => unreachable!("the CUDA path runs on CUDA tensors"),
+    }
 }
-pub(crate) fn build_mask(_s: &Scores, _r: &Rule) -> Result<(Tensor, u64)> {
-    Err(todo())
+
+fn source(scores: &Scores) -> Result<Source> {
+    let (data, kind, scale) = match scores {
+        Scores::Magnitude {
+            weight,
+            scale: None,
+        } => (weight, ScoreKind::Magnitude, 0),
+        Scores::Magnitude {
+            weight,
+            scale: Some(s),
+        } => (weight, ScoreKind::Scaled, ptr(s)),
+        Scores::Dense(t) => (t, ScoreKind::Dense, 0),
+    };
+    if !data.is_contiguous() {
+        return Err(Error::Shape {
+            op: "CUDA selection",
+            message: "scores must be read from a contiguous tensor".into(),
+        });
+    }
+    Ok(Source {
+        ptr: ptr(data),
+        dt: dt_of(data.kind())?,
+        kind,
+        scale,
+        n: data.numel() as u64,
+        cols: scores.cols(),
+    })
 }
-pub(crate) fn find_non_finite(_t: &Tensor) -> Result<Option<u64>> {
-    Err(todo())
+
+/// Scores the kernels can read: a contiguous copy when the weight is strided.
+fn readable(scores: &Scores) -> Result<Scores> {
+    Ok(match scores {
+        Scores::Magnitude { weight, scale } => Scores::Magnitude {
+            weight: if weight.is_contiguous() {
+                weight.shallow_clone()
+            } else {
+                weight.f_contiguous()?
+            },
+            scale: scale.as_ref().map(|s| s.shallow_clone()),
+        },
+        Scores::Dense(t) => Scores::Dense(t.f_contiguous()?),
+    })
 }
-pub(crate) fn apply_mask(_w: &Tensor, _m: &Tensor) -> Result<u64> {
-    Err(todo())
+
+fn zeros(n: i64, kind: Kind, device: Device) -> Result<Tensor> {
+    Ok(Tensor::f_zeros([n.max(1)], (kind, device))?)
 }
-pub(crate) fn prune_in_place(
-    _w: &Tensor,
-    _s: &Scores,
-    _r: &Rule,
-    _m: bool,
-) -> Result<(Option<Tensor>, u64)> {
-    Err(todo())
+
+fn minus_ones(n: usize, device: Device) -> Result<Tensor> {
+    Ok(Tensor::f_full(
+        [n.max(1) as i64],
+        -1i64,
+        (Kind::Int64, device),
+    )?)
 }
-#[allow(dead_code)]
-fn _unused(_: GlobalSelection) {}
+
+fn upload(v: &[i64], device: Device) -> Result<Tensor> {
+    Ok(Tensor::from_slice(v).f_to_device(device)?)
+}
+
+fn seg_table(segs: &[Seg], device: Device) -> Result<Tensor> {
+    let words: Vec<i64> = segs.iter().flat_map(|s| s.words()).collect();
+    debug_assert_eq!(words.len(), segs.len() * SEGW);
+    upload(&words, device)
+}
+
+fn to_host_i64(t: &Tensor) -> Result<Vec<i64>> {
+    Ok(Vec::<i64>::try_from(
+        &t.f_to_kind(Kind::Int64)?.f_to_device(Device::Cpu)?,
+    )?)
+}
+
+/// Per-item results of a batched launch, read back from the device once.
+pub(crate) struct HostCopy {
+    device: parking_lot::Mutex<Tensor>,
+    host: OnceLock<Vec<i64>>,
+}
+
+impl HostCopy {
+    fn new(device: Tensor) -> Arc<HostCopy> {
+        Arc::new(HostCopy {
+            device: parking_lot::Mutex::new(device),
+            host: OnceLock::new(),
+        })
+    }
+    pub fn get(&self, i: usize) -> Result<i64> {
+        if self.host.get().is_none() {
+            let v = to_host_i64(&self.device.lock())?;
+            let _ = self.host.set(v);
+        }
+        Ok(self.host.get().expect("set above")[i])
+    }
+}
+
+fn keys_fit_16(s: &Source) -> bool {
+    s.dt == Dt::BF16 && s.kind != ScoreKind::Scaled
+}
+
+/// Groups indices by a key, keeping first-seen order.
+fn group_by<K: PartialEq + Copy>(keys: impl IntoIterator<Item = K>) -> Vec<(K, Vec<usize>)> {
+    let mut groups: Vec<(K, Vec<usize>)> = Vec::new();
+    for (i, k) in keys.into_iter().enumerate() {
+        match groups.iter_mut().find(|(g, _)| *g == k) {
+            Some((_, v)) => v.push(i),
+            None => groups.push((k, vec![i])),
+        }
+    }
+    groups
+}
+
+/// Launches one histogram pass over `sources` (slot, source), grouped by element type and kind,
+/// in chunks so one launch covers many parameters.
+fn launch_hist(
+    g: &Gpu,
+    device: Device,
+    sources: &[(usize, Source)],
+    hists: &Tensor,
+    pass: Pass<'_>,
+) -> Result<()> {
+    for ((dt, kind), members) in group_by(sources.iter().map(|(_, s)| (s.dt, s.kind))) {
+        let segs: Vec<Seg> = members
+            .iter()
+            .map(|&i| Seg::of(&sources[i].1, sources[i].0 as u64))
+            .collect();
+        let units: Vec<u64> = members
+            .iter()
+            .map(|&i| sources[i].1.n.div_ceil(dt.per_vector()))
+            .collect();
+        // Enough chunks to fill the GPU, few enough that flushing shared histograms stays cheap.
+        let chunk = CHUNK_VECTORS
+            .min(units.iter().sum::<u64>().div_ceil(2 * g.sms() as u64))
+            .max(1024);
+        let chunks = chunk_table(&units, chunk);
+        let (segs_d, chunks_d) = (seg_table(&segs, device)?, upload(&chunks, device)?);
+        let nchunks = (chunks.len() / 3) as u32;
+        match pass {
+            Pass::High {
+                bad_flag,
+                bad_index,
+            } => g.hist_high(
+                dt,
+                kind,
+                ptr(&segs_d),
+                ptr(&chunks_d),
+                nchunks,
+                ptr(hists),
+                ptr(bad_flag),
+                ptr(bad_index),
+            )?,
+            Pass::Low { his } => g.hist_low(
+                dt,
+                kind,
+                ptr(&segs_d),
+                ptr(&chunks_d),
+                nchunks,
+                ptr(his),
+                ptr(hists),
+            )?,
+        }
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy)]
+enum Pass<'a> {
+    High {
+        bad_flag: &'a Tensor,
+        bad_index: &'a Tensor,
+    },
+    Low {
+        his: &'a Tensor,
+    },
+}
+
+fn find_bin(hist: &[i64], r: u64) -> (usize, u64) {
+    let mut before = 0u64;
+    for (b, &c) in hist.iter().enumerate() {
+        if before + c as u64 >= r {
+            return (b, before);
+        }
+        before += c as u64;
+    }
+    unreachable!("r is at most the total count")
+}
+
+struct Checked {
+    flag: Tensor,
+    index: Tensor,
+}
+
+impl Checked {
+    fn new(slots: usize, device: Device) -> Result<Checked> {
+        Ok(Checked {
+            flag: zeros(1, Kind::Int, device)?,
+            index: minus_ones(slots, device)?,
+        })
+    }
+    /// The first slot with a non-finite value, and the element index.
+    fn first_bad(&self) -> Result<Option<(usize, u64)>> {
+        if self.flag.f_int64_value(&[0])? == 0 {
+            return Ok(None);
+        }
+        Ok(to_host_i64(&self.index)?
+            .into_iter()
+            .enumerate()
+            .find(|(_, v)| *v != -1)
+            .map(|(p, v)| (p, v as u64)))
+    }
+}
+
+pub(crate) struct CudaGlobal {
+    g: Arc<Gpu>,
+    device: Device,
+    k: u64,
+    params: usize,
+    n: u64,
+    fit16: bool,
+    high: Tensor,
+    low: Option<Tensor>,
+    his: Option<Tensor>,
+    check: Checked,
+    pending: Vec<(usize, Scores)>,
+    hi: Option<(usize, u64)>,
+    bad: Option<usize>,
+}
+
+pub(crate) fn global_selector(ordinal: usize, k: u64, params: usize) -> Result<Box<dyn GlobalSel>> {
+    let device = Device::Cuda(ordinal);
+    Ok(Box::new(CudaGlobal {
+        g: gpu(ordinal)?,
+        device,
+        k,
+        params,
+        n: 0,
+        fit16: true,
+        high: zeros((params * BINS) as i64, Kind::Int, device)?,
+        low: None,
+        his: None,
+        check: Checked::new(params, device)?,
+        pending: Vec::new(),
+        hi: None,
+        bad: None,
+    }))
+}
+
+impl CudaGlobal {
+    fn flush(&mut self, low: bool) -> Result<()> {
+        let pending = std::mem::take(&mut self.pending);
+        let sources: Vec<(usize, Source)> = pending
+            .iter()
+            .map(|(p, s)| Ok((*p, source(s)?)))
+            .collect::<Result<_>>()?;
+        self.launch(&sources, low)
+    }
+    fn launch(&self, sources: &[(usize, Source)], low: bool) -> Result<()> {
+        if sources.is_empty() {
+            return Ok(());
+        }
+        if low {
+            let his = self.his.as_ref().expect("set by needs_low_pass");
+            launch_hist(
+                &self.g,
+                self.device,
+                sources,
+                self.low.as_ref().expect("set"),
+                Pass::Low { his },
+            )
+        } else {
+            launch_hist(
+                &self.g,
+                self.device,
+                sources,
+                &self.high,
+                Pass::High {
+                    bad_flag: &self.check.flag,
+                    bad_index: &self.check.index,
+                },
+            )
+        }
+    }
+    fn feed(&mut self, p: usize, scores: &Scores, low: bool) -> Result<()> {
+        let s = readable(scores)?;
+        if !low {
+            let src = source(&s)?;
+            self.n += src.n;
+            self.fit16 &= keys_fit_16(&src);
+        }
+        match s {
+            // Fused scores cost nothing to hold: batch them into one launch.
+            s @ Scores::Magnitude { .. } => {
+                self.pending.push((p, s));
+                Ok(())
+            }
+            // Dense scores are launched now and may be dropped right after: the kernels run
+            // in stream order before the allocator reuses their memory.
+            s => self.launch(&[(p, source(&s)?)], low),
+        }
+    }
+    fn totals(&self, hists: &Tensor) -> Result<Vec<i64>> {
+        let total = zeros(BINS as i64, Kind::Int64, self.device)?;
+        self.g
+            .sum_slots(ptr(hists), self.params as u32, ptr(&total))?;
+        to_host_i64(&total)
+    }
+    fn slot_counts(&self, hists: &Tensor, bin: usize) -> Result<(Vec<i64>, Vec<i64>)> {
+        let at = zeros(self.params as i64, Kind::Int64, self.device)?;
+        let below = zeros(self.params as i64, Kind::Int64, self.device)?;
+        self.g.slot_counts(
+            ptr(hists),
+            self.params as u32,
+            bin as u32,
+            ptr(&at),
+            ptr(&below),
+        )?;
+        Ok((to_host_i64(&at)?, to_host_i64(&below)?))
+    }
+}
+
+impl GlobalSel for CudaGlobal {
+    fn feed_high(&mut self, p: usize, scores: &Scores) -> Result<()> {
+        self.feed(p, scores, false)
+    }
+
+    fn needs_low_pass(&mut self) -> Result<bool> {
+        self.flush(false)?;
+        if let Some((p, index)) = self.check.first_bad()? {
+            self.bad = Some(p);
+            return Err(Error::NonFinite {
+                what: "score",
+                param: String::new(),
+                index,
+            });
+        }
+        if self.k > self.n {
+            crate::bail!("cannot select {} of {} weights", self.k, self.n);
+        }
+        if self.k == 0 {
+            return Ok(false);
+        }
+        let total = self.totals(&self.high)?;
+        let (hi, before) = find_bin(&total, self.k);
+        self.hi = Some((hi, before));
+        if self.fit16 {
+            return Ok(false);
+        }
+        self.low = Some(zeros((self.params * BINS) as i64, Kind::Int, self.device)?);
+        self.his = Some(Tensor::f_full(
+            [self.params as i64],
+            hi as i64,
+            (Kind::Int, self.device),
+        )?);
+        Ok(true)
+    }
+
+    fn feed_low(&mut self, p: usize, scores: &Scores) -> Result<()> {
+        self.feed(p, scores, true)
+    }
+
+    fn finish(mut self: Box<Self>) -> Result<GlobalSelection> {
+        let Some((hi, before_hi)) = self.hi else {
+            let params = (0..self.params)
+                .map(|_| ParamQuota {
+                    threshold: 0,
+                    below: 0,
+                    ties: 0,
+                    take: 0,
+                })
+                .collect();
+            return Ok(GlobalSelection {
+                threshold: 0,
+                pruned: 0,
+                considered: self.n,
+                params,
+            });
+        };
+        let (threshold, below, ties) = if self.low.is_none() {
+            let (at, below) = self.slot_counts(&self.high, hi)?;
+            ((hi as u32) << 16, below, at)
+        } else {
+            self.flush(true)?;
+            let low = self.low.as_ref().expect("set");
+            let (lo, _) = find_bin(&self.totals(low)?, self.k - before_hi);
+            let (at, below_lo) = self.slot_counts(low, lo)?;
+            let (_, below_hi) = self.slot_counts(&self.high, hi)?;
+            (
+                ((hi as u32) << 16) | lo as u32,
+                below_hi.iter().zip(&below_lo).map(|(a, b)| a + b).collect(),
+                at,
+            )
+        };
+        let mut remaining = self.k - below.iter().map(|&b| b as u64).sum::<u64>();
+        let params = (0..self.params)
+            .map(|p| {
+                let take = (ties[p] as u64).min(remaining);
+                remaining -= take;
+                ParamQuota {
+                    threshold,
+                    below: below[p] as u64,
+                    ties: ties[p] as u64,
+                    take,
+                }
+            })
+            .collect();
+        Ok(GlobalSelection {
+            threshold,
+            pruned: self.k,
+            considered: self.n,
+            params,
+        })
+    }
+
+    fn bad_param(&self) -> Option<usize> {
+        self.bad
+    }
+}
+
+pub(crate) fn select_each(
+    ordinal: usize,
+    scores: &[Scores],
+    ks: &[u64],
+) -> Result<Vec<ParamQuota>, (Option<usize>, Error)> {
+    let e = |e: Error| (None, e);
+    let device = Device::Cuda(ordinal);
+    let g = gpu(ordinal).map_err(|x| e(x.into()))?;
+    let p = scores.len();
+    let readable: Vec<Scores> = scores
+        .iter()
+        .map(readable)
+        .collect::<Result<_>>()
+        .map_err(e)?;
+    let sources: Vec<(usize, Source)> = readable
+        .iter()
+        .enumerate()
+        .map(|(i, s)| Ok((i, source(s)?)))
+        .collect::<Result<_>>()
+        .map_err(e)?;
+    for ((i, s), &k) in sources.iter().zip(ks) {
+        if k > s.n {
+            return Err((
+                Some(*i),
+                Error::Invalid(format!("cannot select {k} of {} weights", s.n)),
+            ));
+        }
+    }
+    let high = zeros((p * BINS) as i64, Kind::Int, device).map_err(e)?;
+    let check = Checked::new(p, device).map_err(e)?;
+    launch_hist(
+        &g,
+        device,
+        &sources,
+        &high,
+        Pass::High {
+            bad_flag: &check.flag,
+            bad_index: &check.index,
+        },
+    )
+    .map_err(e)?;
+    let ks_i: Vec<i64> = ks.iter().map(|&k| k as i64).collect();
+    let ks_d = upload(&ks_i, device).map_err(e)?;
+    let bins = zeros(p as i64, Kind::Int, device).map_err(e)?;
+    let before = zeros(p as i64, Kind::Int64, device).map_err(e)?;
+    let at = zeros(p as i64, Kind::Int64, device).map_err(e)?;
+    g.find_slot_bins(
+        ptr(&high),
+        p as u32,
+        ptr(&ks_d),
+        ptr(&bins),
+        ptr(&before),
+        ptr(&at),
+    )
+    .map_err(|x| e(x.into()))?;
+    let fit16 = sources.iter().all(|(_, s)| keys_fit_16(s));
+    let low = if fit16 {
+        None
+    } else {
+        let low = zeros((p * BINS) as i64, Kind::Int, device).map_err(e)?;
+        launch_hist(&g, device, &sources, &low, Pass::Low { his: &bins }).map_err(e)?;
+        let ks2 = ks_d.f_sub(&before).map_err(|x| e(x.into()))?;
+        let lb = zeros(p as i64, Kind::Int, device).map_err(e)?;
+        let lbe = zeros(p as i64, Kind::Int64, device).map_err(e)?;
+        let la = zeros(p as i64, Kind::Int64, device).map_err(e)?;
+        g.find_slot_bins(
+            ptr(&low),
+            p as u32,
+            ptr(&ks2),
+            ptr(&lb),
+            ptr(&lbe),
+            ptr(&la),
+        )
+        .map_err(|x| e(x.into()))?;
+        Some((lb, lbe, la))
+    };
+    if let Some((slot, index)) = check.first_bad().map_err(e)? {
+        return Err((
+            Some(slot),
+            Error::NonFinite {
+                what: "score",
+                param: String::new(),
+                index,
+            },
+        ));
+    }
+    let h = |t: &Tensor| to_host_i64(t).map_err(e);
+    let (bins, before, at) = (h(&bins)?, h(&before)?, h(&at)?);
+    let low = match &low {
+        Some((a, b, c)) => Some((h(a)?, h(b)?, h(c)?)),
+        None => None,
+    };
+    Ok((0..p)
+        .map(|i| {
+            if ks[i] == 0 {
+                return ParamQuota {
+                    threshold: 0,
+                    below: 0,
+                    ties: 0,
+                    take: 0,
+                };
+            }
+            let hi = bins[i] as u32;
+            let (threshold, below, ties) = match &low {
+                None => (hi << 16, before[i] as u64, at[i] as u64),
+                Some((lb, lbe, la)) => (
+                    (hi << 16) | lb[i] as u32,
+                    before[i] as u64 + lbe[i] as u64,
+                    la[i] as u64,
+                ),
+            };
+            ParamQuota {
+                threshold,
+                below,
+                ties,
+                take: ks[i] - below,
+            }
+        })
+        .collect())
+}
+
+pub(crate) fn select_rows(
+    scores: &[Scores],
+    ks: &[u64],
+) -> Result<(Vec<RowSel>, Vec<FiniteCheck>)> {
+    let device = scores[0].device();
+    let g = gpu(ordinal(device))?;
+    let readable: Vec<Scores> = scores.iter().map(readable).collect::<Result<_>>()?;
+    let sources: Vec<Source> = readable.iter().map(source).collect::<Result<_>>()?;
+    let rows: Vec<u64> = sources.iter().map(|s| s.n / s.cols).collect();
+    let total: u64 = rows.iter().sum();
+    for (s, &k) in sources.iter().zip(ks) {
+        if k > s.cols {
+            crate::bail!("cannot select {k} of {} weights per row", s.cols);
+        }
+    }
+    let keys = zeros(total as i64, Kind::Int, device)?;
+    let take = zeros(total as i64, Kind::Int, device)?;
+    let ties = zeros(total as i64, Kind::Int, device)?;
+    let check = Checked::new(scores.len(), device)?;
+    let mut offsets = Vec::with_capacity(rows.len());
+    let mut off = 0u64;
+    for &r in &rows {
+        offsets.push(off);
+        off += r;
+    }
+    let view = |t: &Tensor, i: usize| t.narrow(0, offsets[i] as i64, rows[i] as i64);
+    let sels: Vec<RowSel> = (0..scores.len())
+        .map(|i| RowSel {
+            keys: view(&keys, i),
+            take: view(&take, i),
+            ties: view(&ties, i),
+        })
+        .collect();
+    for ((dt, kind), members) in group_by(sources.iter().map(|s| (s.dt, s.kind))) {
+        let mut first = 0u64;
+        let segs: Vec<Seg> = members
+            .iter()
+            .map(|&i| {
+                let seg = Seg {
+                    first,
+                    k: ks[i],
+                    t: ptr(&sels[i].keys),
+                    take: ptr(&sels[i].take),
+                    mode: ptr(&sels[i].ties),
+                    ..Seg::of(&sources[i], i as u64)
+                };
+                first += rows[i];
+                seg
+            })
+            .collect();
+        let table = seg_table(&segs, device)?;
+        g.row_select(
+            dt,
+            kind,
+            ptr(&table),
+            segs.len() as i32,
+            first,
+            ptr(&check.flag),
+            ptr(&check.index),
+        )?;
+    }
+    let copy = HostCopy::new(check.index);
+    let checks = (0..scores.len())
+        .map(|i| FiniteCheck::Batch(copy.clone(), i))
+        .collect();
+    Ok((sels, checks))
+}
+
+fn mode_of(q: &ParamQuota) -> u64 {
+    if q.take == 0 {
+        0
+    } else if q.take >= q.ties {
+        1
+    } else {
+        2
+    }
+}
+
+/// One item of a batched prune: the weight, its scores and the rule. `write` says whether the
+/// weight is written (the scores must then be the weight's own magnitude).
+pub(crate) struct Item<'a> {
+    pub weight: &'a Tensor,
+    pub scores: &'a Scores,
+    pub rule: &'a Rule,
+}
+
+/// Runs the rules of `items` with the kernels, writing the weights when `write` and the masks when
+/// `want_mask`. Items must read contiguous data on one device.
+fn run_rules(
+    items: &[Item<'_>],
+    write: bool,
+    want_mask: bool,
+) -> Result<Vec<(Option<Tensor>, Count)>> {
+    let device = items[0].scores.device();
+    let g = gpu(ordinal(device))?;
+    let sources: Vec<Source> = items
+        .iter()
+        .map(|it| source(it.scores))
+        .collect::<Result<_>>()?;
+    // One mask buffer for the batch; each item's mask is a view of it (4-byte aligned slices).
+    let mask_len: Vec<u64> = sources
+        .iter()
+        .map(|s| mask_bytes(s.n as usize) as u64)
+        .collect();
+    let all_masks = if want_mask {
+        Some(zeros(
+            mask_len.iter().sum::<u64>() as i64,
+            Kind::Uint8,
+            device,
+        )?)
+    } else {
+        None
+    };
+    let mut masks = Vec::with_capacity(items.len());
+    let mut off = 0u64;
+    for &len in &mask_len {
+        masks.push(
+            all_masks
+                .as_ref()
+                .map(|m| m.narrow(0, off as i64, len as i64)),
+        );
+        off += len;
+    }
+    let pruned = zeros(items.len() as i64, Kind::Int64, device)?;
+    let base = |i: usize| Seg {
+        mask: masks[i].as_ref().map_or(0, ptr),
+        write,
+        ..Seg::of(&sources[i], i as u64)
+    };
+    #[derive(Clone, Copy, PartialEq)]
+    enum What {
+        Threshold,
+        Rows,
+        Nm(u64, bool),
+    }
+    let what = |i: usize| match items[i].rule {
+        Rule::Threshold(_) => What::Threshold,
+        Rule::PerRow(_) => What::Rows,
+        Rule::NM { m, .. } => What::Nm(*m as u64, g.nm_units(&sources[i], *m as u64).1),
+    };
+    for ((dt, kind, w), members) in
+        group_by((0..items.len()).map(|i| (sources[i].dt, sources[i].kind, what(i))))
+    {
+        match w {
+            What::Threshold => {
+                let mut first = 0u64;
+                let segs: Vec<Seg> = members
+                    .iter()
+                    .map(|&i| {
+                        let Rule::Threshold(q) = items[i].rule else {
+                            unreachable!()
+                        };
+                        let seg = Seg {
+                            t: q.threshold as u64,
+                            take: q.take,
+                            mode: mode_of(q),
+                            first,
+                            ..base(i)
+                        };
+                        first += g.apply_tiles(dt, sources[i].n);
+                        seg
+                    })
+                    .collect();
+                let table = seg_table(&segs, device)?;
+                let status = zeros(first as i64, Kind::Int64, device)?;
+                let ticket = zeros(1, Kind::Int, device)?;
+                g.apply_threshold(
+                    dt,
+                    kind,
+                    ptr(&table),
+                    segs.len() as i32,
+                    first,
+                    ptr(&status),
+                    ptr(&ticket),
+                    ptr(&pruned),
+                )?;
+            }
+            What::Rows => {
+                let mut first = 0u64;
+                let segs: Vec<Seg> = members
+                    .iter()
+                    .map(|&i| {
+                        let Rule::PerRow(r) = items[i].rule else {
+                            unreachable!()
+                        };
+                        let seg = Seg {
+                            t: ptr(&r.keys),
+                            take: ptr(&r.take),
+                            mode: ptr(&r.ties),
+                            first,
+                            ..base(i)
+                        };
+                        first += sources[i].n / sources[i].cols;
+                        seg
+                    })
+                    .collect();
+                let table = seg_table(&segs, device)?;
+                g.row_apply(
+                    dt,
+                    kind,
+                    ptr(&table),
+                    segs.len() as i32,
+                    first,
+                    ptr(&pruned),
+                )?;
+            }
+            What::Nm(m, fast) => {
+                let segs: Vec<Seg> = members
+                    .iter()
+                    .map(|&i| {
+                        let Rule::NM { n, .. } = items[i].rule else {
+                            unreachable!()
+                        };
+                        Seg {
+                            nkeep: *n as u64,
+                            m,
+                            ..base(i)
+                        }
+                    })
+                    .collect();
+                let units: Vec<u64> = members
+                    .iter()
+                    .map(|&i| g.nm_units(&sources[i], m).0)
+                    .collect();
+                let chunks = chunk_table(&units, 4096);
+                let (table, chunks_d) = (seg_table(&segs, device)?, upload(&chunks, device)?);
+                g.nm(
+                    dt,
+                    kind,
+                    m,
+                    fast,
+                    ptr(&table),
+                    ptr(&chunks_d),
+                    (chunks.len() / 3) as u32,
+                    ptr(&pruned),
+                )?;
+            }
+        }
+    }
+    let copy = HostCopy::new(pruned);
+    Ok(masks
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| (m, Count::Batch(copy.clone(), i)))
+        .collect())
+}
+
+pub(crate) fn build_mask(scores: &Scores, rule: &Rule) -> Result<(Tensor, Count)> {
+    let s = readable(scores)?;
+    let weight = s.tensor().shallow_clone();
+    let mut out = run_rules(
+        &[Item {
+            weight: &weight,
+            scores: &s,
+            rule,
+        }],
+        false,
+        true,
+    )?;
+    let (mask, count) = out.pop().expect("one item");
+    Ok((mask.expect("asked for"), count))
+}
+
+pub(crate) fn prune_many(
+    items: &[Item<'_>],
+    want_mask: bool,
+) -> Result<Vec<(Option<Tensor>, Count)>> {
+    // Fused items (the kernel scores, decides and writes in one pass over the weight) run
+    // batched; anything else builds its mask from the scores, then applies it.
+    let fused: Vec<usize> = (0..items.len())
+        .filter(|&i| {
+            let w = items[i].weight;
+            w.is_contiguous() && matches!(items[i].scores, Scores::Magnitude { weight, .. } if weight.data_ptr() == w.data_ptr())
+        })
+        .collect();
+    let mut out: Vec<Option<(Option<Tensor>, Count)>> = (0..items.len()).map(|_| None).collect();
+    if !fused.is_empty() {
+        let batch: Vec<Item<'_>> = fused
+            .iter()
+            .map(|&i| Item {
+                weight: items[i].weight,
+                scores: items[i].scores,
+                rule: items[i].rule,
+            })
+            .collect();
+        for (i, r) in fused.iter().zip(run_rules(&batch, true, want_mask)?) {
+            out[*i] = Some(r);
+        }
+    }
+    for (i, it) in items.iter().enumerate() {
+        if out[i].is_none() {
+            let (mask, _) = build_mask(it.scores, it.rule)?;
+            let count = apply_masks(&[(it.weight, &mask)])?.pop().expect("one");
+            out[i] = Some((want_mask.then_some(mask), count));
+        }
+    }
+    Ok(out.into_iter().map(|o| o.expect("filled")).collect())
+}
+
+pub(crate) fn find_non_finite_many(ts: &[&Tensor]) -> Result<Vec<FiniteCheck>> {
+    let device = ts[0].device();
+    let g = gpu(ordinal(device))?;
+    let data: Vec<Tensor> = ts
+        .iter()
+        .map(|t| t.f_contiguous())
+        .collect::<Result<_, _>>()?;
+    let first = minus_ones(ts.len(), device)?;
+    let dts: Vec<Dt> = data
+        .iter()
+        .map(|t| dt_of(t.kind()))
+        .collect::<Result<_>>()?;
+    for (dt, members) in group_by(dts.iter().copied()) {
+        let segs: Vec<Seg> = members
+            .iter()
+            .map(|&i| Seg {
+                w: ptr(&data[i]),
+                n: data[i].numel() as u64,
+                aligned: ptr(&data[i]) % 16 == 0,
+                slot: i as u64,
+                ..Default::default()
+            })
+            .collect();
+        let units: Vec<u64> = members
+            .iter()
+            .map(|&i| (data[i].numel() as u64).div_ceil(dt.per_vector()))
+            .collect();
+        let chunks = chunk_table(&units, 8192);
+        let (table, chunks_d) = (seg_table(&segs, device)?, upload(&chunks, device)?);
+        g.find_non_finite(
+            dt,
+            ptr(&table),
+            ptr(&chunks_d),
+            (chunks.len() / 3) as u32,
+            ptr(&first),
+        )?;
+    }
+    let copy = HostCopy::new(first);
+    Ok((0..ts.len())
+        .map(|i| FiniteCheck::Batch(copy.clone(), i))
+        .collect())
+}
+
+pub(crate) fn apply_masks(items: &[(&Tensor, &Tensor)]) -> Result<Vec<Count>> {
+    let device = items[0].0.device();
+    let g = gpu(ordinal(device))?;
+    let pruned = zeros(items.len() as i64, Kind::Int64, device)?;
+    let mut out: Vec<Option<Count>> = (0..items.len()).map(|_| None).collect();
+    let contiguous: Vec<usize> = (0..items.len())
+        .filter(|&i| items[i].0.is_contiguous())
+        .collect();
+    let dts: Vec<Dt> = contiguous
+        .iter()
+        .map(|&i| dt_of(items[i].0.kind()))
+        .collect::<Result<_>>()?;
+    for (dt, members) in group_by(dts.iter().copied()) {
+        let segs: Vec<Seg> = members
+            .iter()
+            .map(|&j| {
+                let (w, m) = items[contiguous[j]];
+                Seg {
+                    w: ptr(w),
+                    n: w.numel() as u64,
+                    aligned: ptr(w) % 16 == 0,
+                    slot: contiguous[j] as u64,
+                    mask: ptr(m),
+                    ..Default::default()
+                }
+            })
+            .collect();
+        let units: Vec<u64> = members
+            .iter()
+            .map(|&j| (items[contiguous[j]].0.numel() as u64).div_ceil(dt.per_vector()))
+            .collect();
+        let chunks = chunk_table(&units, 8192);
+        let (table, chunks_d) = (seg_table(&segs, device)?, upload(&chunks, device)?);
+        g.apply_mask(
+            dt,
+            ptr(&table),
+            ptr(&chunks_d),
+            (chunks.len() / 3) as u32,
+            ptr(&pruned),
+        )?;
+    }
+    let copy = HostCopy::new(pruned);
+    for &i in &contiguous {
+        out[i] = Some(Count::Batch(copy.clone(), i));
+    }
+    for (i, (w, m)) in items.iter().enumerate() {
+        if out[i].is_none() {
+            // A strided weight: zero it through libtorch, still in place.
+            let _g = tch::no_grad_guard();
+            let drop = super::unpack_keep(m, w.numel() as i64)?
+                .f_reshape(w.size())?
+                .f_logical_not()?;
+            let n = drop.f_sum(Kind::Int64)?;
+            let _ = w.shallow_clone().f_masked_fill_(&drop, 0.0)?;
+            out[i] = Some(Count::Device(n.f_reshape([1])?));
+        }
+    }
+    Ok(out.into_iter().map(|o| o.expect("filled")).collect())
+}

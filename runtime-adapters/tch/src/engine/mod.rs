@@ -5,6 +5,8 @@
 mod cpu;
 mod cuda;
 
+use std::sync::Arc;
+
 use birdbone_select::{mask_bytes, GlobalSelection, ParamQuota};
 use tch::{Device, Kind, Tensor};
 
@@ -68,11 +70,63 @@ pub(crate) enum Rule {
     NM { n: u32, m: u32 },
 }
 
-/// Per-row thresholds, on the weight's device: threshold keys and ties to prune, both
-/// `[rows]` int32 (the keys' bit patterns).
+/// Per-row thresholds, on the weight's device, each `[rows]` int32: threshold keys (bit
+/// patterns), ties to prune, ties present.
 pub(crate) struct RowSel {
     pub keys: Tensor,
     pub take: Tensor,
+    pub ties: Tensor,
+}
+
+impl RowSel {
+    pub fn shallow_clone(&self) -> RowSel {
+        RowSel {
+            keys: self.keys.shallow_clone(),
+            take: self.take.shallow_clone(),
+            ties: self.ties.shallow_clone(),
+        }
+    }
+}
+
+/// A result whose error may name the item (by position) it came from.
+pub(crate) type Located<T> = Result<T, (Option<usize>, Error)>;
+
+/// A count the device may still be computing: read it when it is needed (one wait for many).
+pub(crate) enum Count {
+    Ready(u64),
+    /// An int64 `[1]` tensor.
+    Device(Tensor),
+    /// Entry `i` of a batch's counts.
+    Batch(Arc<cuda::HostCopy>, usize),
+}
+
+impl Count {
+    pub fn get(&self) -> Result<u64> {
+        Ok(match self {
+            Count::Ready(n) => *n,
+            Count::Device(t) => t.f_int64_value(&[0])? as u64,
+            Count::Batch(c, i) => c.get(*i)? as u64,
+        })
+    }
+}
+
+/// The flat index of a non-finite element, if any, possibly still being computed on the device.
+pub(crate) enum FiniteCheck {
+    Ready(Option<u64>),
+    /// Entry `i` of a batch of indices (-1 when every element is finite).
+    Batch(Arc<cuda::HostCopy>, usize),
+}
+
+impl FiniteCheck {
+    pub fn get(&self) -> Result<Option<u64>> {
+        Ok(match self {
+            FiniteCheck::Ready(x) => *x,
+            FiniteCheck::Batch(c, i) => {
+                let v = c.get(*i)?;
+                (v != -1).then_some(v as u64)
+            }
+        })
+    }
 }
 
 /// A streaming global selection (see `birdbone_select::GlobalSelector`).
@@ -81,6 +135,8 @@ pub(crate) trait GlobalSel {
     fn needs_low_pass(&mut self) -> Result<bool>;
     fn feed_low(&mut self, p: usize, scores: &Scores) -> Result<()>;
     fn finish(self: Box<Self>) -> Result<GlobalSelection>;
+    /// After a `NonFinite` error: which fed parameter (by feed index) held the value.
+    fn bad_param(&self) -> Option<usize>;
 }
 
 /// A selector for `k` weights over `params` parameters on `device`.
@@ -91,56 +147,140 @@ pub(crate) fn global_selector(device: Device, k: u64, params: usize) -> Result<B
     }
 }
 
-/// Per-row thresholds for pruning `k` weights of every row.
-pub(crate) fn select_per_row(scores: &Scores, k: u64) -> Result<RowSel> {
-    match scores.device() {
-        Device::Cuda(_) => cuda::select_per_row(scores, k),
-        _ => cpu::select_per_row(scores, k),
+/// One exact selection per parameter at once (`ks[i]` of `scores[i]`), for sources that cost
+/// nothing to hold (fused magnitude scores). On error, the index of the offending parameter.
+pub(crate) fn select_each(
+    scores: &[Scores],
+    ks: &[u64],
+) -> Result<Vec<ParamQuota>, (Option<usize>, Error)> {
+    match scores.first().map(Scores::device) {
+        Some(Device::Cuda(i)) => cuda::select_each(i, scores, ks),
+        _ => {
+            let mut out = Vec::with_capacity(scores.len());
+            for (p, (s, &k)) in scores.iter().zip(ks).enumerate() {
+                let mut sel = cpu::CpuGlobal::new(k, 1);
+                let r = (|| {
+                    sel.feed_high(0, s)?;
+                    if sel.needs_low_pass()? {
+                        sel.feed_low(0, s)?;
+                    }
+                    Ok(Box::new(sel).finish()?.params[0])
+                })();
+                out.push(r.map_err(|e| (Some(p), e))?);
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// Per-row thresholds for pruning `ks[i]` weights of every row of `scores[i]`, with the
+/// finiteness check of the scores read.
+pub(crate) fn select_rows(
+    scores: &[Scores],
+    ks: &[u64],
+) -> Located<(Vec<RowSel>, Vec<FiniteCheck>)> {
+    match scores.first().map(Scores::device) {
+        None => Ok((vec![], vec![])),
+        Some(Device::Cuda(_)) => cuda::select_rows(scores, ks).map_err(|e| (None, e)),
+        Some(_) => {
+            let mut sels = Vec::with_capacity(scores.len());
+            for (i, (s, &k)) in scores.iter().zip(ks).enumerate() {
+                sels.push(cpu::select_per_row(s, k).map_err(|e| (Some(i), e))?);
+            }
+            Ok((
+                sels,
+                scores.iter().map(|_| FiniteCheck::Ready(None)).collect(),
+            ))
+        }
     }
 }
 
 /// The bit mask (1 = keep; `birdbone_select::BitMask` layout, as a u8 tensor on the scores'
 /// device) that `rule` gives, and how many weights it prunes.
-pub(crate) fn build_mask(scores: &Scores, rule: &Rule) -> Result<(Tensor, u64)> {
+pub(crate) fn build_mask(scores: &Scores, rule: &Rule) -> Result<(Tensor, Count)> {
     match scores.device() {
         Device::Cuda(_) => cuda::build_mask(scores, rule),
-        _ => cpu::build_mask(scores, rule),
+        _ => cpu::build_mask(scores, rule).map(|(m, n)| (m, Count::Ready(n))),
     }
 }
 
-/// Whether every element is finite; the flat index of one that is not.
-pub(crate) fn find_non_finite(t: &Tensor) -> Result<Option<u64>> {
-    match t.device() {
-        Device::Cuda(_) => cuda::find_non_finite(t),
-        _ => cpu::find_non_finite(t),
+/// Where the first NaN or infinity of each tensor is, if any.
+pub(crate) fn find_non_finite(ts: &[&Tensor]) -> Result<Vec<FiniteCheck>> {
+    match ts.first().map(|t| t.device()) {
+        None => Ok(vec![]),
+        Some(Device::Cuda(_)) => cuda::find_non_finite_many(ts),
+        Some(_) => ts
+            .iter()
+            .map(|t| Ok(FiniteCheck::Ready(cpu::find_non_finite(t)?)))
+            .collect(),
     }
 }
 
-/// Zeroes, in place, the weights whose mask bit is 0. Returns how many.
-pub(crate) fn apply_mask(weight: &Tensor, mask: &Tensor) -> Result<u64> {
-    check_mask(weight, mask)?;
-    match weight.device() {
-        Device::Cuda(_) => cuda::apply_mask(weight, mask),
-        _ => cpu::apply_mask(weight, mask),
+/// Zeroes, in place, the weights whose mask bit is 0, for each (weight, mask). Counts them.
+pub(crate) fn apply_masks(items: &[(&Tensor, &Tensor)]) -> Result<Vec<Count>> {
+    for (w, m) in items {
+        check_mask(w, m)?;
+    }
+    match items.first().map(|(w, _)| w.device()) {
+        None => Ok(vec![]),
+        Some(Device::Cuda(_)) => cuda::apply_masks(items),
+        Some(_) => items
+            .iter()
+            .map(|(w, m)| cpu::apply_mask(w, m).map(Count::Ready))
+            .collect(),
     }
 }
 
-/// Applies `rule` to `weight` in place, evaluating `scores` as it goes (one read and one write
-/// of the weight on CUDA), and returns the mask when asked for it, with the count pruned.
-pub(crate) fn prune_in_place(
-    weight: &Tensor,
-    scores: &Scores,
-    rule: &Rule,
+/// One parameter to prune in place: its weight, scores and rule.
+pub(crate) struct PruneItem<'a> {
+    pub weight: &'a Tensor,
+    pub scores: &'a Scores,
+    pub rule: &'a Rule,
+}
+
+/// Applies each item's rule to its weight in place, evaluating the scores as it goes (on CUDA,
+/// batched: one read and one write of each weight, a handful of launches in all); returns each
+/// mask when asked for, with the count pruned.
+pub(crate) fn prune_many(
+    items: &[PruneItem<'_>],
     want_mask: bool,
-) -> Result<(Option<Tensor>, u64)> {
-    match weight.device() {
-        Device::Cuda(_) => cuda::prune_in_place(weight, scores, rule, want_mask),
-        _ => {
-            let (mask, pruned) = cpu::build_mask(scores, rule)?;
-            cpu::apply_mask(weight, &mask)?;
-            Ok((want_mask.then_some(mask), pruned))
+) -> Result<Vec<(Option<Tensor>, Count)>> {
+    let mut out: Vec<Option<(Option<Tensor>, Count)>> = (0..items.len()).map(|_| None).collect();
+    let cuda: Vec<usize> = (0..items.len())
+        .filter(|&i| items[i].weight.device().is_cuda())
+        .collect();
+    let mut devices: Vec<Device> = Vec::new();
+    for &i in &cuda {
+        if !devices.contains(&items[i].weight.device()) {
+            devices.push(items[i].weight.device());
         }
     }
+    for device in devices {
+        let members: Vec<usize> = cuda
+            .iter()
+            .copied()
+            .filter(|&i| items[i].weight.device() == device)
+            .collect();
+        let batch: Vec<cuda::Item<'_>> = members
+            .iter()
+            .map(|&i| cuda::Item {
+                weight: items[i].weight,
+                scores: items[i].scores,
+                rule: items[i].rule,
+            })
+            .collect();
+        for (i, r) in members.iter().zip(cuda::prune_many(&batch, want_mask)?) {
+            out[*i] = Some(r);
+        }
+    }
+    for (i, it) in items.iter().enumerate() {
+        if out[i].is_none() {
+            let (mask, pruned) = cpu::build_mask(it.scores, it.rule)?;
+            cpu::apply_mask(it.weight, &mask)?;
+            out[i] = Some((want_mask.then_some(mask), Count::Ready(pruned)));
+        }
+    }
+    Ok(out.into_iter().map(|o| o.expect("filled")).collect())
 }
 
 fn check_mask(weight: &Tensor, mask: &Tensor) -> Result<()> {

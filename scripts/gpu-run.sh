@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# On the GPU machine, from the checkout with .device/ staged by scripts/stage-gpu.sh: the GPU
+# tests, then the benchmark beside the PyTorch baseline on the same card.
+#   scripts/gpu-run.sh tests | bench | all
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+TORCH=$(python3 -c 'import torch, os; print(os.path.dirname(torch.__file__))')
+export LD_LIBRARY_PATH="$TORCH/lib:$(dirname "$TORCH")/nvidia/cu13/lib:${LD_LIBRARY_PATH:-}"
+export BIRDBONE_MODEL_DIR="$PWD/.device/model"
+what="${1:-all}"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+if [ "$what" = tests ] || [ "$what" = all ]; then
+  echo "== GPU tests"
+  .device/deps/integration gpu:: --test-threads=1 2>&1
+fi
+if [ "$what" = bench ] || [ "$what" = all ]; then
+  echo "== Birdbone benchmark"
+  .device/birdbone-bench --plugins .device "${@:2}"
+  echo "== peak extra memory"
+  PYTORCH_NO_CUDA_MEMORY_CACHING=1 .device/birdbone-bench --plugins .device --memory "${@:2}"
+  if [ -f .device/torch_prune_baseline.py ]; then
+    echo "== PyTorch baseline (same card, same run)"
+    python3 .device/torch_prune_baseline.py 32
+  fi
+fi
