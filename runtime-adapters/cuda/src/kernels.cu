@@ -131,16 +131,42 @@ __device__ __forceinline__ void store_vec(void* wp, u64 vi, bool aligned, const 
 template <int DT, int KIND>
 __device__ __forceinline__ void keys_of(const Vec<DT>& v, u64 vi, const float* scale, u64 cols, u32* keys, bool& bad) {
     const int V = Ty<DT>::V;
-    u64 col = 0;
-    if (KIND == K_SCALED) col = (vi * V) % cols;
+    float sc[V];
+#pragma unroll
+    for (int j = 0; j < V; j++) sc[j] = 1.0f;
+    if (KIND == K_SCALED) {
+        u64 col = (vi * V) % cols;
+        if (col + V <= cols && ((u64)(scale + col) & 15) == 0) {
+            // The vector's columns are consecutive: the scales come in whole 16-byte loads.
+#pragma unroll
+            for (int q = 0; q < V / 4; q++) {
+                float4 f = *reinterpret_cast<const float4*>(scale + col + 4 * q);
+                sc[4 * q] = f.x;
+                sc[4 * q + 1] = f.y;
+                sc[4 * q + 2] = f.z;
+                sc[4 * q + 3] = f.w;
+            }
+        } else {
+#pragma unroll
+            for (int j = 0; j < V; j++) {
+                sc[j] = scale[col];
+                col = (col + 1 == cols) ? 0 : col + 1;
+            }
+        }
+    }
+    if (DT == DT_BF16 && KIND == K_MAG) {
+        // |w| of a bf16 is its bits without the sign: the key needs no float arithmetic.
+#pragma unroll
+        for (int j = 0; j < V; j++) {
+            u32 b = (u32)v.get(j) & 0x7fffu;
+            if (j < v.valid && b >= 0x7f80u) bad = true;
+            keys[j] = (b | 0x8000u) << 16;
+        }
+        return;
+    }
 #pragma unroll
     for (int j = 0; j < V; j++) {
-        float sc = 1.0f;
-        if (KIND == K_SCALED) {
-            sc = scale[col];
-            col = (col + 1 == cols) ? 0 : col + 1;
-        }
-        float s = score_of<DT, KIND>(v.get(j), sc);
+        float s = score_of<DT, KIND>(v.get(j), sc[j]);
         if (j < v.valid && !is_finite_bits(s)) bad = true;
         keys[j] = key_of(s);
     }
@@ -220,7 +246,9 @@ __device__ __forceinline__ u64 block_sum_u64(u64 x, u64* sh) {
 // Every kernel below works on a batch of parameters ("segments") in one launch, so a pass over
 // a 7B model is a handful of launches, not hundreds. A segment is SEGW u64 words:
 #define SEGW 16
-#define HU 4  // vectors per thread per histogram step
+#define HU 8  // vectors in flight per thread in the streaming kernels
+#define HH 4  // the same for the histogram kernels (1024 or 512 threads a block)
+#define NMU 4  // N:M units in flight per thread
 #define S_W 0        // data pointer (the weight, or a dense score tensor)
 #define S_SCALE 1    // f32 column scale pointer (K_SCALED), else 0
 #define S_N 2        // elements
@@ -237,6 +265,7 @@ __device__ __forceinline__ u64 block_sum_u64(u64 x, u64* sh) {
 #define S_WRITE 12   // write the data (else only the mask)
 #define S_NKEEP 13   // N of N:M
 #define S_M 14       // M of N:M
+#define S_SCOPE 15   // selection scope (band pass); sample stride in vectors (sampling)
 //
 // Chunk tables split segments into pieces of work: 3 u64 per chunk {segment, first, count},
 // in vectors (or N:M units).
@@ -260,18 +289,18 @@ __device__ void hist_high_impl(const u64* segs, const u64* chunks, u32 nchunks, 
         u64 v0 = chunks[3 * c + 1], nv = chunks[3 * c + 2];
         bool bad = false;
         u64 first_bad = ~0ull;
-        // HU vectors in flight per thread: enough loads outstanding to keep HBM busy while the
+        // HH vectors in flight per thread: enough loads outstanding to keep HBM busy while the
         // shared-memory atomics of the previous batch retire.
-        for (u64 base = v0 + threadIdx.x; base < v0 + nv; base += HU * blockDim.x) {
-            Vec<DT> vs[HU];
+        for (u64 base = v0 + threadIdx.x; base < v0 + nv; base += HH * blockDim.x) {
+            Vec<DT> vs[HH];
 #pragma unroll
-            for (int u = 0; u < HU; u++) {
+            for (int u = 0; u < HH; u++) {
                 u64 vi = base + (u64)u * blockDim.x;
                 if (vi < v0 + nv) load_vec<DT>(w, vi, n, aligned, vs[u]);
                 else vs[u].valid = 0;
             }
 #pragma unroll
-            for (int u = 0; u < HU; u++) {
+            for (int u = 0; u < HH; u++) {
                 if (vs[u].valid == 0) continue;
                 u64 vi = base + (u64)u * blockDim.x;
                 u32 keys[V];
@@ -336,7 +365,7 @@ __device__ void hist_low_impl(const u64* segs, const u64* chunks, u32 nchunks, c
 // ticket, so the tie ranks of mode-2 segments can come from a decoupled look-back over the
 // segment's earlier tiles (status: one zeroed u64 per tile of the launch).
 
-#define TILE_U 4
+#define TILE_U 8
 
 __device__ __forceinline__ u64 look_back(u64* status, u64 tile, u64 first_tile, u64 agg) {
     const u64 FLAG_AGG = 1ull << 62, FLAG_PRE = 2ull << 62, VAL = (1ull << 62) - 1;
@@ -468,226 +497,6 @@ __device__ void apply_threshold_impl(const u64* segs, int nsegs, u64 total_tiles
 }
 
 // ---------------------------------------------------------------------------------------------
-// Per-row exact selection: one block per row of the launch (segments' rows laid end to end).
-// Radix select over the row's keys in digits of 12, 10 and 10 bits (12 and 10 when every key is
-// a bf16 value, whose low 16 bits are zero), with a shared histogram. Out, per launch row:
-// threshold key, ties to prune, ties present.
-
-#define ROW_BINS 4096
-
-template <int DT, int KIND>
-__device__ void row_select_impl(const u64* segs, int nsegs, u64 total_rows, u32* bad_flag, u64* bad_index) {
-    __shared__ u32 hist[ROW_BINS];
-    __shared__ u32 sh[40];
-    __shared__ u32 found_digit, found_before;
-    const int V = Ty<DT>::V;
-    // Persistent blocks walk rows in increasing order, so the segment only moves forward.
-    int seg = 0;
-    for (u64 g = blockIdx.x; g < total_rows; g += gridDim.x) {
-    while (seg + 1 < nsegs && segs[(u64)(seg + 1) * SEGW + S_FIRST] <= g) seg++;
-    const u64* s = segs + (u64)seg * SEGW;
-    const void* w = (const void*)s[S_W];
-    const float* scale = (const float*)s[S_SCALE];
-    u64 cols = s[S_COLS], n = s[S_N];
-    u64 r = g - s[S_FIRST];
-    u64 k = s[S_K];
-    bool aligned = s[S_ALIGNED] != 0 && (cols % V == 0);
-    bool fit16 = DT == DT_BF16 && KIND != K_SCALED;
-    u64 first_elem = r * cols, last_elem = first_elem + cols;
-    u64 vfirst = first_elem / V, vlast = (last_elem + V - 1) / V;
-    u32 prefix = 0;
-    u64 need = k;  // rank (from 1) still to find within the current bin
-    u64 below = 0;
-    u32 ties = 0;
-    int levels = fit16 ? 2 : 3;
-    bool bad = false;
-    u64 first_bad = ~0ull;
-    for (int level = 0; level < levels; level++) {
-        int shift = level == 0 ? 20 : (level == 1 ? 10 : 0);
-        int width = level == 0 ? 12 : 10;
-        u32 bins = 1u << width;
-        for (u32 i = threadIdx.x; i < bins; i += blockDim.x) hist[i] = 0;
-        __syncthreads();
-        for (u64 vi = vfirst + threadIdx.x; vi < vlast; vi += blockDim.x) {
-            Vec<DT> v;
-            load_vec<DT>(w, vi, n, aligned, v);
-            u32 keys[V];
-            bool b = false;
-            keys_of<DT, KIND>(v, vi, scale, cols, keys, b);
-            if (level == 0 && b) {
-                u64 e = first_bad_in<DT, KIND>(v, vi, scale, cols);
-                if (e >= first_elem && e < last_elem) {
-                    bad = true;
-                    if (e < first_bad) first_bad = e;
-                }
-            }
-#pragma unroll
-            for (int j = 0; j < V; j++) {
-                u64 e = vi * V + j;
-                if (j < v.valid && e >= first_elem && e < last_elem) {
-                    u32 key = keys[j];
-                    // The key's bits above this level must match the prefix found so far.
-                    bool match = level == 0 || (key >> (shift + width)) == prefix;
-                    if (match) atomicAdd(&hist[(key >> shift) & (bins - 1)], 1u);
-                }
-            }
-        }
-        __syncthreads();
-        if (k == 0) break;
-        // The bin holding the need-th smallest: each thread sums a run of bins, then scans.
-        u32 per = (bins + blockDim.x - 1) / blockDim.x;
-        u32 b0 = threadIdx.x * per;
-        u32 local = 0;
-        for (u32 i = 0; i < per && b0 + i < bins; i++) local += hist[b0 + i];
-        u32 total;
-        u32 excl = block_excl_scan(local, sh, &total);
-        if ((u64)excl < need && need <= (u64)excl + local) {
-            u32 run = excl;
-            for (u32 i = 0; i < per && b0 + i < bins; i++) {
-                u32 c = hist[b0 + i];
-                if ((u64)run + c >= need) {
-                    found_digit = b0 + i;
-                    found_before = run;
-                    break;
-                }
-                run += c;
-            }
-        }
-        __syncthreads();
-        u32 digit = found_digit;
-        prefix = (prefix << width) | digit;
-        need -= found_before;
-        below += found_before;
-        ties = hist[digit];
-        __syncthreads();
-    }
-    if (bad) {
-        atomicExch(bad_flag, 1u);
-        atomicMin(bad_index + s[S_SLOT], first_bad);
-    }
-        if (threadIdx.x == 0) {
-        u32* out_key = (u32*)s[S_T];
-        u32* out_take = (u32*)s[S_TAKE];
-        u32* out_ties = (u32*)s[S_MODE];
-        if (k == 0) {
-            out_key[r] = 0;
-            out_take[r] = 0;
-            out_ties[r] = 0;
-        } else {
-            out_key[r] = fit16 ? (prefix << 10) : prefix;
-            out_take[r] = (u32)(k - below);
-            out_ties[r] = ties;
-        }
-    }
-    __syncthreads();
-    }
-}
-
-// Per-row apply of row_select's output: one block per launch row.
-template <int DT, int KIND>
-__device__ void row_apply_impl(const u64* segs, int nsegs, u64 total_rows, u64* pruned) {
-    __shared__ u32 sh[40];
-    __shared__ u64 shl[40];
-    const int V = Ty<DT>::V;
-    int seg = 0;
-    for (u64 g = blockIdx.x; g < total_rows; g += gridDim.x) {
-    while (seg + 1 < nsegs && segs[(u64)(seg + 1) * SEGW + S_FIRST] <= g) seg++;
-    const u64* s = segs + (u64)seg * SEGW;
-    void* w = (void*)s[S_W];
-    const float* scale = (const float*)s[S_SCALE];
-    u64 cols = s[S_COLS], n = s[S_N];
-    u64 r = g - s[S_FIRST];
-    u8* mask = (u8*)s[S_MASK];
-    bool write_w = s[S_WRITE] != 0;
-        u32 T = ((const u32*)s[S_T])[r], take = ((const u32*)s[S_TAKE])[r], tiesr = ((const u32*)s[S_MODE])[r];
-    int mode = take == 0 ? 0 : (take >= tiesr ? 1 : 2);
-    bool vec_rows = s[S_ALIGNED] != 0 && (cols % V == 0);
-    u64 first_elem = r * cols, last_elem = first_elem + cols;
-    u64 vfirst = first_elem / V, vlast = (last_elem + V - 1) / V;
-    u64 rank = 0;
-    u64 my_pruned = 0;
-    for (u64 base = vfirst; base < vlast; base += blockDim.x) {
-        u64 vi = base + threadIdx.x;
-        Vec<DT> v;
-        u32 keys[V];
-        u32 t = 0;
-        if (vi < vlast) {
-            load_vec<DT>(w, vi, n, vec_rows, v);
-            bool b = false;
-            keys_of<DT, KIND>(v, vi, scale, cols, keys, b);
-#pragma unroll
-            for (int j = 0; j < V; j++) {
-                u64 e = vi * V + j;
-                if (j < v.valid && e >= first_elem && e < last_elem && keys[j] == T) t++;
-            }
-        } else {
-            v.valid = 0;
-        }
-        u64 my_rank = rank;
-        if (mode == 2) {
-            u32 tot;
-            u32 ex = block_excl_scan(t, sh, &tot);
-            my_rank = rank + ex;
-            rank += tot;
-        }
-        if (v.valid) {
-            u32 keep = 0;
-            bool changed = false;
-            bool whole = true;
-#pragma unroll
-            for (int j = 0; j < V; j++) {
-                u64 e = vi * V + j;
-                bool inside = j < v.valid && e >= first_elem && e < last_elem;
-                if (j < v.valid && !inside) whole = false;
-                if (inside) {
-                    u32 k = keys[j];
-                    bool cut;
-                    if (k < T) cut = true;
-                    else if (k > T) cut = false;
-                    else if (mode == 0) cut = false;
-                    else if (mode == 1) cut = true;
-                    else cut = (my_rank++ < take);
-                    if (cut) {
-                        my_pruned++;
-                        if (v.get(j) != 0) changed = true;
-                        v.zero(j);
-                    } else {
-                        keep |= 1u << j;
-                    }
-                }
-            }
-            if (write_w && changed) {
-                if (whole) store_vec<DT>(w, vi, vec_rows, v);
-                else {
-                    typedef typename Ty<DT>::raw R;
-                    R* wr = (R*)w;
-#pragma unroll
-                    for (int j = 0; j < V; j++) {
-                        u64 e = vi * V + j;
-                        if (j < v.valid && e >= first_elem && e < last_elem) wr[e] = v.get(j);
-                    }
-                }
-            }
-            if (mask) {
-                if (whole) store_mask_bits<DT>(mask, vi, keep, v.valid);
-                else {
-#pragma unroll
-                    for (int j = 0; j < V; j++) {
-                        u64 e = vi * V + j;
-                        if (j < v.valid && e >= first_elem && e < last_elem && (keep >> j & 1))
-                            atomicOr((u32*)(mask + (e / 32) * 4), 1u << (e % 32));
-                    }
-                }
-            }
-        }
-    }
-    u64 tsum = block_sum_u64(my_pruned, shl);
-    if (threadIdx.x == 0 && tsum) atomicAdd(pruned + s[S_SLOT], tsum);
-    __syncthreads();
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
 // N:M: keep the N highest keys of every M consecutive elements along rows. Fast path (M a
 // template constant, aligned data): each thread takes E = max(M, V) elements, whole groups.
 // Chunks count in such units. Generic path (M = 0): one group per unit, element by element.
@@ -711,40 +520,52 @@ __device__ void nm_impl(const u64* segs, const u64* chunks, u32 nchunks, u64* pr
             const int E = M > V ? M : V;
             const int NV = E / V;
             const u32 drop = (u32)M - nkeep;
-            for (u64 unit = u0 + threadIdx.x; unit < u0 + nu; unit += blockDim.x) {
-                Vec<DT> vs[NV];
-                u32 keys[E];
-                bool b = false;
+            // NMU units in flight per thread: their loads go out together.
+            for (u64 base = u0 + threadIdx.x; base < u0 + nu; base += NMU * blockDim.x) {
+                Vec<DT> vs[NMU][NV];
 #pragma unroll
-                for (int q = 0; q < NV; q++) {
-                    load_vec<DT>(w, unit * NV + q, n, true, vs[q]);
-                    keys_of<DT, KIND>(vs[q], unit * NV + q, scale, cols, keys + q * V, b);
-                }
-                int valid = 0;
+                for (int t = 0; t < NMU; t++) {
+                    u64 unit = base + (u64)t * blockDim.x;
 #pragma unroll
-                for (int q = 0; q < NV; q++) valid += vs[q].valid;
-                u32 keep = 0;
-                bool any_cut = false;
-#pragma unroll
-                for (int e = 0; e < E; e++) {
-                    const int g = e / M * M;
-                    u32 rank = 0;
-#pragma unroll
-                    for (int j = 0; j < M; j++) rank += (keys[g + j] < keys[e]) || (keys[g + j] == keys[e] && g + j < e);
-                    if (e < valid && rank < drop) {
-                        my_pruned++;
-                        if (vs[e / V].get(e % V) != 0) any_cut = true;
-                        vs[e / V].zero(e % V);
-                    } else if (e < valid) {
-                        keep |= 1u << e;
+                    for (int q = 0; q < NV; q++) {
+                        if (unit < u0 + nu) load_vec<DT>(w, unit * NV + q, n, true, vs[t][q]);
+                        else vs[t][q].valid = 0;
                     }
                 }
-                if (write_w && any_cut) {
 #pragma unroll
-                    for (int q = 0; q < NV; q++) store_vec<DT>(w, unit * NV + q, true, vs[q]);
+                for (int t = 0; t < NMU; t++) {
+                    u64 unit = base + (u64)t * blockDim.x;
+                    if (unit >= u0 + nu) continue;
+                    u32 keys[E];
+                    bool b = false;
+#pragma unroll
+                    for (int q = 0; q < NV; q++) keys_of<DT, KIND>(vs[t][q], unit * NV + q, scale, cols, keys + q * V, b);
+                    int valid = 0;
+#pragma unroll
+                    for (int q = 0; q < NV; q++) valid += vs[t][q].valid;
+                    u32 keep = 0;
+                    bool any_cut = false;
+#pragma unroll
+                    for (int e = 0; e < E; e++) {
+                        const int g = e / M * M;
+                        u32 rank = 0;
+#pragma unroll
+                        for (int j = 0; j < M; j++) rank += (keys[g + j] < keys[e]) || (keys[g + j] == keys[e] && g + j < e);
+                        if (e < valid && rank < drop) {
+                            my_pruned++;
+                            if (vs[t][e / V].get(e % V) != 0) any_cut = true;
+                            vs[t][e / V].zero(e % V);
+                        } else if (e < valid) {
+                            keep |= 1u << e;
+                        }
+                    }
+                    if (write_w && any_cut) {
+#pragma unroll
+                        for (int q = 0; q < NV; q++) store_vec<DT>(w, unit * NV + q, true, vs[t][q]);
+                    }
+#pragma unroll
+                    for (int q = 0; q < NV; q++) store_mask_bits<DT>(mask, unit * NV + q, keep >> (q * V), vs[t][q].valid);
                 }
-#pragma unroll
-                for (int q = 0; q < NV; q++) store_mask_bits<DT>(mask, unit * NV + q, keep >> (q * V), vs[q].valid);
             }
         } else {
             R* wr = (R*)w;
@@ -786,12 +607,21 @@ __device__ void find_non_finite_impl(const u64* segs, const u64* chunks, u32 nch
         bool aligned = s[S_ALIGNED] != 0;
         u64 v0 = chunks[3 * c + 1], nv = chunks[3 * c + 2];
         u64 mine = ~0ull;
-        for (u64 vi = v0 + threadIdx.x; vi < v0 + nv; vi += blockDim.x) {
-            Vec<DT> v;
-            load_vec<DT>(w, vi, n, aligned, v);
+        for (u64 base = v0 + threadIdx.x; base < v0 + nv; base += HU * blockDim.x) {
+            Vec<DT> vs[HU];
 #pragma unroll
-            for (int j = 0; j < V; j++)
-                if (j < v.valid && !is_finite_bits(Ty<DT>::f(v.get(j))) && vi * V + j < mine) mine = vi * V + j;
+            for (int u = 0; u < HU; u++) {
+                u64 vi = base + (u64)u * blockDim.x;
+                if (vi < v0 + nv) load_vec<DT>(w, vi, n, aligned, vs[u]);
+                else vs[u].valid = 0;
+            }
+#pragma unroll
+            for (int u = 0; u < HU; u++) {
+                u64 vi = base + (u64)u * blockDim.x;
+#pragma unroll
+                for (int j = 0; j < V; j++)
+                    if (j < vs[u].valid && !is_finite_bits(Ty<DT>::f(vs[u].get(j))) && vi * V + j < mine) mine = vi * V + j;
+            }
         }
         if (mine != ~0ull) atomicMin(first + s[S_SLOT], mine);
     }
@@ -828,6 +658,639 @@ __device__ void apply_mask_impl(const u64* segs, const u64* chunks, u32 nchunks,
                 }
             }
             if (changed) store_vec<DT>(w, vi, aligned, v);
+        }
+        u64 t = block_sum_u64(my_pruned, shl);
+        if (threadIdx.x == 0 && t) atomicAdd(pruned + s[S_SLOT], t);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Band selection for bf16 keys (one 16-bit half says everything): a strided sample fixes a narrow
+// band of keys that holds the k-th smallest with near certainty; one full pass then counts, per
+// segment, the keys below the band in registers and histograms only the keys inside it. Memory
+// bound: shared-memory atomics touch ~1% of the elements instead of all of them. If the k-th key
+// falls outside the band after all, the host runs the full histogram instead; either way the
+// answer is the same, exact one.
+
+#define BAND_MAX 4096
+
+// Sample: every S_SCOPE-th vector of each segment; keys' high halves into the scope's 65536-bin
+// histogram (S_SLOT here is the scope). Chunks count sampled vectors.
+template <int DT, int KIND>
+__device__ void sample_hist_impl(const u64* segs, const u64* chunks, u32 nchunks, u32* hists) {
+    const int V = Ty<DT>::V;
+    for (u32 c = blockIdx.x; c < nchunks; c += gridDim.x) {
+        const u64* s = segs + SEGW * chunks[3 * c];
+        const void* w = (const void*)s[S_W];
+        const float* scale = (const float*)s[S_SCALE];
+        u64 n = s[S_N], cols = s[S_COLS], stride = s[S_SCOPE];
+        bool aligned = s[S_ALIGNED] != 0;
+        u32* gh = hists + s[S_SLOT] * 65536ull;
+        u64 j0 = chunks[3 * c + 1], nj = chunks[3 * c + 2];
+        for (u64 j = j0 + threadIdx.x; j < j0 + nj; j += blockDim.x) {
+            u64 vi = j * stride;
+            Vec<DT> v;
+            load_vec<DT>(w, vi, n, aligned, v);
+            u32 keys[V];
+            bool b = false;
+            keys_of<DT, KIND>(v, vi, scale, cols, keys, b);
+#pragma unroll
+            for (int e = 0; e < V; e++)
+                if (e < v.valid) atomicAdd(&gh[keys[e] >> 16], 1u);
+        }
+    }
+}
+
+// The band pass. band_lo / band_width: u32 per scope (S_SCOPE); band: BAND_MAX u32 per segment
+// (S_SLOT); below: u64 per segment.
+template <int DT, int KIND>
+__device__ void band_pass_impl(const u64* segs, const u64* chunks, u32 nchunks, const u32* band_lo,
+                               const u32* band_width, u32* band, u64* below, u32* bad_flag, u64* bad_index) {
+    __shared__ u32 sh[BAND_MAX];
+    __shared__ u64 shl[40];
+    const int V = Ty<DT>::V;
+    for (u32 c = blockIdx.x; c < nchunks; c += gridDim.x) {
+        const u64* s = segs + SEGW * chunks[3 * c];
+        const void* w = (const void*)s[S_W];
+        const float* scale = (const float*)s[S_SCALE];
+        u64 n = s[S_N], cols = s[S_COLS];
+        bool aligned = s[S_ALIGNED] != 0;
+        u32 lo = band_lo[s[S_SCOPE]], width = band_width[s[S_SCOPE]];
+        for (u32 i = threadIdx.x; i < width; i += blockDim.x) sh[i] = 0;
+        __syncthreads();
+        u64 v0 = chunks[3 * c + 1], nv = chunks[3 * c + 2];
+        u64 my_below = 0;
+        bool bad = false;
+        u64 first_bad = ~0ull;
+        for (u64 base = v0 + threadIdx.x; base < v0 + nv; base += HH * blockDim.x) {
+            Vec<DT> vs[HH];
+#pragma unroll
+            for (int u = 0; u < HH; u++) {
+                u64 vi = base + (u64)u * blockDim.x;
+                if (vi < v0 + nv) load_vec<DT>(w, vi, n, aligned, vs[u]);
+                else vs[u].valid = 0;
+            }
+#pragma unroll
+            for (int u = 0; u < HH; u++) {
+                if (vs[u].valid == 0) continue;
+                u64 vi = base + (u64)u * blockDim.x;
+                u32 keys[V];
+                bool b = false;
+                keys_of<DT, KIND>(vs[u], vi, scale, cols, keys, b);
+#pragma unroll
+                for (int e = 0; e < V; e++) {
+                    if (e < vs[u].valid) {
+                        u32 hi = keys[e] >> 16;
+                        if (hi < lo) my_below++;
+                        else if (hi - lo < width) atomicAdd(&sh[hi - lo], 1u);
+                    }
+                }
+                if (b) {
+                    bad = true;
+                    u64 e = first_bad_in<DT, KIND>(vs[u], vi, scale, cols);
+                    if (e < first_bad) first_bad = e;
+                }
+            }
+        }
+        if (bad) {
+            atomicExch(bad_flag, 1u);
+            atomicMin(bad_index + s[S_SLOT], first_bad);
+        }
+        u64 t = block_sum_u64(my_below, shl);
+        if (threadIdx.x == 0 && t) atomicAdd(below + s[S_SLOT], t);
+        __syncthreads();
+        u32* gb = band + s[S_SLOT] * (u64)BAND_MAX;
+        for (u32 i = threadIdx.x; i < width; i += blockDim.x) {
+            u32 x = sh[i];
+            if (x) atomicAdd(&gb[i], x);
+        }
+        __syncthreads();
+    }
+}
+
+// Per scope (one block each; scope q owns segments first_seg[q] .. first_seg[q+1]): the band bin
+// holding the ks[q]-th smallest, or a miss. out_bin[q] = bin (or 0xffffffff on a miss); per
+// segment: below_total (below the chosen bin) and ties (in it).
+extern "C" __global__ void band_resolve(const u32* band, const u64* below, const u32* first_seg, const u32* band_width,
+                                        const u64* ks, u32* out_bin, u64* seg_below, u64* seg_ties) {
+    __shared__ u32 total[BAND_MAX];
+    __shared__ u32 sh[40];
+    __shared__ u64 shl[40];
+    __shared__ u32 found_bin;
+    __shared__ u64 below_all_sh;
+    u32 q = blockIdx.x;
+    u32 s0 = first_seg[q], s1 = first_seg[q + 1];
+    u32 width = band_width[q];
+    for (u32 i = threadIdx.x; i < width; i += blockDim.x) {
+        u32 t = 0;
+        for (u32 sg = s0; sg < s1; sg++) t += band[(u64)sg * BAND_MAX + i];
+        total[i] = t;
+    }
+    u64 bl = 0;
+    for (u32 sg = s0 + threadIdx.x; sg < s1; sg += blockDim.x) bl += below[sg];
+    u64 below_all = block_sum_u64(bl, shl);
+    if (threadIdx.x == 0) {
+        below_all_sh = below_all;
+        found_bin = 0xffffffffu;
+    }
+    __syncthreads();
+    below_all = below_all_sh;
+    u64 k = ks[q];
+    // Rank wanted within the band; a miss when the k-th key lies outside it.
+    bool inside = k > below_all;
+    u64 need = inside ? k - below_all : 0;
+    u32 per = (width + blockDim.x - 1) / blockDim.x;
+    u32 b0 = threadIdx.x * per;
+    u32 local = 0;
+    for (u32 i = 0; i < per && b0 + i < width; i++) local += total[b0 + i];
+    u32 band_total;
+    u32 excl = block_excl_scan(local, sh, &band_total);
+    if (inside && (u64)excl < need && need <= (u64)excl + local) {
+        u64 run = excl;
+        for (u32 i = 0; i < per && b0 + i < width; i++) {
+            u32 c = total[b0 + i];
+            if (run + c >= need) {
+                found_bin = b0 + i;
+                break;
+            }
+            run += c;
+        }
+    }
+    __syncthreads();
+    u32 bin = found_bin;
+    if (threadIdx.x == 0) out_bin[q] = bin;
+    if (bin == 0xffffffffu) return;
+    for (u32 sg = s0; sg < s1; sg++) {
+        const u32* h = band + (u64)sg * BAND_MAX;
+        u64 x = 0;
+        for (u32 i = threadIdx.x; i < bin; i += blockDim.x) x += h[i];
+        u64 t = block_sum_u64(x, shl);
+        if (threadIdx.x == 0) {
+            seg_below[sg] = below[sg] + t;
+            seg_ties[sg] = h[bin];
+        }
+    }
+}
+
+// Threshold apply for segments that need no tie ranks (mode 0 or 1): a plain streaming pass over
+// chunks of vectors, HU vectors in flight per thread.
+template <int DT, int KIND>
+__device__ void apply_stream_impl(const u64* segs, const u64* chunks, u32 nchunks, u64* pruned) {
+    __shared__ u64 shl[40];
+    const int V = Ty<DT>::V;
+    for (u32 c = blockIdx.x; c < nchunks; c += gridDim.x) {
+        const u64* s = segs + SEGW * chunks[3 * c];
+        void* w = (void*)s[S_W];
+        const float* scale = (const float*)s[S_SCALE];
+        u64 n = s[S_N], cols = s[S_COLS];
+        bool aligned = s[S_ALIGNED] != 0;
+        u8* mask = (u8*)s[S_MASK];
+        u32 T = (u32)s[S_T];
+        bool inclusive = s[S_MODE] == 1;
+        bool write_w = s[S_WRITE] != 0;
+        u64 v0 = chunks[3 * c + 1], nv = chunks[3 * c + 2];
+        u64 my_pruned = 0;
+        for (u64 base = v0 + threadIdx.x; base < v0 + nv; base += HU * blockDim.x) {
+            Vec<DT> vs[HU];
+#pragma unroll
+            for (int u = 0; u < HU; u++) {
+                u64 vi = base + (u64)u * blockDim.x;
+                if (vi < v0 + nv) load_vec<DT>(w, vi, n, aligned, vs[u]);
+                else vs[u].valid = 0;
+            }
+#pragma unroll
+            for (int u = 0; u < HU; u++) {
+                if (vs[u].valid == 0) continue;
+                u64 vi = base + (u64)u * blockDim.x;
+                u32 keys[V];
+                bool b = false;
+                keys_of<DT, KIND>(vs[u], vi, scale, cols, keys, b);
+                u32 keep = 0;
+                bool changed = false;
+#pragma unroll
+                for (int j = 0; j < V; j++) {
+                    if (j < vs[u].valid) {
+                        bool cut = keys[j] < T || (inclusive && keys[j] == T);
+                        if (cut) {
+                            my_pruned++;
+                            if (vs[u].get(j) != 0) changed = true;
+                            vs[u].zero(j);
+                        } else {
+                            keep |= 1u << j;
+                        }
+                    }
+                }
+                if (write_w && changed) store_vec<DT>(w, vi, aligned, vs[u]);
+                store_mask_bits<DT>(mask, vi, keep, vs[u].valid);
+            }
+        }
+        u64 t = block_sum_u64(my_pruned, shl);
+        if (threadIdx.x == 0 && t) atomicAdd(pruned + s[S_SLOT], t);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rows, one warp per row (a row fits a warp's work; no block-wide barriers). Radix select with a
+// warp-private 2048-bin histogram in shared memory: digits of 11, 11 and 10 bits, or 11 and 5
+// when every key is a bf16 value. Outputs through the segment's S_T / S_TAKE / S_MODE pointers.
+
+#define WARP_BINS 2048
+#define RU 4  // vectors in flight per lane in the row kernels
+
+__device__ __forceinline__ u32 warp_excl_scan(u32 x, u32* total) {
+    int lane = threadIdx.x & 31;
+    u32 inc = x;
+#pragma unroll
+    for (int d = 1; d < 32; d <<= 1) {
+        u32 y = __shfl_up_sync(0xffffffffu, inc, d);
+        if (lane >= d) inc += y;
+    }
+    *total = __shfl_sync(0xffffffffu, inc, 31);
+    return inc - x;
+}
+
+template <int DT, int KIND>
+__device__ u32 warp_tie_cut(const void* w, const float* scale, u64 n, u64 cols, bool aligned, u64 first_elem,
+                            u64 last_elem, u32 T, u64 take, u32 ties);
+
+template <int DT, int KIND>
+__device__ void row_select_warp_impl(const u64* segs, int nsegs, u64 total_rows, u32* bad_flag, u64* bad_index) {
+    extern __shared__ u32 hist_all[];  // WARP_BINS per warp
+    const int V = Ty<DT>::V;
+    const int lane = threadIdx.x & 31;
+    const u32 warps_per_block = blockDim.x >> 5;
+    u32* hist = hist_all + (threadIdx.x >> 5) * WARP_BINS;
+    u64 warp_id = (u64)blockIdx.x * warps_per_block + (threadIdx.x >> 5);
+    u64 nwarps = (u64)gridDim.x * warps_per_block;
+    const bool fit16 = DT == DT_BF16 && KIND != K_SCALED;
+    int seg = 0;
+    for (u64 g = warp_id; g < total_rows; g += nwarps) {
+        while (seg + 1 < nsegs && segs[(u64)(seg + 1) * SEGW + S_FIRST] <= g) seg++;
+        const u64* s = segs + (u64)seg * SEGW;
+        const void* w = (const void*)s[S_W];
+        const float* scale = (const float*)s[S_SCALE];
+        u64 cols = s[S_COLS], n = s[S_N];
+        u64 r = g - s[S_FIRST];
+        u64 k = s[S_K];
+        bool aligned = s[S_ALIGNED] != 0 && (cols % V == 0);
+        u64 first_elem = r * cols, last_elem = first_elem + cols;
+        u64 vfirst = first_elem / V, vlast = (last_elem + V - 1) / V;
+        u32 prefix = 0;
+        u64 need = k;
+        u64 below = 0;
+        u32 ties = 0;
+        int levels = fit16 ? 2 : 3;
+        bool bad = false;
+        u64 first_bad = ~0ull;
+        for (int level = 0; level < levels; level++) {
+            int shift = level == 0 ? 21 : (fit16 ? 16 : (level == 1 ? 10 : 0));
+            int width = level == 0 ? 11 : (fit16 ? 5 : (level == 1 ? 11 : 10));
+            u32 bins = 1u << width;
+            for (u32 i = lane; i < bins; i += 32) hist[i] = 0;
+            __syncwarp();
+            for (u64 base = vfirst + lane; base < vlast; base += 32 * RU) {
+                Vec<DT> vs[RU];
+#pragma unroll
+                for (int u = 0; u < RU; u++) {
+                    u64 vi = base + 32 * u;
+                    if (vi < vlast) load_vec<DT>(w, vi, n, aligned, vs[u]);
+                    else vs[u].valid = 0;
+                }
+#pragma unroll
+                for (int u = 0; u < RU; u++) {
+                    if (vs[u].valid == 0) continue;
+                    u64 vi = base + 32 * u;
+                    u32 keys[V];
+                    bool b = false;
+                    keys_of<DT, KIND>(vs[u], vi, scale, cols, keys, b);
+                    if (level == 0 && b) {
+                        u64 e = first_bad_in<DT, KIND>(vs[u], vi, scale, cols);
+                        if (e >= first_elem && e < last_elem) {
+                            bad = true;
+                            if (e < first_bad) first_bad = e;
+                        }
+                    }
+#pragma unroll
+                    for (int j = 0; j < V; j++) {
+                        u64 e = vi * V + j;
+                        if (j < vs[u].valid && e >= first_elem && e < last_elem) {
+                            u32 key = keys[j];
+                            bool match = level == 0 || (key >> (shift + width)) == prefix;
+                            if (match) atomicAdd(&hist[(key >> shift) & (bins - 1)], 1u);
+                        }
+                    }
+                }
+            }
+            __syncwarp();
+            if (k == 0) break;
+            u32 per = bins / 32;
+            u32 b0 = lane * per;
+            u32 local = 0;
+            for (u32 i = 0; i < per; i++) local += hist[b0 + i];
+            u32 total;
+            u32 excl = warp_excl_scan(local, &total);
+            bool mine = (u64)excl < need && need <= (u64)excl + local;
+            u32 digit = 0, before = 0;
+            if (mine) {
+                u32 run = excl;
+                for (u32 i = 0; i < per; i++) {
+                    u32 c = hist[b0 + i];
+                    if ((u64)run + c >= need) {
+                        digit = b0 + i;
+                        before = run;
+                        break;
+                    }
+                    run += c;
+                }
+            }
+            u32 owner = __ffs(__ballot_sync(0xffffffffu, mine)) - 1;
+            digit = __shfl_sync(0xffffffffu, digit, owner);
+            before = __shfl_sync(0xffffffffu, before, owner);
+            prefix = (prefix << width) | digit;
+            need -= before;
+            below += before;
+            ties = hist[digit];
+            __syncwarp();
+        }
+        // Any lane that saw a non-finite score reports it.
+        if (bad) {
+            atomicExch(bad_flag, 1u);
+            atomicMin(bad_index + s[S_SLOT], first_bad);
+        }
+        u32 T = k == 0 ? 0 : (fit16 ? (prefix << 16) : prefix);
+        u32 cut = k == 0 ? 0xffffffffu : warp_tie_cut<DT, KIND>(w, scale, n, cols, aligned, first_elem, last_elem, T, k - below, ties);
+        if (lane == 0) {
+            ((u32*)s[S_T])[r] = T;
+            ((u32*)s[S_TAKE])[r] = cut;
+            ((u32*)s[S_MODE])[r] = ties;
+        }
+        __syncwarp();
+    }
+}
+
+// The column of the `take`-th tie (key == T) of a row, in a warp: lanes count ties over the row
+// in order, a scan finds the lane holding it, which names its column. 0xffffffff when take is 0;
+// the row length when every tie is pruned.
+template <int DT, int KIND>
+__device__ u32 warp_tie_cut(const void* w, const float* scale, u64 n, u64 cols, bool aligned, u64 first_elem,
+                            u64 last_elem, u32 T, u64 take, u32 ties) {
+    const int V = Ty<DT>::V;
+    const int lane = threadIdx.x & 31;
+    if (take == 0) return 0xffffffffu;
+    if (take >= ties) return (u32)cols;
+    u64 vfirst = first_elem / V, vlast = (last_elem + V - 1) / V;
+    u64 seen = 0;
+    for (u64 base = vfirst; base < vlast; base += 32) {
+        u64 vi = base + lane;
+        Vec<DT> v;
+        u32 keys[V];
+        u32 t = 0;
+        if (vi < vlast) {
+            load_vec<DT>(w, vi, n, aligned, v);
+            bool b = false;
+            keys_of<DT, KIND>(v, vi, scale, cols, keys, b);
+#pragma unroll
+            for (int j = 0; j < V; j++) {
+                u64 e = vi * V + j;
+                if (j < v.valid && e >= first_elem && e < last_elem && keys[j] == T) t++;
+            }
+        } else {
+            v.valid = 0;
+        }
+        u32 tot;
+        u32 ex = warp_excl_scan(t, &tot);
+        u32 found = 0xffffffffu;
+        if (seen + ex < take && take <= seen + ex + t) {
+            u64 r = seen + ex;
+#pragma unroll
+            for (int j = 0; j < V; j++) {
+                u64 e = vi * V + j;
+                if (j < v.valid && e >= first_elem && e < last_elem && keys[j] == T) {
+                    r++;
+                    if (r == take && found == 0xffffffffu) found = (u32)(e - first_elem);
+                }
+            }
+        }
+        u32 any = __ballot_sync(0xffffffffu, found != 0xffffffffu);
+        if (any) return __shfl_sync(0xffffffffu, found, __ffs(any) - 1);
+        seen += tot;
+    }
+    return (u32)cols;
+}
+
+// Per-row selection for rows of at most ROW_MAX_COLS elements: one block per row, the row's keys
+// computed once into shared memory (dynamic, max_cols words), so the radix levels and the tie cut
+// read shared memory instead of re-reading the row. The radix digits start below the bits every
+// key of the row shares (from the row's min and max), so the histogram bins spread out instead
+// of piling onto a few exponents.
+#define ROW_THREADS 256
+#define ROW_MAX_COLS 16384
+
+template <int DT, int KIND>
+__device__ void row_select_smem_impl(const u64* segs, int nsegs, u64 total_rows, u32* bad_flag, u64* bad_index) {
+    extern __shared__ u32 rkeys[];
+    __shared__ u32 hist[4096];
+    __shared__ u32 sh[40];
+    __shared__ u32 red[16];
+    __shared__ u32 found_digit, found_before, cut_sh;
+    const int V = Ty<DT>::V;
+    int seg = 0;
+    for (u64 g = blockIdx.x; g < total_rows; g += gridDim.x) {
+        while (seg + 1 < nsegs && segs[(u64)(seg + 1) * SEGW + S_FIRST] <= g) seg++;
+        const u64* s = segs + (u64)seg * SEGW;
+        const void* w = (const void*)s[S_W];
+        const float* scale = (const float*)s[S_SCALE];
+        u64 cols = s[S_COLS], n = s[S_N];
+        u64 r = g - s[S_FIRST];
+        u64 k = s[S_K];
+        u64 vfirst = (r * cols) / V;
+        u32 nvec = (u32)(cols / V);  // whole vectors per row (the host checks)
+        bool aligned = s[S_ALIGNED] != 0;
+        // Keys into shared memory; min, max and finiteness on the way.
+        u32 kmin = 0xffffffffu, kmax = 0;
+        bool bad = false;
+        u64 first_bad = ~0ull;
+        for (u32 base = threadIdx.x; base < nvec; base += ROW_THREADS * HH) {
+            Vec<DT> vs[HH];
+#pragma unroll
+            for (int u = 0; u < HH; u++) {
+                u32 q = base + u * ROW_THREADS;
+                if (q < nvec) load_vec<DT>(w, vfirst + q, n, aligned, vs[u]);
+                else vs[u].valid = 0;
+            }
+#pragma unroll
+            for (int u = 0; u < HH; u++) {
+                u32 q = base + u * ROW_THREADS;
+                if (vs[u].valid == 0) continue;
+                u32 keys[V];
+                bool b = false;
+                keys_of<DT, KIND>(vs[u], vfirst + q, scale, cols, keys, b);
+                if (b) {
+                    bad = true;
+                    u64 e = first_bad_in<DT, KIND>(vs[u], vfirst + q, scale, cols);
+                    if (e < first_bad) first_bad = e;
+                }
+#pragma unroll
+                for (int j = 0; j < V; j++) {
+                    rkeys[q * V + j] = keys[j];
+                    kmin = min(kmin, keys[j]);
+                    kmax = max(kmax, keys[j]);
+                }
+            }
+        }
+        if (bad) {
+            atomicExch(bad_flag, 1u);
+            atomicMin(bad_index + s[S_SLOT], first_bad);
+        }
+        for (int d = 16; d > 0; d >>= 1) {
+            kmin = min(kmin, __shfl_xor_sync(0xffffffffu, kmin, d));
+            kmax = max(kmax, __shfl_xor_sync(0xffffffffu, kmax, d));
+        }
+        if ((threadIdx.x & 31) == 0) {
+            red[threadIdx.x >> 5] = kmin;
+            red[8 + (threadIdx.x >> 5)] = kmax;
+        }
+        __syncthreads();
+        kmin = red[0];
+        kmax = red[8];
+        for (int i = 1; i < ROW_THREADS / 32; i++) {
+            kmin = min(kmin, red[i]);
+            kmax = max(kmax, red[8 + i]);
+        }
+        int L = (kmin == kmax) ? 0 : 32 - __clz(kmin ^ kmax);  // low bits that differ
+        u32 prefix = L >= 32 ? 0 : (kmin >> L);
+        u64 need = k, below = 0;
+        u32 ties = (u32)cols;
+        int shift = L;
+        while (k > 0 && shift > 0) {
+            int width = shift >= 12 ? 12 : shift;
+            shift -= width;
+            u32 bins = 1u << width;
+            for (u32 i = threadIdx.x; i < bins; i += ROW_THREADS) hist[i] = 0;
+            __syncthreads();
+            for (u32 i = threadIdx.x; i < (u32)cols; i += ROW_THREADS) {
+                u32 key = rkeys[i];
+                if ((u32)((u64)key >> (shift + width)) == prefix) atomicAdd(&hist[(key >> shift) & (bins - 1)], 1u);
+            }
+            __syncthreads();
+            u32 per = (bins + ROW_THREADS - 1) / ROW_THREADS;
+            u32 b0 = threadIdx.x * per;
+            u32 local = 0;
+            for (u32 i = 0; i < per && b0 + i < bins; i++) local += hist[b0 + i];
+            u32 total;
+            u32 excl = block_excl_scan(local, sh, &total);
+            if ((u64)excl < need && need <= (u64)excl + local) {
+                u32 run = excl;
+                for (u32 i = 0; i < per && b0 + i < bins; i++) {
+                    u32 c = hist[b0 + i];
+                    if ((u64)run + c >= need) {
+                        found_digit = b0 + i;
+                        found_before = run;
+                        break;
+                    }
+                    run += c;
+                }
+            }
+            __syncthreads();
+            u32 digit = found_digit;
+            prefix = (prefix << width) | digit;
+            need -= found_before;
+            below += found_before;
+            ties = hist[digit];
+            __syncthreads();
+        }
+        u32 T = k == 0 ? 0 : prefix;
+        u64 take = k - below;
+        // The column of the take-th tie: each thread owns a contiguous run of columns.
+        u32 per_t = ((u32)cols + ROW_THREADS - 1) / ROW_THREADS;
+        u32 c0 = threadIdx.x * per_t, c1 = min(c0 + per_t, (u32)cols);
+        u32 mine = 0;
+        if (k > 0)
+            for (u32 i = c0; i < c1; i++) mine += rkeys[i] == T;
+        u32 tot;
+        u32 ex = block_excl_scan(mine, sh, &tot);
+        if (threadIdx.x == 0) cut_sh = (k == 0 || take == 0) ? 0xffffffffu : (u32)cols;
+        __syncthreads();
+        if (k > 0 && take > 0 && take < tot && ex < take && take <= (u64)ex + mine) {
+            u64 rnk = ex;
+            for (u32 i = c0; i < c1; i++)
+                if (rkeys[i] == T && ++rnk == take) {
+                    cut_sh = i;
+                    break;
+                }
+        }
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            ((u32*)s[S_T])[r] = T;
+            ((u32*)s[S_TAKE])[r] = cut_sh;
+            ((u32*)s[S_MODE])[r] = ties;
+        }
+        __syncthreads();
+    }
+}
+
+// Per-row apply as a stream over chunks of vectors: each element compares with its row's
+// threshold key and tie cut (S_T, S_TAKE arrays), so the pass runs at memory speed.
+template <int DT, int KIND>
+__device__ void row_apply_stream_impl(const u64* segs, const u64* chunks, u32 nchunks, u64* pruned) {
+    __shared__ u64 shl[40];
+    const int V = Ty<DT>::V;
+    for (u32 c = blockIdx.x; c < nchunks; c += gridDim.x) {
+        const u64* s = segs + SEGW * chunks[3 * c];
+        void* w = (void*)s[S_W];
+        const float* scale = (const float*)s[S_SCALE];
+        u64 n = s[S_N], cols = s[S_COLS];
+        bool aligned = s[S_ALIGNED] != 0;
+        u8* mask = (u8*)s[S_MASK];
+        const u32* row_key = (const u32*)s[S_T];
+        const u32* row_cut = (const u32*)s[S_TAKE];
+        bool write_w = s[S_WRITE] != 0;
+        u64 v0 = chunks[3 * c + 1], nv = chunks[3 * c + 2];
+        u64 my_pruned = 0;
+        for (u64 base = v0 + threadIdx.x; base < v0 + nv; base += HU * blockDim.x) {
+            Vec<DT> vs[HU];
+#pragma unroll
+            for (int u = 0; u < HU; u++) {
+                u64 vi = base + (u64)u * blockDim.x;
+                if (vi < v0 + nv) load_vec<DT>(w, vi, n, aligned, vs[u]);
+                else vs[u].valid = 0;
+            }
+#pragma unroll
+            for (int u = 0; u < HU; u++) {
+                if (vs[u].valid == 0) continue;
+                u64 vi = base + (u64)u * blockDim.x;
+                u32 keys[V];
+                bool b = false;
+                keys_of<DT, KIND>(vs[u], vi, scale, cols, keys, b);
+                u64 e0 = vi * V;
+                u64 row = e0 / cols;
+                u64 col = e0 - row * cols;
+                u32 T = row_key[row], cut = row_cut[row];
+                u32 keep = 0;
+                bool changed = false;
+#pragma unroll
+                for (int j = 0; j < V; j++) {
+                    if (j < vs[u].valid) {
+                        if (col == cols) {  // the vector runs into the next row
+                            row++;
+                            col = 0;
+                            T = row_key[row];
+                            cut = row_cut[row];
+                        }
+                        bool cut_here = keys[j] < T || (keys[j] == T && cut != 0xffffffffu && col <= cut);
+                        if (cut_here) {
+                            my_pruned++;
+                            if (vs[u].get(j) != 0) changed = true;
+                            vs[u].zero(j);
+                        } else {
+                            keep |= 1u << j;
+                        }
+                        col++;
+                    }
+                }
+                if (write_w && changed) store_vec<DT>(w, vi, aligned, vs[u]);
+                store_mask_bits<DT>(mask, vi, keep, vs[u].valid);
+            }
         }
         u64 t = block_sum_u64(my_pruned, shl);
         if (threadIdx.x == 0 && t) atomicAdd(pruned + s[S_SLOT], t);
@@ -925,18 +1388,11 @@ extern "C" __global__ void find_slot_bins(const u32* hists, u32 slots, const u64
                                                const u32* his, u32* hists) {                         \
         hist_low_impl<DT, KIND>(segs, chunks, nchunks, his, hists);                                  \
     }                                                                                                \
-    extern "C" __global__ void __launch_bounds__(256, 4) apply_threshold_##name(const u64* segs, int nsegs, u64 tiles,        \
+    extern "C" __global__ void __launch_bounds__(256, 2) apply_threshold_##name(const u64* segs, int nsegs, u64 tiles,        \
                                                       u64* status, u32* ticket, u64* pruned) {       \
         apply_threshold_impl<DT, KIND>(segs, nsegs, tiles, status, ticket, pruned);                  \
     }                                                                                                \
-        extern "C" __global__ void row_select_##name(const u64* segs, int nsegs, u64 rows,              \
-                                                 u32* bad_flag, u64* bad_index) {                    \
-        row_select_impl<DT, KIND>(segs, nsegs, rows, bad_flag, bad_index);                           \
-    }                                                                                                \
-    extern "C" __global__ void __launch_bounds__(256, 4) row_apply_##name(const u64* segs, int nsegs, u64 rows, u64* pruned) {\
-        row_apply_impl<DT, KIND>(segs, nsegs, rows, pruned);                                         \
-    }                                                                                                \
-    extern "C" __global__ void nm4_##name(const u64* segs, const u64* chunks, u32 nchunks,          \
+        extern "C" __global__ void nm4_##name(const u64* segs, const u64* chunks, u32 nchunks,          \
                                           u64* pruned) {                                             \
         nm_impl<DT, KIND, 4>(segs, chunks, nchunks, pruned);                                         \
     }                                                                                                \
@@ -950,6 +1406,35 @@ extern "C" __global__ void find_slot_bins(const u32* hists, u32 slots, const u64
     }
 
 FOR_DT_KIND(ENTRIES)
+
+#define MORE_ENTRIES(name, DT, KIND)                                                                 \
+    extern "C" __global__ void sample_hist_##name(const u64* segs, const u64* chunks, u32 nchunks,   \
+                                                  u32* hists) {                                      \
+        sample_hist_impl<DT, KIND>(segs, chunks, nchunks, hists);                                    \
+    }                                                                                                \
+    extern "C" __global__ void __launch_bounds__(512, 2) band_pass_##name(                          \
+        const u64* segs, const u64* chunks, u32 nchunks, const u32* lo, const u32* width, u32* band, \
+        u64* below, u32* bad_flag, u64* bad_index) {                                                 \
+        band_pass_impl<DT, KIND>(segs, chunks, nchunks, lo, width, band, below, bad_flag, bad_index); \
+    }                                                                                                \
+    extern "C" __global__ void apply_stream_##name(const u64* segs, const u64* chunks, u32 nchunks, \
+                                                   u64* pruned) {                                    \
+        apply_stream_impl<DT, KIND>(segs, chunks, nchunks, pruned);                                  \
+    }                                                                                                \
+    extern "C" __global__ void row_select_warp_##name(const u64* segs, int nsegs, u64 rows,         \
+                                                      u32* bad_flag, u64* bad_index) {               \
+        row_select_warp_impl<DT, KIND>(segs, nsegs, rows, bad_flag, bad_index);                      \
+    }                                                                                                \
+    extern "C" __global__ void row_apply_stream_##name(const u64* segs, const u64* chunks,          \
+                                                       u32 nchunks, u64* pruned) {                   \
+        row_apply_stream_impl<DT, KIND>(segs, chunks, nchunks, pruned);                              \
+    }                                                                                                \
+    extern "C" __global__ void __launch_bounds__(ROW_THREADS) row_select_smem_##name(               \
+        const u64* segs, int nsegs, u64 rows, u32* bad_flag, u64* bad_index) {                       \
+        row_select_smem_impl<DT, KIND>(segs, nsegs, rows, bad_flag, bad_index);                      \
+    }
+
+FOR_DT_KIND(MORE_ENTRIES)
 
 #define DT_ENTRIES(name, DT)                                                                         \
     extern "C" __global__ void find_non_finite_##name(const u64* segs, const u64* chunks,           \

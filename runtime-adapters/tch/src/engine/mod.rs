@@ -71,7 +71,9 @@ pub(crate) enum Rule {
 }
 
 /// Per-row thresholds, on the weight's device, each `[rows]` int32: threshold keys (bit
-/// patterns), ties to prune, ties present.
+/// patterns), the tie rule, ties present. The tie rule is the engine's own: on the CPU the number
+/// of ties to prune; on CUDA the column of the last tie pruned (!0: none), which lets the apply
+/// pass stream without counting.
 pub(crate) struct RowSel {
     pub keys: Tensor,
     pub take: Tensor,
