@@ -14,7 +14,7 @@ cp "$test_bin" .device/deps/integration
 cp target/release/birdbone target/release/birdbone-bench .device/
 cp target/release/libbirdbone_plugin_*.so .device/
 strip .device/deps/integration .device/birdbone .device/birdbone-bench .device/*.so
-.venv/bin/python -c "import safetensors, numpy" 2>/dev/null || .venv/bin/pip install -q safetensors numpy
+
 if [ -f .cache/smollm2-135m/model.safetensors ]; then
   .venv/bin/python - <<'PY'
 import torch, json

@@ -1,5 +1,7 @@
 //! `birdbone`: import a checkpoint, list plugins, prune a model.
 
+mod data;
+mod eval_cmd;
 mod model_io;
 mod plugins_cmd;
 mod prune_cmd;
@@ -32,6 +34,10 @@ enum Command {
     Plugins(plugins_cmd::Args),
     /// Prune a model's weights in place through the plugins and write the result.
     Prune(Box<prune_cmd::Args>),
+    /// Perplexity of a model on text (the evaluation protocol; see `--help`).
+    Eval(eval_cmd::EvalArgs),
+    /// Greedy continuation of a prompt.
+    Generate(eval_cmd::GenerateArgs),
 }
 
 fn main() {
@@ -40,6 +46,8 @@ fn main() {
         Command::ImportGguf { file, out_dir } => import(&file, &out_dir),
         Command::Plugins(a) => plugins_cmd::run(a),
         Command::Prune(a) => prune_cmd::run(*a),
+        Command::Eval(a) => eval_cmd::eval(a),
+        Command::Generate(a) => eval_cmd::generate(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

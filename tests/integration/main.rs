@@ -5,11 +5,14 @@
 //! - `masks`: saving, loading, and holding pruned weights at zero through optimizer steps.
 //! - `models`: a `VarStore` and a TorchScript `CModule` pruned in place.
 //! - `gguf`: the importer on the real checkpoint, truncated and corrupt files.
+//! - `llama`: the runtime on the real model: generation, logits against transformers,
+//!   perplexity, calibration statistics, Wanda against magnitude.
 //! - `gpu`: CUDA paths against the CPU path; they return early where no GPU is present.
 
 mod checks;
 mod gguf;
 mod gpu;
+mod llama;
 mod loader;
 mod masks;
 mod models;

@@ -333,7 +333,7 @@ impl Gpu {
                 .load_function(name)
                 .map_err(|e| CudaError::at(name, e))?,
         );
-                        let smem = if name.starts_with("hist_high") {
+        let smem = if name.starts_with("hist_high") {
             32768 * 4
         } else if name.starts_with("row_select_warp") {
             ROW_SMEM as i32
@@ -343,11 +343,14 @@ impl Gpu {
             0
         };
         if smem > 0 {
-            func.set_attribute(CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem)
-                .map_err(|e| CudaError::at("allowing dynamic shared memory", e))?;
+            func.set_attribute(
+                CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                smem,
+            )
+            .map_err(|e| CudaError::at("allowing dynamic shared memory", e))?;
         }
         if std::env::var_os("BIRDBONE_CUDA_INFO").is_some() {
-                        let (block, smem) = if name.starts_with("hist_high") {
+            let (block, smem) = if name.starts_with("hist_high") {
                 (1024, 32768 * 4)
             } else if name.starts_with("row_select_warp") {
                 (256, ROW_SMEM as usize)
@@ -492,11 +495,18 @@ impl Gpu {
             .div_ceil(APPLY_THREADS as u64 * TILE_U)
     }
 
-        fn launch(&self, name: &str, grid: u64, block: u32, args: &[&dyn ArgValue]) -> Result<()> {
+    fn launch(&self, name: &str, grid: u64, block: u32, args: &[&dyn ArgValue]) -> Result<()> {
         self.launch_smem(name, grid, block, 0, args)
     }
 
-    fn launch_smem(&self, name: &str, grid: u64, block: u32, smem: u32, args: &[&dyn ArgValue]) -> Result<()> {
+    fn launch_smem(
+        &self,
+        name: &str,
+        grid: u64,
+        block: u32,
+        smem: u32,
+        args: &[&dyn ArgValue],
+    ) -> Result<()> {
         let f = self.function(name)?;
         let s = self.stream();
         let mut b = s.launch_builder(&f);
@@ -533,62 +543,162 @@ impl Gpu {
         )
     }
 
-        /// Per-row selection, one warp per row of the segments (`Seg::first` = first row), outputs
+    /// Per-row selection, one warp per row of the segments (`Seg::first` = first row), outputs
     /// through the per-segment pointers `t`/`take`/`mode`.
     #[allow(clippy::too_many_arguments)]
-        ///
+    ///
     /// `max_cols`: the longest row of the launch. Rows of whole vectors up to [`ROW_MAX_COLS`]
     /// elements are selected by a block each with the keys in shared memory; others by a warp
     /// each re-reading the row.
     #[allow(clippy::too_many_arguments)]
-    pub fn row_select(&self, dt: Dt, kind: ScoreKind, segs: u64, nsegs: i32, rows: u64, max_cols: u64, whole_vectors: bool, bad_flag: u64, bad_index: u64) -> Result<()> {
+    pub fn row_select(
+        &self,
+        dt: Dt,
+        kind: ScoreKind,
+        segs: u64,
+        nsegs: i32,
+        rows: u64,
+        max_cols: u64,
+        whole_vectors: bool,
+        bad_flag: u64,
+        bad_index: u64,
+    ) -> Result<()> {
         if whole_vectors && max_cols <= ROW_MAX_COLS {
             let name = format!("row_select_smem_{}_{}", dt.name(), kind.name());
             let smem = (max_cols * 4) as u32;
             let per_sm = (200 * 1024 / (smem as u64 + 17 * 1024)).clamp(1, 8);
-            self.launch_smem(&name, rows.min(self.sms as u64 * per_sm), 256, smem, &[&segs, &nsegs, &rows, &bad_flag, &bad_index])
+            self.launch_smem(
+                &name,
+                rows.min(self.sms as u64 * per_sm),
+                256,
+                smem,
+                &[&segs, &nsegs, &rows, &bad_flag, &bad_index],
+            )
         } else {
             let name = format!("row_select_warp_{}_{}", dt.name(), kind.name());
             let grid = rows.div_ceil(8).min(self.sms as u64 * 3);
-            self.launch_smem(&name, grid, 256, ROW_SMEM, &[&segs, &nsegs, &rows, &bad_flag, &bad_index])
+            self.launch_smem(
+                &name,
+                grid,
+                256,
+                ROW_SMEM,
+                &[&segs, &nsegs, &rows, &bad_flag, &bad_index],
+            )
         }
     }
 
     /// Per-row apply of `row_select`'s thresholds (key and tie-cut arrays through `Seg::t` and
     /// `Seg::take`), streaming over chunks of vectors.
-    pub fn row_apply(&self, dt: Dt, kind: ScoreKind, segs: u64, chunks: u64, nchunks: u32, pruned: u64) -> Result<()> {
+    pub fn row_apply(
+        &self,
+        dt: Dt,
+        kind: ScoreKind,
+        segs: u64,
+        chunks: u64,
+        nchunks: u32,
+        pruned: u64,
+    ) -> Result<()> {
         let name = format!("row_apply_stream_{}_{}", dt.name(), kind.name());
-        self.launch(&name, (nchunks as u64).min(self.sms as u64 * 4), 256, &[&segs, &chunks, &nchunks, &pruned])
+        self.launch(
+            &name,
+            (nchunks as u64).min(self.sms as u64 * 4),
+            256,
+            &[&segs, &chunks, &nchunks, &pruned],
+        )
     }
 
     /// Sampling for band selection: every `Seg::scope`-th vector of each segment into the 65536-bin
     /// histogram of its `Seg::slot` (the scope); chunks count sampled vectors.
     #[allow(clippy::too_many_arguments)]
-    pub fn sample_hist(&self, dt: Dt, kind: ScoreKind, segs: u64, chunks: u64, nchunks: u32, hists: u64) -> Result<()> {
+    pub fn sample_hist(
+        &self,
+        dt: Dt,
+        kind: ScoreKind,
+        segs: u64,
+        chunks: u64,
+        nchunks: u32,
+        hists: u64,
+    ) -> Result<()> {
         let name = format!("sample_hist_{}_{}", dt.name(), kind.name());
-        self.launch(&name, (nchunks as u64).min(self.sms as u64 * 8), 256, &[&segs, &chunks, &nchunks, &hists])
+        self.launch(
+            &name,
+            (nchunks as u64).min(self.sms as u64 * 8),
+            256,
+            &[&segs, &chunks, &nchunks, &hists],
+        )
     }
 
     /// The band pass (bf16 keys): per segment, keys below its scope's band counted into `below`
     /// (u64 per segment) and keys inside it histogrammed into `band` (`BAND_MAX` u32 per segment).
     #[allow(clippy::too_many_arguments)]
-    pub fn band_pass(&self, dt: Dt, kind: ScoreKind, segs: u64, chunks: u64, nchunks: u32, lo: u64, width: u64, band: u64, below: u64, bad_flag: u64, bad_index: u64) -> Result<()> {
+    pub fn band_pass(
+        &self,
+        dt: Dt,
+        kind: ScoreKind,
+        segs: u64,
+        chunks: u64,
+        nchunks: u32,
+        lo: u64,
+        width: u64,
+        band: u64,
+        below: u64,
+        bad_flag: u64,
+        bad_index: u64,
+    ) -> Result<()> {
         let name = format!("band_pass_{}_{}", dt.name(), kind.name());
-        self.launch(&name, (nchunks as u64).min(self.sms as u64 * 4), 512, &[&segs, &chunks, &nchunks, &lo, &width, &band, &below, &bad_flag, &bad_index])
+        self.launch(
+            &name,
+            (nchunks as u64).min(self.sms as u64 * 4),
+            512,
+            &[
+                &segs, &chunks, &nchunks, &lo, &width, &band, &below, &bad_flag, &bad_index,
+            ],
+        )
     }
 
     /// Per scope, the band bin of its k-th smallest key (or !0 on a miss) and, per segment, the
     /// counts below that bin and in it.
     #[allow(clippy::too_many_arguments)]
-    pub fn band_resolve(&self, nscopes: u32, band: u64, below: u64, first_seg: u64, width: u64, ks: u64, out_bin: u64, seg_below: u64, seg_ties: u64) -> Result<()> {
-        self.launch("band_resolve", nscopes as u64, 256, &[&band, &below, &first_seg, &width, &ks, &out_bin, &seg_below, &seg_ties])
+    pub fn band_resolve(
+        &self,
+        nscopes: u32,
+        band: u64,
+        below: u64,
+        first_seg: u64,
+        width: u64,
+        ks: u64,
+        out_bin: u64,
+        seg_below: u64,
+        seg_ties: u64,
+    ) -> Result<()> {
+        self.launch(
+            "band_resolve",
+            nscopes as u64,
+            256,
+            &[
+                &band, &below, &first_seg, &width, &ks, &out_bin, &seg_below, &seg_ties,
+            ],
+        )
     }
 
     /// Threshold apply without tie ranks (modes 0 and 1), streaming over chunks of vectors.
     #[allow(clippy::too_many_arguments)]
-    pub fn apply_stream(&self, dt: Dt, kind: ScoreKind, segs: u64, chunks: u64, nchunks: u32, pruned: u64) -> Result<()> {
+    pub fn apply_stream(
+        &self,
+        dt: Dt,
+        kind: ScoreKind,
+        segs: u64,
+        chunks: u64,
+        nchunks: u32,
+        pruned: u64,
+    ) -> Result<()> {
         let name = format!("apply_stream_{}_{}", dt.name(), kind.name());
-        self.launch(&name, (nchunks as u64).min(self.sms as u64 * 4), 256, &[&segs, &chunks, &nchunks, &pruned])
+        self.launch(
+            &name,
+            (nchunks as u64).min(self.sms as u64 * 4),
+            256,
+            &[&segs, &chunks, &nchunks, &pruned],
+        )
     }
 
     /// Units an N:M launch counts per segment: groups of `max(m, vector)` elements on the fast

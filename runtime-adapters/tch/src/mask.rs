@@ -66,6 +66,11 @@ impl MaskSet {
         self.masks.get(name)
     }
 
+    /// Adds every mask of `other`, replacing masks of the same names.
+    pub fn extend(&mut self, other: MaskSet) {
+        self.masks.extend(other.masks);
+    }
+
     /// Every mask, by name.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &ParamMask)> {
         self.masks.iter().map(|(k, v)| (k.as_str(), v))

@@ -5,11 +5,13 @@
 
 use std::sync::{Arc, OnceLock};
 
-use birdbone_cuda::{chunk_table, gpu, Dt, Gpu, ScoreKind, Seg, Source, BAND_MAX, BINS, CHUNK_VECTORS, SEGW};
+use birdbone_cuda::{
+    chunk_table, gpu, Dt, Gpu, ScoreKind, Seg, Source, BAND_MAX, BINS, CHUNK_VECTORS, SEGW,
+};
 use birdbone_select::{mask_bytes, GlobalSelection, ParamQuota};
 use tch::{Device, Kind, Tensor};
 
-use super::{Count, FiniteCheck, GlobalSel, Located, Rule, RowSel, Scores};
+use super::{Count, FiniteCheck, GlobalSel, Located, RowSel, Rule, Scores};
 use crate::error::{Error, Result};
 
 fn dt_of(kind: Kind) -> Result<Dt> {
@@ -251,7 +253,13 @@ impl Checked {
 /// it. `scopes[q]` is a range of `sources` selected together, `ks[q]` its count. `Ok(None)` when
 /// the band missed or came out too wide: the caller then runs the full histogram, which gives
 /// the same exact answer, only slower.
-fn band_select(g: &Gpu, device: Device, sources: &[Source], scopes: &[std::ops::Range<usize>], ks: &[u64]) -> Located<Option<Vec<ParamQuota>>> {
+fn band_select(
+    g: &Gpu,
+    device: Device,
+    sources: &[Source],
+    scopes: &[std::ops::Range<usize>],
+    ks: &[u64],
+) -> Located<Option<Vec<ParamQuota>>> {
     let e = |e: Error| (None, e);
     let (dt, kind) = (sources[0].dt, sources[0].kind);
     let nq = scopes.len();
@@ -261,7 +269,10 @@ fn band_select(g: &Gpu, device: Device, sources: &[Source], scopes: &[std::ops::
     let mut m = vec![0u64; nq];
     let mut n = vec![0u64; nq];
     for (q, r) in scopes.iter().enumerate() {
-        let nvec_total: u64 = r.clone().map(|i| sources[i].n.div_ceil(dt.per_vector())).sum();
+        let nvec_total: u64 = r
+            .clone()
+            .map(|i| sources[i].n.div_ceil(dt.per_vector()))
+            .sum();
         let target = if nq == 1 { 1u64 << 18 } else { 1 << 14 };
         let stride = (nvec_total / target).max(1);
         for i in r.clone() {
@@ -272,14 +283,28 @@ fn band_select(g: &Gpu, device: Device, sources: &[Source], scopes: &[std::ops::
             let last_valid = (s.n - last_vi * dt.per_vector()).min(dt.per_vector());
             m[q] += (units - 1) * dt.per_vector() + last_valid;
             n[q] += s.n;
-            sample_segs.push(Seg { scope: stride, ..Seg::of(s, q as u64) });
+            sample_segs.push(Seg {
+                scope: stride,
+                ..Seg::of(s, q as u64)
+            });
             sample_units.push(units);
         }
     }
     let sample = zeros((nq * BINS) as i64, Kind::Int, device).map_err(e)?;
     let chunks = chunk_table(&sample_units, 4096);
-    let (t, c) = (seg_table(&sample_segs, device).map_err(e)?, upload(&chunks, device).map_err(e)?);
-    g.sample_hist(dt, kind, ptr(&t), ptr(&c), (chunks.len() / 3) as u32, ptr(&sample)).map_err(|x| e(x.into()))?;
+    let (t, c) = (
+        seg_table(&sample_segs, device).map_err(e)?,
+        upload(&chunks, device).map_err(e)?,
+    );
+    g.sample_hist(
+        dt,
+        kind,
+        ptr(&t),
+        ptr(&c),
+        (chunks.len() / 3) as u32,
+        ptr(&sample),
+    )
+    .map_err(|x| e(x.into()))?;
     // 2. The band: sample ranks around k, with a margin of six standard deviations.
     let mut r_lo = vec![0i64; nq];
     let mut r_hi = vec![0i64; nq];
@@ -299,17 +324,40 @@ fn band_select(g: &Gpu, device: Device, sources: &[Source], scopes: &[std::ops::
     }
     let bins = |ranks: &[i64]| -> Result<Vec<i64>> {
         let ks_d = upload(ranks, device)?;
-        let (b, before, at) = (zeros(nq as i64, Kind::Int, device)?, zeros(nq as i64, Kind::Int64, device)?, zeros(nq as i64, Kind::Int64, device)?);
-        g.find_slot_bins(ptr(&sample), nq as u32, ptr(&ks_d), ptr(&b), ptr(&before), ptr(&at))?;
+        let (b, before, at) = (
+            zeros(nq as i64, Kind::Int, device)?,
+            zeros(nq as i64, Kind::Int64, device)?,
+            zeros(nq as i64, Kind::Int64, device)?,
+        );
+        g.find_slot_bins(
+            ptr(&sample),
+            nq as u32,
+            ptr(&ks_d),
+            ptr(&b),
+            ptr(&before),
+            ptr(&at),
+        )?;
         to_host_i64(&b)
     };
     let (lo_bins, hi_bins) = (bins(&r_lo).map_err(e)?, bins(&r_hi).map_err(e)?);
-    let floor = if kind == ScoreKind::Magnitude { 0x8000 } else { 0 };
+    let floor = if kind == ScoreKind::Magnitude {
+        0x8000
+    } else {
+        0
+    };
     let mut lo = vec![0i64; nq];
     let mut width = vec![0i64; nq];
     for q in 0..nq {
-        let l = if lo_open[q] { floor } else { lo_bins[q] & 0xffff };
-        let h = if hi_open[q] { 0xffff } else { hi_bins[q] & 0xffff };
+        let l = if lo_open[q] {
+            floor
+        } else {
+            lo_bins[q] & 0xffff
+        };
+        let h = if hi_open[q] {
+            0xffff
+        } else {
+            hi_bins[q] & 0xffff
+        };
         if h < l || h - l + 1 > BAND_MAX as i64 {
             return Ok(None);
         }
@@ -318,35 +366,102 @@ fn band_select(g: &Gpu, device: Device, sources: &[Source], scopes: &[std::ops::
     }
     // 3. One pass over everything.
     let nseg = sources.len();
-    let scope_of: Vec<usize> = (0..nseg).map(|i| scopes.iter().position(|r| r.contains(&i)).expect("every source in a scope")).collect();
-    let segs: Vec<Seg> = sources.iter().enumerate().map(|(i, s)| Seg { scope: scope_of[i] as u64, ..Seg::of(s, i as u64) }).collect();
-    let units: Vec<u64> = sources.iter().map(|s| s.n.div_ceil(dt.per_vector())).collect();
+    let scope_of: Vec<usize> = (0..nseg)
+        .map(|i| {
+            scopes
+                .iter()
+                .position(|r| r.contains(&i))
+                .expect("every source in a scope")
+        })
+        .collect();
+    let segs: Vec<Seg> = sources
+        .iter()
+        .enumerate()
+        .map(|(i, s)| Seg {
+            scope: scope_of[i] as u64,
+            ..Seg::of(s, i as u64)
+        })
+        .collect();
+    let units: Vec<u64> = sources
+        .iter()
+        .map(|s| s.n.div_ceil(dt.per_vector()))
+        .collect();
     let chunks = chunk_table(&units, 1 << 16);
-    let (t, c) = (seg_table(&segs, device).map_err(e)?, upload(&chunks, device).map_err(e)?);
-    let (lo_d, width_d) = (upload(&lo, device).map_err(e)?.f_to_kind(Kind::Int).map_err(|x| e(x.into()))?, upload(&width, device).map_err(e)?.f_to_kind(Kind::Int).map_err(|x| e(x.into()))?);
+    let (t, c) = (
+        seg_table(&segs, device).map_err(e)?,
+        upload(&chunks, device).map_err(e)?,
+    );
+    let (lo_d, width_d) = (
+        upload(&lo, device)
+            .map_err(e)?
+            .f_to_kind(Kind::Int)
+            .map_err(|x| e(x.into()))?,
+        upload(&width, device)
+            .map_err(e)?
+            .f_to_kind(Kind::Int)
+            .map_err(|x| e(x.into()))?,
+    );
     let band = zeros((nseg * BAND_MAX) as i64, Kind::Int, device).map_err(e)?;
     let below = zeros(nseg as i64, Kind::Int64, device).map_err(e)?;
     let check = Checked::new(nseg, device).map_err(e)?;
-    g.band_pass(dt, kind, ptr(&t), ptr(&c), (chunks.len() / 3) as u32, ptr(&lo_d), ptr(&width_d), ptr(&band), ptr(&below), ptr(&check.flag), ptr(&check.index))
-        .map_err(|x| e(x.into()))?;
+    g.band_pass(
+        dt,
+        kind,
+        ptr(&t),
+        ptr(&c),
+        (chunks.len() / 3) as u32,
+        ptr(&lo_d),
+        ptr(&width_d),
+        ptr(&band),
+        ptr(&below),
+        ptr(&check.flag),
+        ptr(&check.index),
+    )
+    .map_err(|x| e(x.into()))?;
     // 4. Resolve every scope on the device; read back a few numbers per parameter.
     let mut first_seg: Vec<i64> = scopes.iter().map(|r| r.start as i64).collect();
     first_seg.push(nseg as i64);
-    let first_d = upload(&first_seg, device).map_err(e)?.f_to_kind(Kind::Int).map_err(|x| e(x.into()))?;
+    let first_d = upload(&first_seg, device)
+        .map_err(e)?
+        .f_to_kind(Kind::Int)
+        .map_err(|x| e(x.into()))?;
     let ks_i: Vec<i64> = ks.iter().map(|&k| k as i64).collect();
     let ks_d = upload(&ks_i, device).map_err(e)?;
     let out_bin = zeros(nq as i64, Kind::Int, device).map_err(e)?;
-    let (seg_below, seg_ties) = (zeros(nseg as i64, Kind::Int64, device).map_err(e)?, zeros(nseg as i64, Kind::Int64, device).map_err(e)?);
-    g.band_resolve(nq as u32, ptr(&band), ptr(&below), ptr(&first_d), ptr(&width_d), ptr(&ks_d), ptr(&out_bin), ptr(&seg_below), ptr(&seg_ties))
-        .map_err(|x| e(x.into()))?;
+    let (seg_below, seg_ties) = (
+        zeros(nseg as i64, Kind::Int64, device).map_err(e)?,
+        zeros(nseg as i64, Kind::Int64, device).map_err(e)?,
+    );
+    g.band_resolve(
+        nq as u32,
+        ptr(&band),
+        ptr(&below),
+        ptr(&first_d),
+        ptr(&width_d),
+        ptr(&ks_d),
+        ptr(&out_bin),
+        ptr(&seg_below),
+        ptr(&seg_ties),
+    )
+    .map_err(|x| e(x.into()))?;
     if let Some((slot, index)) = check.first_bad().map_err(e)? {
-        return Err((Some(slot), Error::NonFinite { what: "score", param: String::new(), index }));
+        return Err((
+            Some(slot),
+            Error::NonFinite {
+                what: "score",
+                param: String::new(),
+                index,
+            },
+        ));
     }
     let out_bin = to_host_i64(&out_bin).map_err(e)?;
     if out_bin.iter().any(|&b| b as u32 == u32::MAX) {
         return Ok(None);
     }
-    let (seg_below, seg_ties) = (to_host_i64(&seg_below).map_err(e)?, to_host_i64(&seg_ties).map_err(e)?);
+    let (seg_below, seg_ties) = (
+        to_host_i64(&seg_below).map_err(e)?,
+        to_host_i64(&seg_ties).map_err(e)?,
+    );
     let mut quotas = Vec::with_capacity(nseg);
     for (q, r) in scopes.iter().enumerate() {
         let threshold = ((lo[q] as u32) + out_bin[q] as u32) << 16;
@@ -354,7 +469,12 @@ fn band_select(g: &Gpu, device: Device, sources: &[Source], scopes: &[std::ops::
         for i in r.clone() {
             let take = (seg_ties[i] as u64).min(remaining);
             remaining -= take;
-            quotas.push(ParamQuota { threshold, below: seg_below[i] as u64, ties: seg_ties[i] as u64, take });
+            quotas.push(ParamQuota {
+                threshold,
+                below: seg_below[i] as u64,
+                ties: seg_ties[i] as u64,
+                take,
+            });
         }
         debug_assert_eq!(remaining, 0);
     }
@@ -490,18 +610,45 @@ impl GlobalSel for CudaGlobal {
 
     fn needs_low_pass(&mut self) -> Result<bool> {
         if !self.streamed && !self.pending.is_empty() {
-            let sources: Vec<Source> = self.pending.iter().map(|(_, s)| source(s)).collect::<Result<_>>()?;
-            if sources.iter().all(keys_fit_16) && sources.iter().all(|s| (s.dt, s.kind) == (sources[0].dt, sources[0].kind)) {
+            let sources: Vec<Source> = self
+                .pending
+                .iter()
+                .map(|(_, s)| source(s))
+                .collect::<Result<_>>()?;
+            if sources.iter().all(keys_fit_16)
+                && sources
+                    .iter()
+                    .all(|s| (s.dt, s.kind) == (sources[0].dt, sources[0].kind))
+            {
                 let order: Vec<usize> = self.pending.iter().map(|(p, _)| *p).collect();
-                match band_select(&self.g, self.device, &sources, &[0..sources.len()], &[self.k]) {
+                match band_select(
+                    &self.g,
+                    self.device,
+                    &sources,
+                    std::slice::from_ref(&(0..sources.len())),
+                    &[self.k],
+                ) {
                     Ok(Some(quotas)) => {
                         // Quotas come in feed order; the selection reports them by parameter.
-                        let mut params = vec![ParamQuota { threshold: 0, below: 0, ties: 0, take: 0 }; self.params];
+                        let mut params = vec![
+                            ParamQuota {
+                                threshold: 0,
+                                below: 0,
+                                ties: 0,
+                                take: 0
+                            };
+                            self.params
+                        ];
                         let threshold = quotas[0].threshold;
                         for (q, p) in quotas.into_iter().zip(order) {
                             params[p] = q;
                         }
-                        self.banded = Some(GlobalSelection { threshold, pruned: self.k, considered: self.n, params });
+                        self.banded = Some(GlobalSelection {
+                            threshold,
+                            pruned: self.k,
+                            considered: self.n,
+                            params,
+                        });
                         self.pending.clear();
                         return Ok(false);
                     }
@@ -762,7 +909,7 @@ pub(crate) fn select_rows(
             ties: view(&ties, i),
         })
         .collect();
-        // Launches by element type, score kind and row length (the shared-memory path sizes its
+    // Launches by element type, score kind and row length (the shared-memory path sizes its
     // shared memory by the longest row of the launch).
     let bucket = |s: &Source| {
         let whole = s.cols % s.dt.per_vector() == 0;
@@ -777,14 +924,31 @@ pub(crate) fn select_rows(
         let segs: Vec<Seg> = members
             .iter()
             .map(|&i| {
-                let seg = Seg { first, k: ks[i], t: ptr(&sels[i].keys), take: ptr(&sels[i].take), mode: ptr(&sels[i].ties), ..Seg::of(&sources[i], i as u64) };
+                let seg = Seg {
+                    first,
+                    k: ks[i],
+                    t: ptr(&sels[i].keys),
+                    take: ptr(&sels[i].take),
+                    mode: ptr(&sels[i].ties),
+                    ..Seg::of(&sources[i], i as u64)
+                };
                 first += rows[i];
                 seg
             })
             .collect();
         let max_cols = members.iter().map(|&i| sources[i].cols).max().unwrap_or(1);
         let table = seg_table(&segs, device)?;
-        g.row_select(dt, kind, ptr(&table), segs.len() as i32, first, max_cols, b < 2, ptr(&check.flag), ptr(&check.index))?;
+        g.row_select(
+            dt,
+            kind,
+            ptr(&table),
+            segs.len() as i32,
+            first,
+            max_cols,
+            b < 2,
+            ptr(&check.flag),
+            ptr(&check.index),
+        )?;
     }
     let copy = HostCopy::new(check.index);
     let checks = (0..scores.len())
@@ -876,19 +1040,35 @@ fn run_rules(
                     Rule::Threshold(q) => *q,
                     _ => unreachable!("grouped as threshold"),
                 };
-                let (ranked, streamed): (Vec<usize>, Vec<usize>) = members.iter().partition(|&&i| mode_of(&quota(i)) == 2);
+                let (ranked, streamed): (Vec<usize>, Vec<usize>) =
+                    members.iter().partition(|&&i| mode_of(&quota(i)) == 2);
                 if !streamed.is_empty() {
                     let segs: Vec<Seg> = streamed
                         .iter()
                         .map(|&i| {
                             let q = quota(i);
-                            Seg { t: q.threshold as u64, take: q.take, mode: mode_of(&q), ..base(i) }
+                            Seg {
+                                t: q.threshold as u64,
+                                take: q.take,
+                                mode: mode_of(&q),
+                                ..base(i)
+                            }
                         })
                         .collect();
-                    let units: Vec<u64> = streamed.iter().map(|&i| sources[i].n.div_ceil(dt.per_vector())).collect();
+                    let units: Vec<u64> = streamed
+                        .iter()
+                        .map(|&i| sources[i].n.div_ceil(dt.per_vector()))
+                        .collect();
                     let chunks = chunk_table(&units, 1 << 16);
                     let (table, chunks_d) = (seg_table(&segs, device)?, upload(&chunks, device)?);
-                    g.apply_stream(dt, kind, ptr(&table), ptr(&chunks_d), (chunks.len() / 3) as u32, ptr(&pruned))?;
+                    g.apply_stream(
+                        dt,
+                        kind,
+                        ptr(&table),
+                        ptr(&chunks_d),
+                        (chunks.len() / 3) as u32,
+                        ptr(&pruned),
+                    )?;
                 }
                 if !ranked.is_empty() {
                     let mut first = 0u64;
@@ -896,7 +1076,13 @@ fn run_rules(
                         .iter()
                         .map(|&i| {
                             let q = quota(i);
-                            let seg = Seg { t: q.threshold as u64, take: q.take, mode: 2, first, ..base(i) };
+                            let seg = Seg {
+                                t: q.threshold as u64,
+                                take: q.take,
+                                mode: 2,
+                                first,
+                                ..base(i)
+                            };
                             first += g.apply_tiles(dt, sources[i].n);
                             seg
                         })
@@ -904,21 +1090,46 @@ fn run_rules(
                     let table = seg_table(&segs, device)?;
                     let status = zeros(first as i64, Kind::Int64, device)?;
                     let ticket = zeros(1, Kind::Int, device)?;
-                    g.apply_threshold(dt, kind, ptr(&table), segs.len() as i32, first, ptr(&status), ptr(&ticket), ptr(&pruned))?;
+                    g.apply_threshold(
+                        dt,
+                        kind,
+                        ptr(&table),
+                        segs.len() as i32,
+                        first,
+                        ptr(&status),
+                        ptr(&ticket),
+                        ptr(&pruned),
+                    )?;
                 }
             }
-                        What::Rows => {
+            What::Rows => {
                 let segs: Vec<Seg> = members
                     .iter()
                     .map(|&i| {
-                        let Rule::PerRow(r) = items[i].rule else { unreachable!() };
-                        Seg { t: ptr(&r.keys), take: ptr(&r.take), ..base(i) }
+                        let Rule::PerRow(r) = items[i].rule else {
+                            unreachable!()
+                        };
+                        Seg {
+                            t: ptr(&r.keys),
+                            take: ptr(&r.take),
+                            ..base(i)
+                        }
                     })
                     .collect();
-                let units: Vec<u64> = members.iter().map(|&i| sources[i].n.div_ceil(dt.per_vector())).collect();
+                let units: Vec<u64> = members
+                    .iter()
+                    .map(|&i| sources[i].n.div_ceil(dt.per_vector()))
+                    .collect();
                 let chunks = chunk_table(&units, 1 << 16);
                 let (table, chunks_d) = (seg_table(&segs, device)?, upload(&chunks, device)?);
-                g.row_apply(dt, kind, ptr(&table), ptr(&chunks_d), (chunks.len() / 3) as u32, ptr(&pruned))?;
+                g.row_apply(
+                    dt,
+                    kind,
+                    ptr(&table),
+                    ptr(&chunks_d),
+                    (chunks.len() / 3) as u32,
+                    ptr(&pruned),
+                )?;
             }
             What::Nm(m, fast) => {
                 let segs: Vec<Seg> = members

@@ -1,0 +1,53 @@
+//! A Llama-family decoder on tch, so Birdbone has a real model to serve and to measure.
+//!
+//! - [`LlamaConfig`] mirrors a Hugging Face `config.json` (Llama, Mistral's sliding window,
+//!   Qwen2's q/k/v bias, tied or untied embeddings).
+//! - [`Llama`] holds the weights in a `tch::nn::VarStore` under the checkpoint's own names, so
+//!   Birdbone's pruner (which takes any `ParamSource`) prunes it in place while it serves.
+//! - [`Llama::forward`] runs RMSNorm, rotary embeddings, grouped-query attention and SwiGLU, with
+//!   an optional KV cache for generation and an optional [`StatsRecorder`] that sums the squared
+//!   inputs of every Linear (what Wanda needs) without keeping activations.
+//! - [`perplexity`] is the evaluation protocol; [`collect_stats`] and [`prune_sequential`] are
+//!   calibration, one-pass and block by block.
+
+mod calib;
+mod config;
+mod eval;
+mod generate;
+mod load;
+mod model;
+
+pub use calib::{collect_stats, prune_sequential, CalibrationReport};
+pub use config::LlamaConfig;
+pub use eval::{perplexity, token_windows, EvalConfig, Perplexity};
+pub use generate::generate_greedy;
+pub use load::{resolve_model_dir, Loaded};
+pub use model::{KvCache, Llama, StatsRecorder};
+
+/// What can go wrong in the runtime.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file could not be read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A config, checkpoint or tokenizer that does not fit.
+    #[error("{0}")]
+    Invalid(String),
+    /// libtorch failed.
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+    /// The pruning host failed.
+    #[error(transparent)]
+    Prune(#[from] birdbone_tch::Error),
+    /// The tokenizer failed.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+}
+
+/// Result of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
