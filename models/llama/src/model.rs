@@ -4,6 +4,9 @@ use tch::{nn::VarStore, Device, Kind, Tensor};
 
 use crate::{config::LlamaConfig, Error, Result};
 
+/// Which weights a recorder keeps.
+type NameFilter = Box<dyn Fn(&str) -> bool + Send>;
+
 /// Sums of squared Linear inputs, per weight name: what Wanda scores with. Recording a forward
 /// pass adds `Σ_tokens x_j²` for every input channel `j` of every Linear, in f32 on the model's
 /// device; no activation is kept.
@@ -11,7 +14,7 @@ use crate::{config::LlamaConfig, Error, Result};
 pub struct StatsRecorder {
     sums: BTreeMap<String, (Tensor, u64)>,
     /// Only weights whose name passes this filter are recorded (all when `None`).
-    only: Option<Box<dyn Fn(&str) -> bool + Send>>,
+    only: Option<NameFilter>,
 }
 
 impl StatsRecorder {
@@ -247,8 +250,8 @@ impl Llama {
                 let extra: Vec<&String> = map
                     .keys()
                     .filter(|k| {
-                        vs.variables().get(*k).is_none()
-                            && !(config.tie_word_embeddings && *k == "lm_head.weight")
+                        !(vs.variables().contains_key(*k)
+                            || (config.tie_word_embeddings && *k == "lm_head.weight"))
                     })
                     .take(5)
                     .collect();
@@ -448,7 +451,7 @@ impl Llama {
             s.add(&[&b.gate.name, &b.up.name], &h)?;
         }
         let act = b.gate.forward(&h)?.f_silu()?.f_mul(&b.up.forward(&h)?)?;
-        if let Some(s) = stats.as_deref_mut() {
+        if let Some(s) = stats {
             s.add(&[&b.down.name], &act)?;
         }
         Ok(x.f_add(&b.down.forward(&act)?)?)
