@@ -1,10 +1,12 @@
 //! `birdbone`: import a checkpoint, list plugins, prune a model.
 
 mod data;
+mod demo_cmd;
 mod eval_cmd;
 mod model_io;
 mod plugins_cmd;
 mod prune_cmd;
+mod study_cmd;
 
 use std::path::PathBuf;
 
@@ -38,6 +40,12 @@ enum Command {
     Eval(eval_cmd::EvalArgs),
     /// Greedy continuation of a prompt.
     Generate(eval_cmd::GenerateArgs),
+    /// The demo: warm a live model up on calibration text, prune it 50% with Wanda in place,
+    /// show perplexity and a sample before and after.
+    Demo(demo_cmd::Args),
+    /// The quality table: perplexity dense and after magnitude and Wanda pruning (50/60/70%,
+    /// 2:4, 4:8), one model load and one calibration.
+    Study(study_cmd::Args),
 }
 
 fn main() {
@@ -48,6 +56,8 @@ fn main() {
         Command::Prune(a) => prune_cmd::run(*a),
         Command::Eval(a) => eval_cmd::eval(a),
         Command::Generate(a) => eval_cmd::generate(a),
+        Command::Study(a) => study_cmd::run(a),
+        Command::Demo(a) => demo_cmd::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

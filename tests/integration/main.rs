@@ -7,6 +7,8 @@
 //! - `gguf`: the importer on the real checkpoint, truncated and corrupt files.
 //! - `llama`: the runtime on the real model: generation, logits against transformers,
 //!   perplexity, calibration statistics, Wanda against magnitude.
+//! - `serve`: the example server: warm-up pruning, concurrent clients, a plugin dropped in and
+//!   used for a live re-prune.
 //! - `gpu`: CUDA paths against the CPU path; they return early where no GPU is present.
 
 mod checks;
@@ -17,3 +19,4 @@ mod loader;
 mod masks;
 mod models;
 mod prune;
+mod serve;
