@@ -2,6 +2,7 @@
 # On the GPU machine, from the checkout with .device/ staged by scripts/stage-gpu.sh: the GPU
 # tests, then the benchmark beside the PyTorch baseline on the same card.
 #   scripts/gpu-run.sh tests | bench | all
+#   scripts/gpu-run.sh finetune [birdbone-finetune options]   (staged by `stage-gpu.sh finetune`)
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 TORCH=$(python3 -c 'import torch, os; print(os.path.dirname(torch.__file__))')
@@ -9,6 +10,13 @@ export LD_LIBRARY_PATH="$TORCH/lib:$(dirname "$TORCH")/nvidia/cu13/lib:${LD_LIBR
 export BIRDBONE_MODEL_DIR="$PWD/.device/model"
 what="${1:-all}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+if [ "$what" = finetune ]; then
+  cat .device-gguf/part-a .device/gguf-part-b > /tmp/model.gguf
+  .device/birdbone import-gguf /tmp/model.gguf /tmp/smollm2-135m || exit 1
+  BIRDBONE_TEXT_DIR="$PWD/.device/text" .device/birdbone-finetune --model /tmp/smollm2-135m \
+    --plugins .device "${@:2}"
+  exit $?
+fi
 if [ "$what" = tests ] || [ "$what" = all ]; then
   echo "== GPU tests"
   .device/deps/integration gpu:: --test-threads=1 2>&1

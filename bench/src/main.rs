@@ -318,6 +318,7 @@ fn main() -> anyhow::Result<()> {
         };
         let inputs = PassInputs {
             stats: Some(&stats),
+            ..Default::default()
         };
         let mut phases = Vec::new();
         let mut run_plugin = || -> anyhow::Result<f64> {
@@ -441,7 +442,14 @@ fn memory(
             filter: ParamFilter::default(),
         };
         // Warm-up: compiles the kernels (their code lives outside the allocator) and loads modules.
-        let (_, m) = pruner.run(params, &cfg, PassInputs { stats: Some(stats) })?;
+        let (_, m) = pruner.run(
+            params,
+            &cfg,
+            PassInputs {
+                stats: Some(stats),
+                ..Default::default()
+            },
+        )?;
         drop(m);
         sync();
         let (free_before, _) = gpu.mem_info()?;
@@ -458,7 +466,14 @@ fn memory(
                 min_free
             })
         };
-        let (_, masks) = pruner.run(params, &cfg, PassInputs { stats: Some(stats) })?;
+        let (_, masks) = pruner.run(
+            params,
+            &cfg,
+            PassInputs {
+                stats: Some(stats),
+                ..Default::default()
+            },
+        )?;
         sync();
         let (free_after, _) = gpu.mem_info()?;
         stop.store(true, Ordering::Relaxed);

@@ -8,7 +8,6 @@ use birdbone_llama::{collect_stats, generate_greedy, perplexity, token_windows, 
 use birdbone_tch::{PassConfig, PassInputs, PluginRegistry, Pruner};
 
 use crate::{
-    data,
     model_io::{parse_device, parse_kind},
     plugins_cmd::plugin_dirs,
 };
@@ -62,14 +61,24 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         "\nsample before ({:.1} s): {PROMPT}{before}",
         t.elapsed().as_secs_f64()
     );
-    let eval = token_windows(&m.tokenizer, &data::text("wiki.utf8")?, 512, a.windows)?;
+    let eval = token_windows(
+        &m.tokenizer,
+        &birdbone_llama::read_text("wiki.utf8")?,
+        512,
+        a.windows,
+    )?;
     let dense = perplexity(&m.model, &eval, 4)?;
     println!(
         "perplexity before: {:.2} ({} windows of 512 tokens of wiki.utf8, {:.1} s)",
         dense.ppl, dense.windows, dense.seconds
     );
 
-    let calib = token_windows(&m.tokenizer, &data::text("c4.utf8")?, 512, a.calibration)?;
+    let calib = token_windows(
+        &m.tokenizer,
+        &birdbone_llama::read_text("c4.utf8")?,
+        512,
+        a.calibration,
+    )?;
     let (stats, cal) = collect_stats(&m.model, &calib, 4)?;
     println!(
         "\nwarm-up: {} windows of c4.utf8 ({} tokens) through the model in {:.1} s: input statistics for {} Linear weights",
@@ -90,6 +99,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         &cfg,
         PassInputs {
             stats: Some(&stats),
+            ..Default::default()
         },
     )?;
     println!(

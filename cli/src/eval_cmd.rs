@@ -1,9 +1,6 @@
 use birdbone_llama::{generate_greedy, perplexity, token_windows, Loaded};
 
-use crate::{
-    data,
-    model_io::{parse_device, parse_kind},
-};
+use crate::model_io::{parse_device, parse_kind};
 
 /// Perplexity under the evaluation protocol: the whole text tokenized with the model's
 /// tokenizer (no special tokens), non-overlapping windows of `--window` tokens, the first
@@ -36,7 +33,7 @@ pub struct EvalArgs {
 
 pub fn eval(a: EvalArgs) -> anyhow::Result<()> {
     let m = Loaded::load(&a.model, parse_device(&a.device)?, parse_kind(&a.dtype)?)?;
-    let text = data::text(&a.text)?;
+    let text = birdbone_llama::read_text(&a.text)?;
     let windows = token_windows(&m.tokenizer, &text, a.window, a.windows)?;
     let p = perplexity(&m.model, &windows, a.batch)?;
     println!(

@@ -1,6 +1,5 @@
 //! `birdbone`: import a checkpoint, list plugins, prune a model.
 
-mod data;
 mod demo_cmd;
 mod eval_cmd;
 mod model_io;

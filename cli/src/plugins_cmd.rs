@@ -10,15 +10,7 @@ pub fn plugin_dirs(given: &[PathBuf]) -> Vec<PathBuf> {
     if !given.is_empty() {
         return given.to_vec();
     }
-    let mut dirs = Vec::new();
-    if let Some(exe_dir) = std::env::current_exe()
-        .ok()
-        .and_then(|e| e.parent().map(|p| p.to_path_buf()))
-    {
-        dirs.push(exe_dir.join("plugins"));
-        dirs.push(exe_dir);
-    }
-    dirs.into_iter().filter(|d| d.is_dir()).collect()
+    PluginRegistry::default_dirs()
 }
 
 #[derive(clap::Args)]

@@ -8,7 +8,6 @@ use birdbone_tch::{ParamFilter, PassConfig, PassInputs, PluginRegistry, Pruner};
 use tch::Tensor;
 
 use crate::{
-    data,
     model_io::{parse_device, parse_kind},
     plugins_cmd::plugin_dirs,
 };
@@ -131,8 +130,18 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let started = Instant::now();
     let m = Loaded::load(&a.model, parse_device(&a.device)?, parse_kind(&a.dtype)?)?;
     let reg = PluginRegistry::discover(&plugin_dirs(&a.plugin_dirs));
-    let eval = token_windows(&m.tokenizer, &data::text("wiki.utf8")?, 512, a.windows)?;
-    let calib = token_windows(&m.tokenizer, &data::text("c4.utf8")?, 512, a.calibration)?;
+    let eval = token_windows(
+        &m.tokenizer,
+        &birdbone_llama::read_text("wiki.utf8")?,
+        512,
+        a.windows,
+    )?;
+    let calib = token_windows(
+        &m.tokenizer,
+        &birdbone_llama::read_text("c4.utf8")?,
+        512,
+        a.calibration,
+    )?;
     eprintln!("calibrating on {} windows of c4.utf8 ...", a.calibration);
     let (stats, cal) = collect_stats(&m.model, &calib, 4)?;
     let filter = ParamFilter::default();
@@ -166,6 +175,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             &cfg,
             PassInputs {
                 stats: Some(&stats),
+                ..Default::default()
             },
         )?;
         eprintln!("{} ...", s.label);

@@ -123,6 +123,13 @@ pub struct TensorView {
     pub strides: [i64; MAX_DIMS],
 }
 
+// SAFETY: a view only describes memory the host owns; nothing in this crate dereferences
+// `data`, and a plugin reaches the elements through the host's operations, which are
+// thread-safe. Sending or sharing the description is as safe as sending an integer.
+unsafe impl Send for TensorView {}
+// SAFETY: as above.
+unsafe impl Sync for TensorView {}
+
 impl TensorView {
     /// The used part of `shape`.
     pub fn dims(&self) -> &[i64] {

@@ -1,5 +1,5 @@
 //! CUDA paths, checked against the CPU path bit for bit. They return early where no GPU is
-//! present (CI); scripts/gpu-check.sh runs them on the GPU machine.
+//! present (CI); scripts/gpu-run.sh runs them on the GPU machine.
 
 use birdbone_tch::{ActivationStats, Error, PassConfig, PassInputs, Pruner};
 use birdbone_tests::*;
@@ -159,6 +159,7 @@ fn cuda_wanda_scores_select_like_the_cpu() {
                 &cfg,
                 PassInputs {
                     stats: Some(&cpu_stats),
+                    ..Default::default()
                 },
             )
             .unwrap();
@@ -168,6 +169,7 @@ fn cuda_wanda_scores_select_like_the_cpu() {
                 &cfg,
                 PassInputs {
                     stats: Some(&gpu_stats),
+                    ..Default::default()
                 },
             )
             .unwrap();
@@ -188,4 +190,125 @@ fn cuda_wanda_scores_select_like_the_cpu() {
             );
         }
     }
+}
+
+/// The training callback on CUDA with a training-signal plugin and growth plates: after every
+/// AdamW step the pruned weights are zero and the count is the schedule's, exactly.
+#[test]
+fn cuda_training_callback_holds_exact_sparsity_with_taylor_scores() {
+    use birdbone_tch::train::{Compression, CompressionConfig, Curve, GrowthPlateConfig, Schedule};
+    use tch::nn::{self, Module, OptimizerConfig};
+    if !cuda_or_skip("cuda_training_callback_holds_exact_sparsity_with_taylor_scores") {
+        return;
+    }
+    let dev = Device::Cuda(0);
+    tch::manual_seed(5);
+    let vs = nn::VarStore::new(dev);
+    let root = vs.root();
+    let net = nn::seq()
+        .add(nn::linear(&root / "fc1", 256, 512, Default::default()))
+        .add_fn(|x| x.gelu("none"))
+        .add(nn::linear(&root / "fc2", 512, 64, Default::default()));
+    let x = Tensor::randn([512, 256], (Kind::Float, dev));
+    let y = Tensor::randn([512, 64], (Kind::Float, dev));
+    let mut opt = nn::AdamW::default().build(&vs, 1e-3).unwrap();
+    let reg = builtin_registry();
+    let pruner = Pruner::new(&reg, "taylor", &settings(&[]), "global", &settings(&[])).unwrap();
+    let schedule = Schedule::Gradual {
+        start_step: 4,
+        end_step: 12,
+        every: 4,
+        initial_sparsity: 0.2,
+        final_sparsity: 0.6,
+        curve: Curve::Cubic,
+    };
+    let mut comp = Compression::new(
+        pruner,
+        CompressionConfig {
+            schedule: schedule.clone(),
+            filter: Default::default(),
+            nm: None,
+            growth_plates: Some(GrowthPlateConfig::default()),
+            regrow: None,
+        },
+    )
+    .unwrap();
+    let total = (256 * 512 + 512 * 64) as f64;
+    let mut expected = 0u64;
+    for step in 1..=14u64 {
+        opt.zero_grad();
+        net.forward(&x)
+            .mse_loss(&y, tch::Reduction::Mean)
+            .backward();
+        comp.after_backward(&vs).unwrap();
+        opt.step();
+        let ev = comp.after_step(&vs).unwrap();
+        if let Some(s) = schedule.target_at(step) {
+            expected = (s * total).round() as u64;
+            assert_eq!(ev.pass.as_ref().unwrap().pruned, expected, "step {step}");
+            assert!(
+                ev.pass.as_ref().unwrap().device.contains("Cuda"),
+                "{}",
+                ev.pass.as_ref().unwrap().device
+            );
+        }
+        assert_eq!(comp.masks().counts().unwrap().0, expected, "step {step}");
+        for (name, t) in vs.variables() {
+            if let Some(m) = comp.masks().get(&name) {
+                let off = t.masked_select(&m.keep().unwrap().logical_not());
+                assert_eq!(
+                    off.ne(0.0).sum(Kind::Int64).int64_value(&[]),
+                    0,
+                    "{name} step {step}"
+                );
+            }
+        }
+    }
+    assert_eq!(expected, (0.6 * total).round() as u64);
+}
+
+/// Mistral-7B's shapes in bf16 on the GPU: a forward pass, a global pass of the pruner in place
+/// over all 224 Linear weights, and a forward pass of the pruned model.
+#[test]
+fn cuda_mistral_7b_shapes_forward_prune_forward() {
+    use birdbone_llama::{Llama, LlamaConfig};
+    if !cuda_or_skip("cuda_mistral_7b_shapes_forward_prune_forward") {
+        return;
+    }
+    let dev = Device::Cuda(0);
+    tch::manual_seed(7);
+    let model = Llama::random(LlamaConfig::mistral_7b(), dev, Kind::BFloat16, 0.02).unwrap();
+    let ids = Tensor::randint(32000, [1, 64], (Kind::Int64, dev));
+    let before = tch::no_grad(|| model.forward(&ids, None, None)).unwrap();
+    assert_eq!(before.size(), [1, 64, 32000]);
+    assert_eq!(before.isfinite().all().int64_value(&[]), 1);
+    let reg = builtin_registry();
+    let mut pruner =
+        Pruner::new(&reg, "magnitude", &settings(&[]), "global", &settings(&[])).unwrap();
+    let (report, _) = pruner
+        .run(
+            model.var_store(),
+            &PassConfig {
+                sparsity: 0.5,
+                keep_masks: false,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .unwrap();
+    assert_eq!(report.params.len(), 32 * 7);
+    assert_eq!(report.pruned, (0.5 * report.total as f64).round() as u64);
+    assert!(report.total > 6_900_000_000, "{}", report.total);
+    eprintln!(
+        "mistral-7b shapes: {} weights, plan {:.1} ms, commit {:.1} ms",
+        report.total,
+        report.plan_seconds * 1e3,
+        report.commit_seconds * 1e3
+    );
+    let after = tch::no_grad(|| model.forward(&ids, None, None)).unwrap();
+    assert_eq!(after.isfinite().all().int64_value(&[]), 1);
+    assert!(
+        !identical(&before, &after),
+        "pruning half the weights changed nothing"
+    );
 }

@@ -111,6 +111,7 @@ fn pruned_perplexity(
             &cfg,
             PassInputs {
                 stats: Some(&stats),
+                ..Default::default()
             },
         )
         .unwrap();

@@ -13,10 +13,25 @@ fn builtin_plugins_load_from_their_shared_libraries() {
     let dir = plugin_dir_with(&builtin_plugin_files());
     let mut reg = PluginRegistry::new();
     let summary = reg.load_dir(dir.path());
-    assert_eq!(summary.loaded.len(), 5, "{:?}", summary.rejected);
+    assert_eq!(summary.loaded.len(), 6, "{:?}", summary.rejected);
     assert!(summary.rejected.is_empty());
     let names: Vec<&str> = reg.components().map(|c| c.info.name.as_str()).collect();
-    assert_eq!(names, ["global", "layerwise", "magnitude", "nm", "wanda"]);
+    assert_eq!(
+        names,
+        [
+            "fisher",
+            "global",
+            "layerwise",
+            "magnitude",
+            "movement",
+            "nm",
+            "taylor",
+            "wanda"
+        ]
+    );
+    let taylor = reg.component("taylor").unwrap();
+    assert_eq!(taylor.info.capabilities.inputs, InputSet::GRADIENTS);
+    assert!(taylor.info.capabilities.stateful);
 
     let mag = reg.component("magnitude").unwrap();
     assert_eq!(mag.info.kind, ComponentKind::Scorer);
@@ -99,7 +114,7 @@ fn incompatible_plugins_are_rejected_with_reasons_and_the_rest_load() {
 
     let mut reg = PluginRegistry::new();
     let s = reg.load_dir(dir.path());
-    assert_eq!(s.loaded.len(), 5);
+    assert_eq!(s.loaded.len(), 6);
     let reason = |needle: &str| -> String {
         let r = s
             .rejected
@@ -158,19 +173,19 @@ fn duplicate_component_names_are_refused() {
 
 #[test]
 fn twenty_plugin_files_load_in_one_scan() {
-    // 5 built-ins plus 15 renamed copies: every copy loads as a library and is refused only for
+    // 6 built-ins plus 14 renamed copies: every copy loads as a library and is refused only for
     // its duplicate names; nothing is unloaded or lost.
     let files = builtin_plugin_files();
     let dir = plugin_dir_with(&files);
-    for i in 0..15 {
+    for i in 0..14 {
         let src = &files[i % files.len()];
         std::fs::copy(src, dir.path().join(format!("libcopy{i:02}.so"))).unwrap();
     }
     let mut reg = PluginRegistry::new();
     let s = reg.load_dir(dir.path());
     assert_eq!(s.loaded.len(), 20);
-    assert_eq!(s.rejected.len(), 15);
-    assert_eq!(reg.components().count(), 5);
+    assert_eq!(s.rejected.len(), 14);
+    assert_eq!(reg.components().count(), 8);
     eprintln!("loaded 20 plugin files in {:.1} ms", s.seconds * 1e3);
 }
 

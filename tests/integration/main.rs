@@ -20,3 +20,4 @@ mod masks;
 mod models;
 mod prune;
 mod serve;
+mod train;

@@ -258,6 +258,7 @@ fn wanda_prunes_exactly_per_row_and_leaves_the_statistics_untouched() {
             },
             birdbone_tch::PassInputs {
                 stats: Some(&stats),
+                ..Default::default()
             },
         )
         .unwrap();

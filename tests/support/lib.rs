@@ -35,10 +35,17 @@ pub fn plugin_file(crate_name: &str) -> PathBuf {
 
 /// The built-in plugins' files.
 pub fn builtin_plugin_files() -> Vec<PathBuf> {
-    ["magnitude", "global", "layerwise", "nm", "wanda"]
-        .iter()
-        .map(|n| plugin_file(&format!("birdbone_plugin_{n}")))
-        .collect()
+    [
+        "magnitude",
+        "global",
+        "layerwise",
+        "nm",
+        "wanda",
+        "training_signals",
+    ]
+    .iter()
+    .map(|n| plugin_file(&format!("birdbone_plugin_{n}")))
+    .collect()
 }
 
 /// A temporary folder holding copies of `files`.
@@ -111,7 +118,7 @@ pub fn cuda_or_skip(test: &str) -> bool {
     if tch::Cuda::is_available() {
         true
     } else {
-        eprintln!("{test}: no CUDA device here; this GPU test runs on the GPU machine (scripts/gpu-check.sh)");
+        eprintln!("{test}: no CUDA device here; this GPU test runs on the GPU machine (scripts/gpu-run.sh)");
         false
     }
 }

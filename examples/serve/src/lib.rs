@@ -152,6 +152,7 @@ pub fn start(cfg: ServeConfig) -> anyhow::Result<Server> {
             &pass,
             PassInputs {
                 stats: Some(&stats),
+                ..Default::default()
             },
         )?;
     }
@@ -375,7 +376,10 @@ fn reprune(
     let plan = pruner.plan(
         guard.0.model.var_store(),
         &pass,
-        PassInputs { stats: Some(stats) },
+        PassInputs {
+            stats: Some(stats),
+            ..Default::default()
+        },
     )?;
     let planned = started.elapsed().as_secs_f64();
     let guard = RwLockUpgradableReadGuard::upgrade(guard);

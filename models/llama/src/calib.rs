@@ -114,6 +114,7 @@ pub fn prune_sequential(
                 &block_config,
                 PassInputs {
                     stats: Some(&stats),
+                    ..Default::default()
                 },
             )?;
             masks.extend(block_masks);

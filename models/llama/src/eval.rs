@@ -122,3 +122,14 @@ pub fn perplexity(model: &Llama, windows: &[Vec<i64>], batch: usize) -> Result<P
         seconds: started.elapsed().as_secs_f64(),
     })
 }
+
+/// The mean next-token cross-entropy of `model` on `ids` (`[batch, len]`), with the autograd
+/// graph kept: the training loss of causal language modelling.
+pub fn lm_loss(model: &Llama, ids: &Tensor) -> Result<Tensor> {
+    let len = ids.size()[1];
+    let logits = model.forward(ids, None, None)?;
+    let vocab = logits.size()[2];
+    let pred = logits.f_narrow(1, 0, len - 1)?.f_reshape([-1, vocab])?;
+    let targets = ids.f_narrow(1, 1, len - 1)?.f_reshape([-1])?;
+    Ok(pred.f_cross_entropy_loss::<Tensor>(&targets, None, tch::Reduction::Mean, -100, 0.0)?)
+}

@@ -16,13 +16,15 @@ mod eval;
 mod generate;
 mod load;
 mod model;
+mod text;
 
 pub use calib::{collect_stats, prune_sequential, CalibrationReport};
 pub use config::LlamaConfig;
-pub use eval::{perplexity, token_windows, EvalConfig, Perplexity};
+pub use eval::{lm_loss, perplexity, token_windows, EvalConfig, Perplexity};
 pub use generate::generate_greedy;
 pub use load::{resolve_model_dir, Loaded};
 pub use model::{KvCache, Llama, StatsRecorder};
+pub use text::{read_text, text_dir};
 
 /// What can go wrong in the runtime.
 #[derive(Debug, thiserror::Error)]

@@ -25,6 +25,7 @@ mod prune;
 mod registry;
 mod stats;
 mod tensors;
+pub mod train;
 
 pub use error::{Error, Result};
 pub use mask::{MaskSet, ParamMask};

@@ -153,6 +153,9 @@ impl PassReport {
 pub struct PassInputs<'a> {
     /// Activation statistics, for scorers that need them.
     pub stats: Option<&'a ActivationStats>,
+    /// Rows no selection may prune (bool `[rows]` per parameter name; growth plates): their
+    /// weights score above every other, so an exact selection takes its count elsewhere.
+    pub protected_rows: Option<&'a BTreeMap<String, Tensor>>,
 }
 
 /// A scorer and a strategy, ready to run passes.
@@ -298,12 +301,26 @@ impl Pruner {
                 });
             }
             let info = param_info(i, &name, &weight)?;
+            let protected = match inputs.protected_rows.and_then(|m| m.get(&name)) {
+                Some(rows) if rows.f_any()?.int64_value(&[]) == 1 => {
+                    if weight.dim() != 2 || rows.size() != [weight.size()[0]] {
+                        crate::bail!(
+                            "protected rows of '{name}' have shape {:?}; the weight is {:?}",
+                            rows.size(),
+                            weight.size()
+                        );
+                    }
+                    Some(rows.f_to_device(weight.device())?.f_to_kind(Kind::Bool)?)
+                }
+                _ => None,
+            };
             plan_params.push(PlanParam {
                 name,
                 info,
                 weight,
                 grad,
                 act,
+                protected,
             });
         }
         let infos: RVec<ParamInfo> = plan_params.iter().map(|p| p.info.clone()).collect();
@@ -414,6 +431,7 @@ struct PlanParam {
     weight: Tensor,
     grad: Option<Tensor>,
     act: Option<(Tensor, u64)>,
+    protected: Option<Tensor>,
 }
 
 enum Planned {
@@ -594,8 +612,24 @@ impl HostPlan<'_> {
         })
     }
 
-    /// Calls the scorer on parameter `p`.
+    /// The scorer's scores of parameter `p`, with protected rows lifted above every other score.
     fn score(&mut self, p: u32, request: ScoreRequest) -> Result<Scores> {
+        let scores = self.raw_score(p, request)?;
+        match &self.params[p as usize].protected {
+            Some(rows) if request.granularity == Granularity::Unstructured => {
+                let dense = scores.materialize()?;
+                let cover = rows.f_unsqueeze(1)?.f_expand_as(&dense)?;
+                let _ = dense
+                    .shallow_clone()
+                    .f_masked_fill_(&cover, f32::MAX as f64)?;
+                Ok(Scores::Dense(dense))
+            }
+            _ => Ok(scores),
+        }
+    }
+
+    /// Calls the scorer on parameter `p`.
+    fn raw_score(&mut self, p: u32, request: ScoreRequest) -> Result<Scores> {
         let params = self.params;
         let pp = params.get(p as usize).ok_or_else(|| {
             Error::Invalid(format!(
@@ -799,6 +833,12 @@ impl HostPlan<'_> {
                 }
                 let mut scores = Vec::with_capacity(params.len());
                 for &p in params {
+                    if self.params[p as usize].protected.is_some() {
+                        crate::bail!(
+                            "'{}' has protected rows, but a per-row selection prunes the same count in every row: use a per-parameter or global strategy with growth plates",
+                            self.params[p as usize].name
+                        );
+                    }
                     let dims = self.params[p as usize].weight.size();
                     if dims.len() != 2 {
                         crate::bail!(

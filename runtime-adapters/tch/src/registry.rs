@@ -122,6 +122,20 @@ impl PluginRegistry {
         PluginRegistry::default()
     }
 
+    /// Where an application finds plugins unless told: its executable's folder and that
+    /// folder's `plugins/` (the layout of a release build and of an installed bundle).
+    pub fn default_dirs() -> Vec<PathBuf> {
+        let mut dirs = Vec::new();
+        if let Some(exe_dir) = std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(|p| p.to_path_buf()))
+        {
+            dirs.push(exe_dir.join("plugins"));
+            dirs.push(exe_dir);
+        }
+        dirs.into_iter().filter(|d| d.is_dir()).collect()
+    }
+
     /// Loads every plugin of `dirs` and of [`PLUGIN_PATH_ENV`].
     pub fn discover(dirs: &[PathBuf]) -> PluginRegistry {
         let mut r = PluginRegistry::new();
