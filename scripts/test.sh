@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: set-up, build, the real model imported, every test.
-# CI runs exactly this (.ci/run). GPU tests skip themselves without CUDA; scripts/gpu-check.sh
+# CI runs exactly this (.ci/run). GPU tests skip themselves without CUDA; scripts/gpu-run.sh
 # runs them on a GPU machine.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

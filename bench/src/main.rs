@@ -10,7 +10,7 @@
 //!
 //! `--memory` instead measures peak extra device memory per path; run it with
 //! `PYTORCH_NO_CUDA_MEMORY_CACHING=1` so freed memory goes back to the driver, where a polling
-//! thread sees it (scripts/gpu-bench.sh does both).
+//! thread sees it (scripts/gpu-run.sh bench does both).
 
 use std::{
     collections::BTreeMap,
@@ -239,9 +239,20 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if !tch::Cuda::is_available() {
-        bail!("no CUDA device: this benchmark runs on a GPU machine (scripts/gpu-bench.sh)");
+        bail!("no CUDA device: this benchmark runs on a GPU machine (scripts/gpu-run.sh bench)");
     }
     let gpu = birdbone_cuda::gpu(0)?;
+    let kb = gpu.kernel_build();
+    eprintln!(
+        "kernels for {}: {:.2} s ({})",
+        kb.target,
+        kb.seconds,
+        if kb.from_cache {
+            "from the on-disk cache"
+        } else {
+            "compiled with NVRTC, now cached"
+        }
+    );
     let mut reg = PluginRegistry::new();
     let files: Vec<PathBuf> = ["magnitude", "global", "layerwise", "nm", "wanda"]
         .iter()

@@ -173,18 +173,33 @@ fn duplicate_component_names_are_refused() {
 
 #[test]
 fn twenty_plugin_files_load_in_one_scan() {
-    // 6 built-ins plus 14 renamed copies: every copy loads as a library and is refused only for
-    // its duplicate names; nothing is unloaded or lost.
+    // 6 built-ins plus 14 renamed copies: every copy loads as a library and each of its
+    // components is refused for its duplicate name (training-signals offers three); nothing is
+    // unloaded or lost.
     let files = builtin_plugin_files();
     let dir = plugin_dir_with(&files);
     for i in 0..14 {
         let src = &files[i % files.len()];
         std::fs::copy(src, dir.path().join(format!("libcopy{i:02}.so"))).unwrap();
     }
+    let components_of = |f: &std::path::PathBuf| {
+        if f.to_string_lossy().contains("training_signals") {
+            3
+        } else {
+            1
+        }
+    };
+    let duplicates: usize = (0..14)
+        .map(|i| components_of(&files[i % files.len()]))
+        .sum();
     let mut reg = PluginRegistry::new();
     let s = reg.load_dir(dir.path());
     assert_eq!(s.loaded.len(), 20);
-    assert_eq!(s.rejected.len(), 14);
+    assert_eq!(s.rejected.len(), duplicates);
+    assert!(s
+        .rejected
+        .iter()
+        .all(|r| r.reason.contains("is already offered by")));
     assert_eq!(reg.components().count(), 8);
     eprintln!("loaded 20 plugin files in {:.1} ms", s.seconds * 1e3);
 }

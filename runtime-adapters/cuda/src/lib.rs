@@ -227,6 +227,18 @@ pub struct Gpu {
     module: Arc<CudaModule>,
     sms: u32,
     functions: Mutex<HashMap<String, Arc<CudaFunction>>>,
+    build: KernelBuild,
+}
+
+/// How a device's kernels were obtained.
+#[derive(Clone, Debug)]
+pub struct KernelBuild {
+    /// Seconds from source (or cache) to a loaded module.
+    pub seconds: f64,
+    /// `sm_90`-style machine code, or `compute_xx` PTX for the driver to finish.
+    pub target: String,
+    /// Whether the machine code came from the on-disk cache.
+    pub from_cache: bool,
 }
 
 static GPUS: LazyLock<Mutex<HashMap<usize, Arc<Gpu>>>> =
@@ -261,6 +273,112 @@ pub fn compile(arch: Option<&'static str>) -> Result<cudarc::nvrtc::Ptx> {
         .map_err(|e| CudaError::at("compiling the Birdbone kernels with NVRTC", e))
 }
 
+/// Machine code for the device's architecture, from the on-disk cache when an earlier process
+/// built it (NVRTC and the driver's PTX JIT together take tens of seconds for these kernels,
+/// which a serving warm-up should not pay twice), else compiled and cached; PTX for
+/// architectures without a known `sm_` name.
+fn load_kernels(ctx: &Arc<CudaContext>, cc: (i32, i32)) -> Result<(Arc<CudaModule>, String, bool)> {
+    let Some(arch) = arch_for(cc) else {
+        let module = ctx
+            .load_module(compile(None)?)
+            .map_err(|e| CudaError::at("loading the kernels", e))?;
+        return Ok((module, "ptx".into(), false));
+    };
+    let sm = arch.replace("compute_", "sm_");
+    let cached = cache_path(&sm);
+    if let Some(bytes) = cached.as_ref().and_then(|p| std::fs::read(p).ok()) {
+        if let Ok(module) = ctx.load_module(cudarc::nvrtc::Ptx::from_binary(bytes)) {
+            return Ok((module, sm, true));
+        }
+    }
+    let cubin = compile_cubin(&sm)?;
+    if let Some(path) = &cached {
+        // Best effort: a read-only home only costs the next process a compile.
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        if path
+            .parent()
+            .is_some_and(|d| std::fs::create_dir_all(d).is_ok())
+            && std::fs::write(&tmp, &cubin).is_ok()
+        {
+            let _ = std::fs::rename(&tmp, path);
+        }
+    }
+    let module = ctx
+        .load_module(cudarc::nvrtc::Ptx::from_binary(cubin))
+        .map_err(|e| CudaError::at("loading the kernels", e))?;
+    Ok((module, sm, false))
+}
+
+/// `$BIRDBONE_KERNEL_CACHE`, else `$XDG_CACHE_HOME/birdbone`, else `~/.cache/birdbone`; the
+/// file name carries a hash of the source and options, so a changed kernel never loads stale.
+fn cache_path(sm: &str) -> Option<std::path::PathBuf> {
+    let dir = std::env::var_os("BIRDBONE_KERNEL_CACHE")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("XDG_CACHE_HOME").map(|d| std::path::PathBuf::from(d).join("birdbone"))
+        })
+        .or_else(|| {
+            std::env::var_os("HOME").map(|d| std::path::PathBuf::from(d).join(".cache/birdbone"))
+        })?;
+    // FNV-1a: stable across Rust versions, unlike std's hasher.
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    for b in KERNELS
+        .bytes()
+        .chain(sm.bytes())
+        .chain(CUBIN_OPTIONS.concat().bytes())
+    {
+        h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+    }
+    Some(dir.join(format!("kernels-{h:016x}-{sm}.cubin")))
+}
+
+const CUBIN_OPTIONS: [&str; 2] = ["--std=c++17", "--fmad=false"];
+
+/// Compiles the kernel source to machine code for `sm` (e.g. `sm_90`).
+fn compile_cubin(sm: &str) -> Result<Vec<u8>> {
+    use cudarc::nvrtc::{result, sys};
+    let src = std::ffi::CString::new(KERNELS).expect("the kernel source has no NUL");
+    let arch = format!("--gpu-architecture={sm}");
+    let opts = [arch.as_str(), CUBIN_OPTIONS[0], CUBIN_OPTIONS[1]];
+    let build = || -> Result<Vec<u8>> {
+        let prog = result::create_program(&src, None)
+            .map_err(|e| CudaError::at("creating the NVRTC program", e))?;
+        // SAFETY: `prog` lives until it is destroyed at the end; NVRTC sizes the buffers.
+        unsafe {
+            let out = match result::compile_program(prog, &opts) {
+                Err(e) => {
+                    let log = result::get_program_log(prog)
+                        .map(|l| {
+                            std::ffi::CStr::from_ptr(l.as_ptr())
+                                .to_string_lossy()
+                                .into_owned()
+                        })
+                        .unwrap_or_default();
+                    Err(CudaError(format!(
+                        "compiling the Birdbone kernels for {sm}: {e}\n{log}"
+                    )))
+                }
+                Ok(()) => {
+                    let mut n = 0usize;
+                    sys::nvrtcGetCUBINSize(prog, &mut n)
+                        .result()
+                        .map_err(|e| CudaError::at("reading the CUBIN size", e))?;
+                    let mut buf = vec![0u8; n];
+                    sys::nvrtcGetCUBIN(prog, buf.as_mut_ptr().cast())
+                        .result()
+                        .map_err(|e| CudaError::at("reading the CUBIN", e))?;
+                    Ok(buf)
+                }
+            };
+            let _ = result::destroy_program(prog);
+            out
+        }
+    };
+    std::panic::catch_unwind(build).map_err(|_| {
+        CudaError("NVRTC could not be loaded (is libnvrtc on LD_LIBRARY_PATH?)".into())
+    })?
+}
+
 /// The kernels of CUDA device `ordinal`, compiled on first use.
 pub fn gpu(ordinal: usize) -> Result<Arc<Gpu>> {
     let mut map = GPUS.lock();
@@ -278,15 +396,18 @@ pub fn gpu(ordinal: usize) -> Result<Arc<Gpu>> {
             cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
         )
         .map_err(|e| CudaError::at("reading the SM count", e))? as u32;
-    let ptx = compile(arch_for(cc))?;
-    let module = ctx
-        .load_module(ptx)
-        .map_err(|e| CudaError::at("loading the kernels", e))?;
+    let started = std::time::Instant::now();
+    let (module, target, from_cache) = load_kernels(&ctx, cc)?;
     let g = Arc::new(Gpu {
         ctx,
         module,
         sms,
         functions: Mutex::new(HashMap::new()),
+        build: KernelBuild {
+            seconds: started.elapsed().as_secs_f64(),
+            target,
+            from_cache,
+        },
     });
     map.insert(ordinal, g.clone());
     Ok(g)
@@ -304,6 +425,11 @@ impl Gpu {
     /// Streaming multiprocessors on the device.
     pub fn sms(&self) -> u32 {
         self.sms
+    }
+
+    /// How the kernels were built for this device.
+    pub fn kernel_build(&self) -> &KernelBuild {
+        &self.build
     }
 
     /// The device's name (`NVIDIA H100 80GB HBM3`, ...).
@@ -841,6 +967,19 @@ mod dev {
             let log = CStr::from_ptr(log.as_ptr()).to_string_lossy();
             std::fs::write("/tmp/ptxas.log", log.as_bytes()).unwrap();
             r.unwrap();
+        }
+    }
+}
+
+#[cfg(test)]
+mod cubin_tests {
+    #[test]
+    fn the_kernels_compile_to_sm90_machine_code() {
+        match super::compile_cubin("sm_90") {
+            // An ELF image.
+            Ok(cubin) => assert_eq!(&cubin[..4], b"\x7fELF"),
+            Err(e) if e.0.contains("could not be loaded") => eprintln!("skipped: {e}"),
+            Err(e) => panic!("{e}"),
         }
     }
 }
