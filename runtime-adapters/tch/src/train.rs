@@ -461,24 +461,32 @@ impl Compression {
         sparsity: f64,
         stats: Option<&crate::ActivationStats>,
     ) -> Result<PassReport> {
+        self.pass(
+            model,
+            sparsity,
+            PassInputs {
+                stats,
+                protected_rows: None,
+            },
+        )
+    }
+
+    /// Plans and commits a pass to `sparsity`; its masks replace those in force.
+    fn pass(
+        &mut self,
+        model: &(impl ParamSource + ?Sized),
+        sparsity: f64,
+        inputs: PassInputs<'_>,
+    ) -> Result<PassReport> {
         let config = PassConfig {
             sparsity,
             nm: self.cfg.nm,
             keep_masks: true,
             filter: self.cfg.filter.clone(),
         };
-        let plan = self.pruner.plan(
-            model,
-            &config,
-            PassInputs {
-                stats,
-                protected_rows: None,
-            },
-        )?;
-        let (report, masks) = plan.commit()?;
+        let (report, masks) = self.pruner.plan(model, &config, inputs)?.commit()?;
         self.masks = masks;
-        // Regrowth swaps as many as it revives: the count stays the pass's.
-        self.counts = (report.pruned, report.total);
+        // Regrowth later swaps as many as it revives: the count stays the pass's.
         self.counts = (report.pruned, report.total);
         Ok(report)
     }
@@ -536,19 +544,14 @@ impl Compression {
             for rows in protected.values() {
                 protected_rows += rows.f_sum(Kind::Int64)?.int64_value(&[]) as u64;
             }
-            let config = PassConfig {
-                sparsity: target,
-                nm: self.cfg.nm,
-                keep_masks: true,
-                filter: self.cfg.filter.clone(),
-            };
-            let inputs = PassInputs {
-                stats: None,
-                protected_rows: Some(&protected),
-            };
-            let plan = self.pruner.plan(model, &config, inputs)?;
-            let (report, masks) = plan.commit()?;
-            self.masks = masks;
+            let report = self.pass(
+                model,
+                target,
+                PassInputs {
+                    stats: None,
+                    protected_rows: Some(&protected),
+                },
+            )?;
             if let Some(r) = self.cfg.regrow.clone() {
                 regrown = self.regrow(&params, r.fraction, &protected)?;
             }
