@@ -154,7 +154,11 @@ fn real_model_keeps_exact_sparsity_after_every_adamw_step() {
         }
         let (pruned, total) = comp.masks().counts().unwrap();
         assert_eq!(pruned, current, "step {step}");
-        assert_eq!(event.sparsity, current as f64 / total.max(1) as f64, "step {step}");
+        assert_eq!(
+            event.sparsity,
+            current as f64 / total.max(1) as f64,
+            "step {step}"
+        );
         assert_eq!(zeros_in(&params), current as i64, "step {step}");
     }
     assert_eq!(current, layerwise_count(&params, 0.5));

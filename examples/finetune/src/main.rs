@@ -18,7 +18,9 @@
 use std::{collections::BTreeMap, path::PathBuf, time::Instant};
 
 use anyhow::{bail, Context};
-use birdbone_llama::{collect_stats, lm_loss, perplexity, read_text, token_windows, Loaded};
+use birdbone_llama::{
+    collect_stats, lm_loss, parse_device, perplexity, read_text, token_windows, Loaded,
+};
 use birdbone_tch::{
     train::{Compression, CompressionConfig, Curve, GrowthPlateConfig, Schedule},
     ParamFilter, PluginRegistry, Pruner,
@@ -107,16 +109,6 @@ struct Outcome {
     callback_ms_per_step: f64,
     /// Time in pruning passes, all of them.
     pass_seconds: f64,
-}
-
-fn parse_device(s: &str) -> anyhow::Result<Device> {
-    Ok(match s {
-        "auto" => Device::cuda_if_available(),
-        "cpu" => Device::Cpu,
-        "cuda" => Device::Cuda(0),
-        s if s.starts_with("cuda:") => Device::Cuda(s[5..].parse()?),
-        other => bail!("unknown device '{other}' (auto, cpu, cuda, cuda:N)"),
-    })
 }
 
 /// Zhu & Gupta's schedule fitted to the budget: passes every 2.5% of the steps from 5% to 50%,

@@ -22,7 +22,7 @@ pub use calib::{collect_stats, prune_sequential, CalibrationReport};
 pub use config::LlamaConfig;
 pub use eval::{lm_loss, perplexity, token_windows, EvalConfig, Perplexity};
 pub use generate::generate_greedy;
-pub use load::{resolve_model_dir, Loaded};
+pub use load::{parse_device, resolve_model_dir, Loaded};
 pub use model::{KvCache, Llama, StatsRecorder};
 pub use text::{read_text, text_dir};
 

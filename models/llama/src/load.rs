@@ -71,3 +71,22 @@ impl Loaded {
             .map_err(|e| Error::Tokenizer(e.to_string()))
     }
 }
+
+/// `auto` (CUDA when present), `cpu`, `cuda` or `cuda:N`: the `--device` flag of the tools.
+pub fn parse_device(s: &str) -> Result<Device> {
+    Ok(match s {
+        "auto" => Device::cuda_if_available(),
+        "cpu" => Device::Cpu,
+        "cuda" => Device::Cuda(0),
+        s if s.starts_with("cuda:") => Device::Cuda(
+            s[5..]
+                .parse()
+                .map_err(|_| Error::Invalid(format!("bad device ordinal in '{s}'")))?,
+        ),
+        other => {
+            return Err(Error::Invalid(format!(
+                "unknown device '{other}' (auto, cpu, cuda, cuda:N)"
+            )))
+        }
+    })
+}
