@@ -291,3 +291,49 @@ fn wanda_prunes_exactly_per_row_and_leaves_the_statistics_untouched() {
         );
     }
 }
+
+#[test]
+fn a_nan_in_activation_statistics_fails_the_pass_and_changes_nothing() {
+    // Column scales are validated in one batch at the end of planning; the error must still name
+    // the parameter and the column.
+    let params = real_weights(Kind::BFloat16);
+    let before = snapshot(&params);
+    let mut stats = birdbone_tch::ActivationStats::new();
+    let bad = params.len() / 2;
+    for (i, (name, w)) in params.iter().enumerate() {
+        let sq = Tensor::ones([w.size()[1]], (Kind::Float, tch::Device::Cpu));
+        if i == bad {
+            let _ = sq.get(5).fill_(f64::NAN);
+        }
+        stats.insert(name.clone(), sq, 16);
+    }
+    let reg = builtin_registry();
+    for (strategy, st) in [("layerwise", vec![("scope", "row")]), ("global", vec![])] {
+        let mut pruner =
+            Pruner::new(&reg, "wanda", &settings(&[]), strategy, &settings(&st)).unwrap();
+        let err = pruner
+            .run(
+                &params,
+                &PassConfig {
+                    sparsity: 0.5,
+                    ..Default::default()
+                },
+                birdbone_tch::PassInputs {
+                    stats: Some(&stats),
+                    ..Default::default()
+                },
+            )
+            .err()
+            .expect("a NaN statistic must fail the pass");
+        match &err {
+            birdbone_tch::Error::NonFinite { param, index, .. } => {
+                assert_eq!(param, &params[bad].0, "{strategy}: {err}");
+                assert_eq!(*index, 5, "{strategy}: {err}");
+            }
+            other => panic!("{strategy}: expected a non-finite error, got {other}"),
+        }
+        for ((name, w), b) in params.iter().zip(&before) {
+            assert!(identical(w, b), "{strategy}: {name} changed");
+        }
+    }
+}

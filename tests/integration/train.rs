@@ -319,11 +319,11 @@ fn a_plugin_error_during_a_step_leaves_weights_and_optimizer_state_unchanged() {
         let comp = Compression::new(pruner, config(schedule)).unwrap();
         (vs, net, opt, comp)
     };
-    // Two Linear weights, each scored twice in a pass (to select, then to apply): the late
-    // scorer succeeds for the first pass's four calls only.
+    // Two Linear weights, each scored once in a pass (the host keeps fused scores from
+    // selection to apply): the late scorer succeeds for the first pass's two calls only.
     let (vs_a, net_a, mut opt_a, mut comp_a) = twin(
         "panics-later",
-        &[("calls", "4")],
+        &[("calls", "2")],
         gradual(2, 4, 2, 0.25, 0.5, Curve::Cubic),
     );
     let (mut vs_b, net_b, mut opt_b, mut comp_b) = twin(

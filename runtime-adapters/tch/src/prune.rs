@@ -164,6 +164,48 @@ pub struct Pruner {
     strategy: Component<StrategyBox>,
 }
 
+/// Column scales multiply magnitudes, so they must be finite and non-negative. One batched check
+/// per device for the whole pass (a device round trip per parameter cost more than the
+/// selection itself on a 7B model); the offending parameter is looked up only on failure.
+fn check_scales(params: &[PlanParam], scales: &[(u32, Tensor)]) -> Result<()> {
+    let bad_at = |s: &Tensor| -> Result<Option<u64>> {
+        let bad = s
+            .f_isfinite()?
+            .f_logical_and(&s.f_ge(0.0)?)?
+            .f_logical_not()?;
+        let at = bad.f_nonzero()?;
+        Ok((at.size()[0] > 0).then(|| at.int64_value(&[0, 0]) as u64))
+    };
+    let mut devices: Vec<Device> = scales.iter().map(|(_, s)| s.device()).collect();
+    devices.dedup();
+    for device in devices {
+        let group: Vec<&(u32, Tensor)> = scales
+            .iter()
+            .filter(|(_, s)| s.device() == device)
+            .collect();
+        let all = Tensor::f_cat(&group.iter().map(|(_, s)| s).collect::<Vec<_>>(), 0)?;
+        let all_ok = all
+            .f_isfinite()?
+            .f_logical_and(&all.f_ge(0.0)?)?
+            .f_all()?
+            .int64_value(&[])
+            == 1;
+        if all_ok {
+            continue;
+        }
+        for (p, s) in group {
+            if let Some(index) = bad_at(s)? {
+                return Err(Error::NonFinite {
+                    what: "column scale (activation norms, which must be finite and non-negative)",
+                    param: params[*p as usize].name.clone(),
+                    index,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
 fn describe<T>(c: &Component<T>) -> String {
     let cfg: Vec<String> = c
         .config
@@ -333,6 +375,8 @@ impl Pruner {
             decisions: (0..plan_params.len()).map(|_| None).collect(),
             checks: Vec::new(),
             weights_to_check: Vec::new(),
+            scales_to_check: Vec::new(),
+            fused: (0..plan_params.len()).map(|_| None).collect(),
             error: None,
         };
         let strategy_name = self.strategy.name.clone();
@@ -356,6 +400,7 @@ impl Pruner {
             .map(|&p| &plan_params[p as usize].weight)
             .collect();
         let mut checks = std::mem::take(&mut ctx.checks);
+        check_scales(&plan_params, &std::mem::take(&mut ctx.scales_to_check))?;
         for (&p, c) in to_check.iter().zip(engine::find_non_finite(&weights)?) {
             checks.push((p, "weight", c));
         }
@@ -599,6 +644,12 @@ struct HostPlan<'a> {
     checks: Vec<(u32, &'static str, FiniteCheck)>,
     /// Weights whose finiteness is checked in one batch at the end of planning.
     weights_to_check: Vec<u32>,
+    /// Column scales returned by the scorer, validated in one batch at the end of planning
+    /// (one check per parameter would cost a device round trip each).
+    scales_to_check: Vec<(u32, Tensor)>,
+    /// Fused scores per parameter, kept from the first call: they cost nothing to hold, and a
+    /// second scorer call would cost host operations and launches per parameter.
+    fused: Vec<Option<Scores>>,
     error: Option<Error>,
 }
 
@@ -630,6 +681,11 @@ impl HostPlan<'_> {
 
     /// Calls the scorer on parameter `p`.
     fn raw_score(&mut self, p: u32, request: ScoreRequest) -> Result<Scores> {
+        if request.granularity == Granularity::Unstructured {
+            if let Some(s) = self.fused.get(p as usize).and_then(Option::as_ref) {
+                return Ok(s.shallow_clone());
+            }
+        }
         let params = self.params;
         let pp = params.get(p as usize).ok_or_else(|| {
             Error::Invalid(format!(
@@ -688,22 +744,16 @@ impl HostPlan<'_> {
                                 s.size()
                             )));
                         }
-                        let ok = s.f_isfinite()?.f_all()?.int64_value(&[]) == 1
-                            && s.f_min()?.double_value(&[]) >= 0.0;
-                        if !ok {
-                            return Err(Error::NonFinite {
-                                what: "column scale (activation norms)",
-                                param: pp.name.clone(),
-                                index: 0,
-                            });
-                        }
+                        self.scales_to_check.push((p, s.shallow_clone()));
                         Some(s)
                     }
                 };
-                Ok(Scores::Magnitude {
+                let scores = Scores::Magnitude {
                     weight: weight.shallow_clone(),
                     scale,
-                })
+                };
+                self.fused[p as usize] = Some(scores.shallow_clone());
+                Ok(scores)
             }
             ScoreOut::Dense { scores } => {
                 let t = tensors::take(scores.id)?;

@@ -26,6 +26,16 @@ pub(crate) enum Scores {
 }
 
 impl Scores {
+    /// Another handle on the same tensors.
+    pub fn shallow_clone(&self) -> Scores {
+        match self {
+            Scores::Magnitude { weight, scale } => Scores::Magnitude {
+                weight: weight.shallow_clone(),
+                scale: scale.as_ref().map(Tensor::shallow_clone),
+            },
+            Scores::Dense(t) => Scores::Dense(t.shallow_clone()),
+        }
+    }
     pub fn tensor(&self) -> &Tensor {
         match self {
             Scores::Magnitude { weight, .. } => weight,
