@@ -8,6 +8,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 TORCH=$(python3 -c 'import torch, os; print(os.path.dirname(torch.__file__))')
 export LD_LIBRARY_PATH="$TORCH/lib:$(dirname "$TORCH")/nvidia/cu13/lib:${LD_LIBRARY_PATH:-}"
 export BIRDBONE_MODEL_DIR="$PWD/.device/model"
+# Kernels precompiled by stage-gpu.sh (another architecture compiles and adds its own file).
+export BIRDBONE_KERNEL_CACHE="${BIRDBONE_KERNEL_CACHE:-$PWD/.device/kernels}"
 what="${1:-all}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 if [ "$what" = finetune ]; then

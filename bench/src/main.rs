@@ -36,7 +36,7 @@ struct Args {
     #[arg(long, default_value_t = 32)]
     layers: usize,
     /// Timed runs per path (after one warm-up).
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 9)]
     runs: usize,
     /// Folder with the plugin .so files.
     #[arg(long, default_value = "target/release")]
@@ -51,6 +51,10 @@ struct Args {
         default_value = "global,wanda-row,nm24,layerwise,global-masks"
     )]
     paths: Vec<String>,
+    /// Only compile the kernels for this architecture (e.g. sm_90) into the kernel cache
+    /// (BIRDBONE_KERNEL_CACHE) and exit; needs NVRTC, not a GPU.
+    #[arg(long)]
+    precompile: Option<String>,
 }
 
 const SHAPES: [(&str, i64, i64); 7] = [
@@ -238,6 +242,16 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(sm) = &args.precompile {
+        let t = Instant::now();
+        let path = birdbone_cuda::precompile(sm)?;
+        eprintln!(
+            "kernels for {sm} in {:.1} s: {}",
+            t.elapsed().as_secs_f64(),
+            path.display()
+        );
+        return Ok(());
+    }
     if !tch::Cuda::is_available() {
         bail!("no CUDA device: this benchmark runs on a GPU machine (scripts/gpu-run.sh bench)");
     }

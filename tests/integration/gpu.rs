@@ -192,6 +192,98 @@ fn cuda_wanda_scores_select_like_the_cpu() {
     }
 }
 
+/// LLM-sized rows (4096 to 20000 columns: the per-row kernel then spreads a row over one to
+/// several warps) with many ties, constant rows and zero rows: per-row and per-tensor
+/// selections, magnitude and Wanda scores, CPU = GPU bit for bit.
+#[test]
+fn cuda_selections_on_llm_sized_rows_match_the_cpu() {
+    if !cuda_or_skip("cuda_selections_on_llm_sized_rows_match_the_cpu") {
+        return;
+    }
+    tch::manual_seed(17);
+    let shapes: [(i64, i64); 4] = [(48, 4096), (24, 14336), (8, 11008), (6, 20000)];
+    let reg = builtin_registry();
+    for kind in [Kind::BFloat16, Kind::Float] {
+        let cpu: Vec<(String, Tensor)> = shapes
+            .iter()
+            .enumerate()
+            .map(|(i, &(r, c))| {
+                let w = (Tensor::randn([r, c], (Kind::Float, Device::Cpu)) * 0.02).to_kind(kind);
+                let _ = w.get(1).fill_(0.25); // every key of the row ties
+                let _ = w.get(2).fill_(0.0);
+                let _ = w.get(3).narrow(0, 0, c / 2).fill_(-0.01); // half the row ties
+                (format!("w{i}.weight"), w)
+            })
+            .collect();
+        let sq: Vec<Tensor> = shapes
+            .iter()
+            .map(|&(_, c)| (Tensor::randn([c], (Kind::Float, Device::Cpu)) * 2.0).exp())
+            .collect();
+        let stats_on = |device: Device| {
+            let mut s = ActivationStats::new();
+            for ((name, _), t) in cpu.iter().zip(&sq) {
+                s.insert(name.clone(), t.to_device(device), 64);
+            }
+            s
+        };
+        let (cpu_stats, gpu_stats) = (stats_on(Device::Cpu), stats_on(Device::Cuda(0)));
+        for (scorer, strategy, st, sparsity) in [
+            ("magnitude", "layerwise", vec![("scope", "row")], 0.5),
+            ("magnitude", "layerwise", vec![("scope", "row")], 0.3),
+            ("wanda", "layerwise", vec![("scope", "row")], 0.5),
+            ("magnitude", "layerwise", vec![], 0.5),
+        ] {
+            let cpu_params: Vec<_> = cpu.iter().map(|(n, t)| (n.clone(), t.copy())).collect();
+            let gpu_params = on(&cpu, Device::Cuda(0));
+            let cfg = PassConfig {
+                sparsity,
+                ..Default::default()
+            };
+            let mut a =
+                Pruner::new(&reg, scorer, &settings(&[]), strategy, &settings(&st)).unwrap();
+            let mut b =
+                Pruner::new(&reg, scorer, &settings(&[]), strategy, &settings(&st)).unwrap();
+            let inputs = |stats| PassInputs {
+                stats: Some(stats),
+                ..Default::default()
+            };
+            let (cr, cm) = a.run(&cpu_params, &cfg, inputs(&cpu_stats)).unwrap();
+            let (gr, gm) = b.run(&gpu_params, &cfg, inputs(&gpu_stats)).unwrap();
+            let what = format!("{scorer} + {strategy} {st:?} {sparsity} {kind:?}");
+            assert_eq!(cr.pruned, gr.pruned, "{what}: counts differ");
+            for ((name, c), (_, g)) in cpu_params.iter().zip(&gpu_params) {
+                let g_bits = gm.get(name).unwrap().bits.to_device(Device::Cpu);
+                assert!(
+                    identical(&cm.get(name).unwrap().bits, &g_bits),
+                    "{what} {name}: masks differ"
+                );
+                assert!(
+                    identical(c, &g.to_device(Device::Cpu)),
+                    "{what} {name}: weights differ"
+                );
+                if st.is_empty() {
+                    continue;
+                }
+                let cols = c.size()[1];
+                let want = (sparsity * cols as f64).round() as i64;
+                let pruned_per_row = gm
+                    .get(name)
+                    .unwrap()
+                    .keep()
+                    .unwrap()
+                    .to_device(Device::Cpu)
+                    .logical_not()
+                    .sum_dim_intlist(Some(&[1i64][..]), false, Kind::Int64);
+                assert_eq!(
+                    pruned_per_row.ne(want).sum(Kind::Int64).int64_value(&[]),
+                    0,
+                    "{what} {name}: a row is not exact"
+                );
+            }
+        }
+    }
+}
+
 /// The training callback on CUDA with a training-signal plugin and growth plates: after every
 /// AdamW step the pruned weights are zero and the count is the schedule's, exactly.
 #[test]

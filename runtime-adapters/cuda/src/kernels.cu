@@ -135,7 +135,10 @@ __device__ __forceinline__ void keys_of(const Vec<DT>& v, u64 vi, const float* s
 #pragma unroll
     for (int j = 0; j < V; j++) sc[j] = 1.0f;
     if (KIND == K_SCALED) {
-        u64 col = (vi * V) % cols;
+        // 32-bit division when it suffices: a 64-bit one is a long software sequence, and this
+        // runs for every vector.
+        u64 e0 = vi * V;
+        u64 col = (e0 | cols) >> 32 ? e0 % cols : (u64)((u32)e0 % (u32)cols);
         if (col + V <= cols && ((u64)(scale + col) & 15) == 0) {
             // The vector's columns are consecutive: the scales come in whole 16-byte loads.
 #pragma unroll
@@ -186,6 +189,22 @@ __device__ __forceinline__ u64 first_bad_in(const Vec<DT>& v, u64 vi, const floa
     return found;
 }
 
+// Whether a vector holds a NaN or an infinity: 16-bit types test both halves of a word at once
+// (an all-ones exponent), so the common all-finite case costs a few instructions per vector.
+template <int DT>
+__device__ __forceinline__ bool vec_non_finite(const Vec<DT>& v) {
+    u32 acc = 0;
+    if (DT == DT_F32) {
+#pragma unroll
+        for (int q = 0; q < 4; q++) acc |= (v.w[q] & 0x7f800000u) == 0x7f800000u;
+    } else {
+        const u32 e = DT == DT_BF16 ? 0x7f807f80u : 0x7c007c00u;
+#pragma unroll
+        for (int q = 0; q < 4; q++) acc |= __vcmpeq2(v.w[q] & e, e);
+    }
+    return acc != 0;
+}
+
 // Writes the keep bits of vector `vi` (bit j = element j kept) into a byte mask.
 template <int DT>
 __device__ __forceinline__ void store_mask_bits(u8* mask, u64 vi, u32 bits, int valid) {
@@ -198,6 +217,19 @@ __device__ __forceinline__ void store_mask_bits(u8* mask, u64 vi, u32 bits, int 
         u64 bit = vi * 4;
         atomicOr((u32*)(mask + (bit / 32) * 4), bits << (bit % 32));
     }
+}
+
+// Warp-wide exclusive scan; `total` receives the warp's sum.
+__device__ __forceinline__ u32 warp_excl_scan(u32 x, u32* total) {
+    int lane = threadIdx.x & 31;
+    u32 inc = x;
+#pragma unroll
+    for (int d = 1; d < 32; d <<= 1) {
+        u32 y = __shfl_up_sync(0xffffffffu, inc, d);
+        if (lane >= d) inc += y;
+    }
+    *total = __shfl_sync(0xffffffffu, inc, 31);
+    return inc - x;
 }
 
 // Block-wide exclusive scan of one u32 per thread; `total` receives the sum. Uses `sh` (>= 33
@@ -247,8 +279,8 @@ __device__ __forceinline__ u64 block_sum_u64(u64 x, u64* sh) {
 // a 7B model is a handful of launches, not hundreds. A segment is SEGW u64 words:
 #define SEGW 16
 #define HU 8  // vectors in flight per thread in the streaming kernels
-#define HH 4  // the same for the histogram kernels (1024 or 512 threads a block)
-#define NMU 4  // N:M units in flight per thread
+#define HH 4  // the same for the full-histogram kernel (1024 threads a block)
+#define NMU 8  // N:M units in flight per thread
 #define S_W 0        // data pointer (the weight, or a dense score tensor)
 #define S_SCALE 1    // f32 column scale pointer (K_SCALED), else 0
 #define S_N 2        // elements
@@ -393,7 +425,7 @@ template <int DT, int KIND>
 __device__ void apply_threshold_impl(const u64* segs, int nsegs, u64 total_tiles, u64* status, u32* ticket,
                                      u64* pruned) {
     const int V = Ty<DT>::V;
-    __shared__ u32 sh[40];
+    __shared__ u32 wtot[64];
     __shared__ u64 shl[40];
     __shared__ u64 tile_sh, next_sh;
     __shared__ u64 prefix_sh;
@@ -429,8 +461,10 @@ __device__ void apply_threshold_impl(const u64* segs, int nsegs, u64 total_tiles
         }
         u64 rank_base[TILE_U];
         if (mode == 2) {
-            u32 excl[TILE_U], tot[TILE_U];
-            u64 agg = 0;
+            // Tie ranks in flat order (u, then thread): one warp scan per u in registers, then
+            // one pass over the (u, warp) totals in shared memory: two barriers per tile.
+            const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+            u32 wex[TILE_U];
 #pragma unroll
             for (int u = 0; u < TILE_U; u++) {
                 u64 vi = v_base + (u64)u * blockDim.x + threadIdx.x;
@@ -443,17 +477,25 @@ __device__ void apply_threshold_impl(const u64* segs, int nsegs, u64 total_tiles
                     for (int j = 0; j < V; j++)
                         if (j < vs[u].valid && keys[j] == T) ties++;
                 }
-                excl[u] = block_excl_scan(ties, sh, &tot[u]);
-                agg += tot[u];
+                u32 wt;
+                wex[u] = warp_excl_scan(ties, &wt);
+                if (lane == 0) wtot[u * nw + warp] = wt;
             }
-            if (threadIdx.x == 0) prefix_sh = look_back(status, tile, first_tile, agg);
+            __syncthreads();
+            if (warp == 0) {
+                // TILE_U * nw <= 64 totals: two per lane, in (u, warp) order.
+                u32 a = 2 * lane < TILE_U * nw ? wtot[2 * lane] : 0;
+                u32 b2 = 2 * lane + 1 < TILE_U * nw ? wtot[2 * lane + 1] : 0;
+                u32 all;
+                u32 ex = warp_excl_scan(a + b2, &all);
+                if (2 * lane < TILE_U * nw) wtot[2 * lane] = ex;
+                if (2 * lane + 1 < TILE_U * nw) wtot[2 * lane + 1] = ex + a;
+                if (lane == 0) prefix_sh = look_back(status, tile, first_tile, all);
+            }
             __syncthreads();
             u64 run = prefix_sh;
 #pragma unroll
-            for (int u = 0; u < TILE_U; u++) {
-                rank_base[u] = run + excl[u];
-                run += tot[u];
-            }
+            for (int u = 0; u < TILE_U; u++) rank_base[u] = run + wtot[u * nw + warp] + wex[u];
         }
         u64 my_pruned = 0;
 #pragma unroll
@@ -545,18 +587,52 @@ __device__ void nm_impl(const u64* segs, const u64* chunks, u32 nchunks, u64* pr
                     for (int q = 0; q < NV; q++) valid += vs[t][q].valid;
                     u32 keep = 0;
                     bool any_cut = false;
+                    if (M == 4 && KIND == K_MAG && DT != DT_F32) {
+                        // 16-bit magnitudes: the bits without the sign order like |w|, and with the
+                        // index in the group below them every key is distinct (lower index =
+                        // smaller among equals). A sorting network gives the drop-th smallest; the
+                        // group prunes everything up to it. A few min/max instead of 16 compares.
 #pragma unroll
-                    for (int e = 0; e < E; e++) {
-                        const int g = e / M * M;
-                        u32 rank = 0;
+                        for (int g = 0; g < E; g += 4) {
+                            u32 c[4];
 #pragma unroll
-                        for (int j = 0; j < M; j++) rank += (keys[g + j] < keys[e]) || (keys[g + j] == keys[e] && g + j < e);
-                        if (e < valid && rank < drop) {
-                            my_pruned++;
-                            if (vs[t][e / V].get(e % V) != 0) any_cut = true;
-                            vs[t][e / V].zero(e % V);
-                        } else if (e < valid) {
-                            keep |= 1u << e;
+                            for (int j = 0; j < 4; j++)
+                                c[j] = (((u32)vs[t][(g + j) / V].get((g + j) % V) & 0x7fffu) << 2) | j;
+                            u32 lo1 = min(c[0], c[1]), hi1 = max(c[0], c[1]);
+                            u32 lo2 = min(c[2], c[3]), hi2 = max(c[2], c[3]);
+                            u32 mid_lo = max(lo1, lo2), mid_hi = min(hi1, hi2);
+                            u32 cut = drop == 0 ? 0u
+                                    : drop == 1 ? min(lo1, lo2)
+                                    : drop == 2 ? min(mid_lo, mid_hi)
+                                    : drop == 3 ? max(mid_lo, mid_hi)
+                                                : 0xffffffffu;
+#pragma unroll
+                            for (int j = 0; j < 4; j++) {
+                                int e = g + j;
+                                if (e >= valid) continue;
+                                if (drop > 0 && c[j] <= cut) {
+                                    my_pruned++;
+                                    if (vs[t][e / V].get(e % V) != 0) any_cut = true;
+                                    vs[t][e / V].zero(e % V);
+                                } else {
+                                    keep |= 1u << e;
+                                }
+                            }
+                        }
+                    } else {
+#pragma unroll
+                        for (int e = 0; e < E; e++) {
+                            const int g = e / M * M;
+                            u32 rank = 0;
+#pragma unroll
+                            for (int j = 0; j < M; j++) rank += (keys[g + j] < keys[e]) || (keys[g + j] == keys[e] && g + j < e);
+                            if (e < valid && rank < drop) {
+                                my_pruned++;
+                                if (vs[t][e / V].get(e % V) != 0) any_cut = true;
+                                vs[t][e / V].zero(e % V);
+                            } else if (e < valid) {
+                                keep |= 1u << e;
+                            }
                         }
                     }
                     if (write_w && any_cut) {
@@ -617,8 +693,8 @@ __device__ void find_non_finite_impl(const u64* segs, const u64* chunks, u32 nch
             }
 #pragma unroll
             for (int u = 0; u < HU; u++) {
+                if (vs[u].valid == 0 || !vec_non_finite<DT>(vs[u])) continue;
                 u64 vi = base + (u64)u * blockDim.x;
-#pragma unroll
                 for (int j = 0; j < V; j++)
                     if (j < vs[u].valid && !is_finite_bits(Ty<DT>::f(vs[u].get(j))) && vi * V + j < mine) mine = vi * V + j;
             }
@@ -705,10 +781,12 @@ __device__ void sample_hist_impl(const u64* segs, const u64* chunks, u32 nchunks
 // (S_SLOT); below: u64 per segment.
 template <int DT, int KIND>
 __device__ void band_pass_impl(const u64* segs, const u64* chunks, u32 nchunks, const u32* band_lo,
-                               const u32* band_width, u32* band, u64* below, u32* bad_flag, u64* bad_index) {
+                               const u32* band_width, u32* band, u64* below, u32* bad_flag, u64* bad_index,
+                               u32* band_chunks, u32 chunk_stride) {
     __shared__ u32 sh[BAND_MAX];
     __shared__ u64 shl[40];
     const int V = Ty<DT>::V;
+    const int NB = HH;
     for (u32 c = blockIdx.x; c < nchunks; c += gridDim.x) {
         const u64* s = segs + SEGW * chunks[3 * c];
         const void* w = (const void*)s[S_W];
@@ -720,29 +798,47 @@ __device__ void band_pass_impl(const u64* segs, const u64* chunks, u32 nchunks, 
         __syncthreads();
         u64 v0 = chunks[3 * c + 1], nv = chunks[3 * c + 2];
         u64 my_below = 0;
+        u32 below_bits = 0;  // packed path: 16 per element below the band
         bool bad = false;
         u64 first_bad = ~0ull;
-        for (u64 base = v0 + threadIdx.x; base < v0 + nv; base += HH * blockDim.x) {
-            Vec<DT> vs[HH];
+        // bf16 magnitudes: two elements per word, compared as 16-bit lanes.
+        const u32 lo2 = (lo & 0x7fffu) * 0x00010001u, width2 = width * 0x00010001u;
+        for (u64 base = v0 + threadIdx.x; base < v0 + nv; base += NB * blockDim.x) {
+            Vec<DT> vs[NB];
 #pragma unroll
-            for (int u = 0; u < HH; u++) {
+            for (int u = 0; u < NB; u++) {
                 u64 vi = base + (u64)u * blockDim.x;
                 if (vi < v0 + nv) load_vec<DT>(w, vi, n, aligned, vs[u]);
                 else vs[u].valid = 0;
             }
 #pragma unroll
-            for (int u = 0; u < HH; u++) {
+            for (int u = 0; u < NB; u++) {
                 if (vs[u].valid == 0) continue;
                 u64 vi = base + (u64)u * blockDim.x;
-                u32 keys[V];
                 bool b = false;
-                keys_of<DT, KIND>(vs[u], vi, scale, cols, keys, b);
+                if (DT == DT_BF16 && KIND == K_MAG && vs[u].valid == V && lo >= 0x8000u) {
+                    u32 badw = 0;
 #pragma unroll
-                for (int e = 0; e < V; e++) {
-                    if (e < vs[u].valid) {
-                        u32 hi = keys[e] >> 16;
-                        if (hi < lo) my_below++;
-                        else if (hi - lo < width) atomicAdd(&sh[hi - lo], 1u);
+                    for (int q = 0; q < 4; q++) {
+                        u32 m = vs[u].w[q] & 0x7fff7fffu;
+                        below_bits += __popc(__vcmpltu2(m, lo2));
+                        u32 d = __vsub2(m, lo2);  // wraps high for m < lo: never in the band
+                        u32 inb = __vcmpltu2(d, width2);
+                        if (inb & 0xffffu) atomicAdd(&sh[d & 0xffffu], 1u);
+                        if (inb >> 16) atomicAdd(&sh[d >> 16], 1u);
+                        badw |= __vcmpgeu2(m, 0x7f807f80u);
+                    }
+                    b = badw != 0;
+                } else {
+                    u32 keys[V];
+                    keys_of<DT, KIND>(vs[u], vi, scale, cols, keys, b);
+#pragma unroll
+                    for (int e = 0; e < V; e++) {
+                        if (e < vs[u].valid) {
+                            u32 hi = keys[e] >> 16;
+                            if (hi < lo) my_below++;
+                            else if (hi - lo < width) atomicAdd(&sh[hi - lo], 1u);
+                        }
                     }
                 }
                 if (b) {
@@ -756,13 +852,15 @@ __device__ void band_pass_impl(const u64* segs, const u64* chunks, u32 nchunks, 
             atomicExch(bad_flag, 1u);
             atomicMin(bad_index + s[S_SLOT], first_bad);
         }
-        u64 t = block_sum_u64(my_below, shl);
+        u64 t = block_sum_u64(my_below + (below_bits >> 4), shl);
         if (threadIdx.x == 0 && t) atomicAdd(below + s[S_SLOT], t);
         __syncthreads();
         u32* gb = band + s[S_SLOT] * (u64)BAND_MAX;
         for (u32 i = threadIdx.x; i < width; i += blockDim.x) {
             u32 x = sh[i];
             if (x) atomicAdd(&gb[i], x);
+            // This block alone owns chunk c: its counts say which chunk holds a given tie.
+            if (band_chunks) band_chunks[(u64)c * chunk_stride + i] = x;
         }
         __syncthreads();
     }
@@ -832,6 +930,79 @@ extern "C" __global__ void band_resolve(const u32* band, const u64* below, const
     }
 }
 
+// Per located segment (one block each): the flat index of its take-th key equal to the threshold
+// T = (band_lo[scope] + bin) << 16. The band pass's per-chunk counts name the chunk; one ordered
+// scan of that chunk finds the element. items: 5 u64 each {segment, first chunk, chunks, bin,
+// take}; out: u64 per item (!0 if not found, which the host treats as an error).
+template <int DT, int KIND>
+__device__ void tie_locate_impl(const u64* segs, const u64* chunks, const u64* items, const u32* band_chunks,
+                                u32 chunk_stride, const u32* band_lo, u64* out) {
+    __shared__ u32 sh[40];
+    __shared__ u64 s_chunk, s_rank, s_found;
+    const int V = Ty<DT>::V;
+    const u64* it = items + 5 * (u64)blockIdx.x;
+    const u64* s = segs + SEGW * it[0];
+    const void* w = (const void*)s[S_W];
+    const float* scale = (const float*)s[S_SCALE];
+    u64 n = s[S_N], cols = s[S_COLS];
+    bool aligned = s[S_ALIGNED] != 0;
+    u64 c0 = it[1], nc = it[2], take = it[4];
+    u32 bin = (u32)it[3];
+    u32 T = (band_lo[s[S_SCOPE]] + bin) << 16;
+    if (threadIdx.x == 0) {
+        s_found = ~0ull;
+        s_chunk = ~0ull;
+    }
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        u64 seen = 0;
+        for (u64 c = c0; c < c0 + nc; c += 32) {
+            u64 cc = c + threadIdx.x;
+            u32 x = cc < c0 + nc ? band_chunks[cc * chunk_stride + bin] : 0;
+            u32 tot;
+            u32 ex = warp_excl_scan(x, &tot);
+            if (seen + ex < take && take <= seen + ex + x) {
+                s_chunk = cc;
+                s_rank = take - seen - ex;
+            }
+            seen += tot;
+            if (seen >= take) break;
+        }
+    }
+    __syncthreads();
+    if (s_chunk != ~0ull) {
+        u64 chunk = s_chunk, rank = s_rank;
+        u64 v0 = chunks[3 * chunk + 1], nv = chunks[3 * chunk + 2];
+        u64 seen = 0;
+        for (u64 base = v0; base < v0 + nv; base += blockDim.x) {
+            u64 vi = base + threadIdx.x;
+            Vec<DT> v;
+            v.valid = 0;
+            u32 keys[V];
+            u32 t = 0;
+            if (vi < v0 + nv) {
+                load_vec<DT>(w, vi, n, aligned, v);
+                bool b = false;
+                keys_of<DT, KIND>(v, vi, scale, cols, keys, b);
+#pragma unroll
+                for (int j = 0; j < V; j++) t += (j < v.valid && keys[j] == T);
+            }
+            u32 tot;
+            u32 ex = block_excl_scan(t, sh, &tot);
+            if (seen + ex < rank && rank <= seen + ex + t) {
+                u64 r = seen + ex;
+#pragma unroll
+                for (int j = 0; j < V; j++)
+                    if (j < v.valid && keys[j] == T && ++r == rank) s_found = vi * V + j;
+            }
+            seen += tot;
+            if (seen >= rank) break;  // uniform: every thread holds the same `seen`
+        }
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) out[blockIdx.x] = s_found;
+}
+
 // Threshold apply for segments that need no tie ranks (mode 0 or 1): a plain streaming pass over
 // chunks of vectors, HU vectors in flight per thread.
 template <int DT, int KIND>
@@ -847,9 +1018,17 @@ __device__ void apply_stream_impl(const u64* segs, const u64* chunks, u32 nchunk
         u8* mask = (u8*)s[S_MASK];
         u32 T = (u32)s[S_T];
         bool inclusive = s[S_MODE] == 1;
+        // Mode 3: ties up to flat index S_TAKE (located by tie_locate) are pruned.
+        u64 tie_cut = s[S_MODE] == 3 ? s[S_TAKE] : 0;
+        bool located = s[S_MODE] == 3;
         bool write_w = s[S_WRITE] != 0;
         u64 v0 = chunks[3 * c + 1], nv = chunks[3 * c + 2];
         u64 my_pruned = 0;
+        u32 cut_bits = 0;  // packed path: 16 per element pruned
+        // bf16 magnitudes against a threshold on the upper key half: two elements per word,
+        // compared as 16-bit lanes.
+        const bool packed = DT == DT_BF16 && KIND == K_MAG && (T & 0xffffu) == 0 && T >= 0x80000000u;
+        const u32 t2 = ((T >> 16) & 0x7fffu) * 0x00010001u;
         for (u64 base = v0 + threadIdx.x; base < v0 + nv; base += HU * blockDim.x) {
             Vec<DT> vs[HU];
 #pragma unroll
@@ -862,6 +1041,32 @@ __device__ void apply_stream_impl(const u64* segs, const u64* chunks, u32 nchunk
             for (int u = 0; u < HU; u++) {
                 if (vs[u].valid == 0) continue;
                 u64 vi = base + (u64)u * blockDim.x;
+                if (packed) {
+                    u32 keep = 0, changed = 0;
+                    int valid = vs[u].valid;
+#pragma unroll
+                    for (int q = 0; q < 4; q++) {
+                        u32 x = vs[u].w[q];
+                        u32 m = x & 0x7fff7fffu;
+                        u32 vmask = (2 * q < valid ? 0xffffu : 0u) | (2 * q + 1 < valid ? 0xffff0000u : 0u);
+                        u32 cutm = __vcmpltu2(m, t2);
+                        u32 eq = __vcmpeq2(m, t2);
+                        if (inclusive) cutm |= eq;
+                        if (located && eq) {
+                            if ((eq & 0xffffu) && vi * V + 2 * q <= tie_cut) cutm |= 0xffffu;
+                            if ((eq >> 16) && vi * V + 2 * q + 1 <= tie_cut) cutm |= 0xffff0000u;
+                        }
+                        cutm &= vmask;
+                        cut_bits += __popc(cutm);
+                        changed |= x & cutm;
+                        vs[u].w[q] = x & ~cutm;
+                        keep |= ((~cutm >> 15) & 1u) << (2 * q);
+                        keep |= ((~cutm >> 31) & 1u) << (2 * q + 1);
+                    }
+                    if (write_w && changed) store_vec<DT>(w, vi, aligned, vs[u]);
+                    store_mask_bits<DT>(mask, vi, keep, valid);
+                    continue;
+                }
                 u32 keys[V];
                 bool b = false;
                 keys_of<DT, KIND>(vs[u], vi, scale, cols, keys, b);
@@ -870,7 +1075,7 @@ __device__ void apply_stream_impl(const u64* segs, const u64* chunks, u32 nchunk
 #pragma unroll
                 for (int j = 0; j < V; j++) {
                     if (j < vs[u].valid) {
-                        bool cut = keys[j] < T || (inclusive && keys[j] == T);
+                        bool cut = keys[j] < T || (keys[j] == T && (inclusive || (located && vi * V + j <= tie_cut)));
                         if (cut) {
                             my_pruned++;
                             if (vs[u].get(j) != 0) changed = true;
@@ -884,7 +1089,7 @@ __device__ void apply_stream_impl(const u64* segs, const u64* chunks, u32 nchunk
                 store_mask_bits<DT>(mask, vi, keep, vs[u].valid);
             }
         }
-        u64 t = block_sum_u64(my_pruned, shl);
+        u64 t = block_sum_u64(my_pruned + (cut_bits >> 4), shl);
         if (threadIdx.x == 0 && t) atomicAdd(pruned + s[S_SLOT], t);
     }
 }
@@ -897,17 +1102,6 @@ __device__ void apply_stream_impl(const u64* segs, const u64* chunks, u32 nchunk
 #define WARP_BINS 2048
 #define RU 4  // vectors in flight per lane in the row kernels
 
-__device__ __forceinline__ u32 warp_excl_scan(u32 x, u32* total) {
-    int lane = threadIdx.x & 31;
-    u32 inc = x;
-#pragma unroll
-    for (int d = 1; d < 32; d <<= 1) {
-        u32 y = __shfl_up_sync(0xffffffffu, inc, d);
-        if (lane >= d) inc += y;
-    }
-    *total = __shfl_sync(0xffffffffu, inc, 31);
-    return inc - x;
-}
 
 template <int DT, int KIND>
 __device__ u32 warp_tie_cut(const void* w, const float* scale, u64 n, u64 cols, bool aligned, u64 first_elem,
@@ -1078,22 +1272,71 @@ __device__ u32 warp_tie_cut(const void* w, const float* scale, u64 n, u64 cols, 
     return (u32)cols;
 }
 
-// Per-row selection for rows of at most ROW_MAX_COLS elements: one block per row, the row's keys
-// computed once into shared memory (dynamic, max_cols words), so the radix levels and the tie cut
-// read shared memory instead of re-reading the row. The radix digits start below the bits every
-// key of the row shares (from the row's min and max), so the histogram bins spread out instead
-// of piling onto a few exponents.
-#define ROW_THREADS 256
-#define ROW_MAX_COLS 16384
+// Per-row selection with the row in registers: one block of 32..512 threads per row (the host
+// sizes it so each thread holds at most ROW_REG_V whole vectors), persistent over rows. The row is
+// read once and its keys computed once, into registers. Digits start below the bits
+// every key shares (from the OR and AND of the row's keys) and stop above the bits every key
+// shares at the bottom (bf16 magnitudes end in sixteen zero bits). Once the chosen bin holds few
+// keys, they are copied to shared memory and the remaining levels read only those: in practice
+// one pass over the row histograms, a second copies a few percent of it, and the rest is cheap.
+// Dynamic shared memory: 2 * (1 << digit bits) words (histogram, then candidates).
+#define ROW_REG_V 8
+// Registers per thread: enough for the keys without spilling, few enough for blocks of 512.
+#define ROW_REG_MAXNREG 128
+
+// Keys of a vector whose V columns start at `col` of one row (no wrap): no division.
+template <int DT, int KIND>
+__device__ __forceinline__ void keys_at(const Vec<DT>& v, u32 col, const float* scale, u32* keys, bool& bad) {
+    const int V = Ty<DT>::V;
+    float sc[V];
+#pragma unroll
+    for (int j = 0; j < V; j++) sc[j] = 1.0f;
+    if (KIND == K_SCALED) {
+        if (((u64)(scale + col) & 15) == 0) {
+#pragma unroll
+            for (int q = 0; q < V / 4; q++) {
+                float4 f = __ldg(reinterpret_cast<const float4*>(scale + col + 4 * q));
+                sc[4 * q] = f.x;
+                sc[4 * q + 1] = f.y;
+                sc[4 * q + 2] = f.z;
+                sc[4 * q + 3] = f.w;
+            }
+        } else {
+#pragma unroll
+            for (int j = 0; j < V; j++) sc[j] = __ldg(scale + col + j);
+        }
+    }
+    if (DT == DT_BF16 && KIND == K_MAG) {
+#pragma unroll
+        for (int j = 0; j < V; j++) {
+            u32 b = (u32)v.get(j) & 0x7fffu;
+            if (b >= 0x7f80u) bad = true;
+            keys[j] = (b | 0x8000u) << 16;
+        }
+        return;
+    }
+#pragma unroll
+    for (int j = 0; j < V; j++) {
+        float x = score_of<DT, KIND>(v.get(j), sc[j]);
+        if (!is_finite_bits(x)) bad = true;
+        keys[j] = key_of(x);
+    }
+}
 
 template <int DT, int KIND>
-__device__ void row_select_smem_impl(const u64* segs, int nsegs, u64 total_rows, u32* bad_flag, u64* bad_index) {
-    extern __shared__ u32 rkeys[];
-    __shared__ u32 hist[4096];
+__device__ void row_select_reg_impl(const u64* segs, int nsegs, u64 total_rows, u32* bad_flag, u64* bad_index) {
+    extern __shared__ u32 dyn[];
     __shared__ u32 sh[40];
-    __shared__ u32 red[16];
-    __shared__ u32 found_digit, found_before, cut_sh;
+    __shared__ u32 red[64];
+    __shared__ u32 s_digit, s_before, s_cnt, s_cut;
     const int V = Ty<DT>::V;
+    const int K = ROW_REG_V * V;  // keys per thread, computed once and kept in registers
+    const u32 bd = blockDim.x;
+    const int maxw = min(11, 31 - __clz(bd * 16));  // at most 16 bins per thread to clear and scan
+    const u32 nbins = 1u << maxw;
+    u32* hist = dyn;
+    u32* cand = dyn + nbins;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (bd + 31) >> 5;
     int seg = 0;
     for (u64 g = blockIdx.x; g < total_rows; g += gridDim.x) {
         while (seg + 1 < nsegs && segs[(u64)(seg + 1) * SEGW + S_FIRST] <= g) seg++;
@@ -1104,76 +1347,99 @@ __device__ void row_select_smem_impl(const u64* segs, int nsegs, u64 total_rows,
         u64 r = g - s[S_FIRST];
         u64 k = s[S_K];
         u64 vfirst = (r * cols) / V;
-        u32 nvec = (u32)(cols / V);  // whole vectors per row (the host checks)
+        u32 nvec = (u32)(cols / V);
         bool aligned = s[S_ALIGNED] != 0;
-        // Keys into shared memory; min, max and finiteness on the way.
-        u32 kmin = 0xffffffffu, kmax = 0;
-        bool bad = false;
-        u64 first_bad = ~0ull;
-        for (u32 base = threadIdx.x; base < nvec; base += ROW_THREADS * HH) {
-            Vec<DT> vs[HH];
+        // My vectors are q = threadIdx.x + u * bd for u < mine (a prefix of the u's).
+        int mine = threadIdx.x < nvec ? (int)((nvec - 1 - threadIdx.x) / bd) + 1 : 0;
+        u32 keys[K];
+        {
+            Vec<DT> vs[ROW_REG_V];
 #pragma unroll
-            for (int u = 0; u < HH; u++) {
-                u32 q = base + u * ROW_THREADS;
-                if (q < nvec) load_vec<DT>(w, vfirst + q, n, aligned, vs[u]);
-                else vs[u].valid = 0;
-            }
+            for (int u = 0; u < ROW_REG_V; u++)
+                if (u < mine) load_vec<DT>(w, vfirst + threadIdx.x + u * bd, n, aligned, vs[u]);
+            bool bad = false;
 #pragma unroll
-            for (int u = 0; u < HH; u++) {
-                u32 q = base + u * ROW_THREADS;
-                if (vs[u].valid == 0) continue;
-                u32 keys[V];
-                bool b = false;
-                keys_of<DT, KIND>(vs[u], vfirst + q, scale, cols, keys, b);
-                if (b) {
-                    bad = true;
-                    u64 e = first_bad_in<DT, KIND>(vs[u], vfirst + q, scale, cols);
-                    if (e < first_bad) first_bad = e;
+            for (int u = 0; u < ROW_REG_V; u++) {
+                if (u < mine) {
+                    bool b = false;
+                    keys_at<DT, KIND>(vs[u], (threadIdx.x + u * bd) * V, scale, keys + u * V, b);
+                    bad |= b;
                 }
+            }
+            if (bad) {
+                u64 first_bad = ~0ull;
+#pragma unroll
+                for (int u = 0; u < ROW_REG_V; u++)
+                    if (u < mine) {
+                        u64 e = first_bad_in<DT, KIND>(vs[u], vfirst + threadIdx.x + u * bd, scale, cols);
+                        if (e < first_bad) first_bad = e;
+                    }
+                atomicExch(bad_flag, 1u);
+                atomicMin(bad_index + s[S_SLOT], first_bad);
+            }
+        }
+        u32 kor = 0, kand = 0xffffffffu;
+#pragma unroll
+        for (int u = 0; u < ROW_REG_V; u++)
+            if (u < mine) {
 #pragma unroll
                 for (int j = 0; j < V; j++) {
-                    rkeys[q * V + j] = keys[j];
-                    kmin = min(kmin, keys[j]);
-                    kmax = max(kmax, keys[j]);
+                    kor |= keys[u * V + j];
+                    kand &= keys[u * V + j];
                 }
             }
-        }
-        if (bad) {
-            atomicExch(bad_flag, 1u);
-            atomicMin(bad_index + s[S_SLOT], first_bad);
-        }
         for (int d = 16; d > 0; d >>= 1) {
-            kmin = min(kmin, __shfl_xor_sync(0xffffffffu, kmin, d));
-            kmax = max(kmax, __shfl_xor_sync(0xffffffffu, kmax, d));
+            kor |= __shfl_xor_sync(0xffffffffu, kor, d);
+            kand &= __shfl_xor_sync(0xffffffffu, kand, d);
         }
-        if ((threadIdx.x & 31) == 0) {
-            red[threadIdx.x >> 5] = kmin;
-            red[8 + (threadIdx.x >> 5)] = kmax;
+        if (lane == 0) {
+            red[warp] = kor;
+            red[32 + warp] = kand;
         }
         __syncthreads();
-        kmin = red[0];
-        kmax = red[8];
-        for (int i = 1; i < ROW_THREADS / 32; i++) {
-            kmin = min(kmin, red[i]);
-            kmax = max(kmax, red[8 + i]);
+        kor = 0;
+        kand = 0xffffffffu;
+        for (int i = 0; i < nw; i++) {
+            kor |= red[i];
+            kand &= red[32 + i];
         }
-        int L = (kmin == kmax) ? 0 : 32 - __clz(kmin ^ kmax);  // low bits that differ
-        u32 prefix = L >= 32 ? 0 : (kmin >> L);
-        u64 need = k, below = 0;
+        u32 diff = kor ^ kand;
+        int hi = diff ? 32 - __clz(diff) : 0;
+        int lo = diff ? __ffs(diff) - 1 : 0;
+        u32 prefix = hi >= 32 ? 0u : (kand >> hi);
+        int shift = hi;
+        u64 need = k;
         u32 ties = (u32)cols;
-        int shift = L;
-        while (k > 0 && shift > 0) {
-            int width = shift >= 12 ? 12 : shift;
+        bool in_cand = false;
+        u32 ncand = 0;
+        while (k > 0 && shift > lo) {
+            int width = min(maxw, shift - lo);
             shift -= width;
             u32 bins = 1u << width;
-            for (u32 i = threadIdx.x; i < bins; i += ROW_THREADS) hist[i] = 0;
+            // A key takes part when its bits above the digit equal the prefix found so far.
+            int top = shift + width;
+            u32 hmask = top >= 32 ? 0u : (0xffffffffu << top);
+            u32 want = top >= 32 ? 0u : (prefix << top);
+            for (u32 i = threadIdx.x; i < bins; i += bd) hist[i] = 0;
             __syncthreads();
-            for (u32 i = threadIdx.x; i < (u32)cols; i += ROW_THREADS) {
-                u32 key = rkeys[i];
-                if ((u32)((u64)key >> (shift + width)) == prefix) atomicAdd(&hist[(key >> shift) & (bins - 1)], 1u);
+            if (!in_cand) {
+#pragma unroll
+                for (int u = 0; u < ROW_REG_V; u++)
+                    if (u < mine) {
+#pragma unroll
+                        for (int j = 0; j < V; j++) {
+                            u32 key = keys[u * V + j];
+                            if ((key & hmask) == want) atomicAdd(&hist[(key >> shift) & (bins - 1)], 1u);
+                        }
+                    }
+            } else {
+                for (u32 i = threadIdx.x; i < ncand; i += bd) {
+                    u32 key = cand[i];
+                    if ((key & hmask) == want) atomicAdd(&hist[(key >> shift) & (bins - 1)], 1u);
+                }
             }
             __syncthreads();
-            u32 per = (bins + ROW_THREADS - 1) / ROW_THREADS;
+            u32 per = (bins + bd - 1) / bd;
             u32 b0 = threadIdx.x * per;
             u32 local = 0;
             for (u32 i = 0; i < per && b0 + i < bins; i++) local += hist[b0 + i];
@@ -1184,45 +1450,70 @@ __device__ void row_select_smem_impl(const u64* segs, int nsegs, u64 total_rows,
                 for (u32 i = 0; i < per && b0 + i < bins; i++) {
                     u32 c = hist[b0 + i];
                     if ((u64)run + c >= need) {
-                        found_digit = b0 + i;
-                        found_before = run;
+                        s_digit = b0 + i;
+                        s_before = run;
                         break;
                     }
                     run += c;
                 }
             }
             __syncthreads();
-            u32 digit = found_digit;
+            u32 digit = s_digit;
             prefix = (prefix << width) | digit;
-            need -= found_before;
-            below += found_before;
+            need -= s_before;
             ties = hist[digit];
             __syncthreads();
+            if (!in_cand && shift > lo && ties <= nbins) {
+                // Few keys left in the chosen bin: copy them out once.
+                u32 m2 = 0xffffffffu << shift, w2 = prefix << shift;
+                if (threadIdx.x == 0) s_cnt = 0;
+                __syncthreads();
+#pragma unroll
+                for (int u = 0; u < ROW_REG_V; u++)
+                    if (u < mine) {
+#pragma unroll
+                        for (int j = 0; j < V; j++) {
+                            u32 key = keys[u * V + j];
+                            if ((key & m2) == w2) cand[atomicAdd(&s_cnt, 1u)] = key;
+                        }
+                    }
+                __syncthreads();
+                ncand = s_cnt;
+                in_cand = true;
+            }
         }
-        u32 T = k == 0 ? 0 : prefix;
-        u64 take = k - below;
-        // The column of the take-th tie: each thread owns a contiguous run of columns.
-        u32 per_t = ((u32)cols + ROW_THREADS - 1) / ROW_THREADS;
-        u32 c0 = threadIdx.x * per_t, c1 = min(c0 + per_t, (u32)cols);
-        u32 mine = 0;
-        if (k > 0)
-            for (u32 i = c0; i < c1; i++) mine += rkeys[i] == T;
-        u32 tot;
-        u32 ex = block_excl_scan(mine, sh, &tot);
-        if (threadIdx.x == 0) cut_sh = (k == 0 || take == 0) ? 0xffffffffu : (u32)cols;
+        u32 low_mask = shift >= 32 ? 0xffffffffu : ((1u << shift) - 1u);
+        u32 T = k == 0 ? 0u : (shift >= 32 ? kand : ((prefix << shift) | (kand & low_mask)));
+        u64 take = need;
+        // The column of the take-th tie, when only some ties are pruned.
+        if (threadIdx.x == 0) s_cut = k == 0 ? 0xffffffffu : (u32)cols;
         __syncthreads();
-        if (k > 0 && take > 0 && take < tot && ex < take && take <= (u64)ex + mine) {
-            u64 rnk = ex;
-            for (u32 i = c0; i < c1; i++)
-                if (rkeys[i] == T && ++rnk == take) {
-                    cut_sh = i;
-                    break;
+        if (k > 0 && take < ties) {
+            u64 seen = 0;
+#pragma unroll
+            for (int u = 0; u < ROW_REG_V; u++) {
+                if (u * bd >= nvec) break;  // uniform across the block
+                u32 t = 0;
+                if (u < mine) {
+#pragma unroll
+                    for (int j = 0; j < V; j++) t += keys[u * V + j] == T;
                 }
+                u32 tot;
+                u32 ex = block_excl_scan(t, sh, &tot);
+                if (seen + ex < take && take <= seen + ex + t) {
+                    u64 rk = seen + ex;
+#pragma unroll
+                    for (int j = 0; j < V; j++)
+                        if (keys[u * V + j] == T && ++rk == take) s_cut = (threadIdx.x + u * bd) * V + j;
+                }
+                seen += tot;
+                if (seen >= take) break;  // uniform: every thread holds the same `seen`
+            }
+            __syncthreads();
         }
-        __syncthreads();
         if (threadIdx.x == 0) {
             ((u32*)s[S_T])[r] = T;
-            ((u32*)s[S_TAKE])[r] = cut_sh;
+            ((u32*)s[S_TAKE])[r] = s_cut;
             ((u32*)s[S_MODE])[r] = ties;
         }
         __syncthreads();
@@ -1263,7 +1554,7 @@ __device__ void row_apply_stream_impl(const u64* segs, const u64* chunks, u32 nc
                 bool b = false;
                 keys_of<DT, KIND>(vs[u], vi, scale, cols, keys, b);
                 u64 e0 = vi * V;
-                u64 row = e0 / cols;
+                u64 row = (e0 | cols) >> 32 ? e0 / cols : (u64)((u32)e0 / (u32)cols);
                 u64 col = e0 - row * cols;
                 u32 T = row_key[row], cut = row_cut[row];
                 u32 keep = 0;
@@ -1392,11 +1683,11 @@ extern "C" __global__ void find_slot_bins(const u32* hists, u32 slots, const u64
                                                       u64* status, u32* ticket, u64* pruned) {       \
         apply_threshold_impl<DT, KIND>(segs, nsegs, tiles, status, ticket, pruned);                  \
     }                                                                                                \
-        extern "C" __global__ void nm4_##name(const u64* segs, const u64* chunks, u32 nchunks,          \
+        extern "C" __global__ void __launch_bounds__(256, 3) nm4_##name(const u64* segs, const u64* chunks, u32 nchunks,          \
                                           u64* pruned) {                                             \
         nm_impl<DT, KIND, 4>(segs, chunks, nchunks, pruned);                                         \
     }                                                                                                \
-    extern "C" __global__ void nm8_##name(const u64* segs, const u64* chunks, u32 nchunks,          \
+    extern "C" __global__ void __launch_bounds__(256, 3) nm8_##name(const u64* segs, const u64* chunks, u32 nchunks,          \
                                           u64* pruned) {                                             \
         nm_impl<DT, KIND, 8>(segs, chunks, nchunks, pruned);                                         \
     }                                                                                                \
@@ -1414,8 +1705,14 @@ FOR_DT_KIND(ENTRIES)
     }                                                                                                \
     extern "C" __global__ void __launch_bounds__(512, 2) band_pass_##name(                          \
         const u64* segs, const u64* chunks, u32 nchunks, const u32* lo, const u32* width, u32* band, \
-        u64* below, u32* bad_flag, u64* bad_index) {                                                 \
-        band_pass_impl<DT, KIND>(segs, chunks, nchunks, lo, width, band, below, bad_flag, bad_index); \
+        u64* below, u32* bad_flag, u64* bad_index, u32* band_chunks, u32 chunk_stride) {             \
+        band_pass_impl<DT, KIND>(segs, chunks, nchunks, lo, width, band, below, bad_flag, bad_index,  \
+                                 band_chunks, chunk_stride);                                         \
+    }                                                                                                \
+    extern "C" __global__ void tie_locate_##name(const u64* segs, const u64* chunks,                \
+                                                 const u64* items, const u32* band_chunks,           \
+                                                 u32 chunk_stride, const u32* lo, u64* out) {        \
+        tie_locate_impl<DT, KIND>(segs, chunks, items, band_chunks, chunk_stride, lo, out);          \
     }                                                                                                \
     extern "C" __global__ void apply_stream_##name(const u64* segs, const u64* chunks, u32 nchunks, \
                                                    u64* pruned) {                                    \
@@ -1429,9 +1726,9 @@ FOR_DT_KIND(ENTRIES)
                                                        u32 nchunks, u64* pruned) {                   \
         row_apply_stream_impl<DT, KIND>(segs, chunks, nchunks, pruned);                              \
     }                                                                                                \
-    extern "C" __global__ void __launch_bounds__(ROW_THREADS) row_select_smem_##name(               \
-        const u64* segs, int nsegs, u64 rows, u32* bad_flag, u64* bad_index) {                       \
-        row_select_smem_impl<DT, KIND>(segs, nsegs, rows, bad_flag, bad_index);                      \
+    extern "C" __global__ void __maxnreg__(ROW_REG_MAXNREG) row_select_reg_##name(const u64* segs, int nsegs, u64 rows,          \
+                                                     u32* bad_flag, u64* bad_index) {                \
+        row_select_reg_impl<DT, KIND>(segs, nsegs, rows, bad_flag, bad_index);                       \
     }
 
 FOR_DT_KIND(MORE_ENTRIES)
@@ -1449,3 +1746,4 @@ FOR_DT_KIND(MORE_ENTRIES)
 DT_ENTRIES(bf16, DT_BF16)
 DT_ENTRIES(f16, DT_F16)
 DT_ENTRIES(f32, DT_F32)
+

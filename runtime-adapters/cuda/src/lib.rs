@@ -202,8 +202,13 @@ const TILE_U: u64 = 8;
 pub const BAND_MAX: usize = 4096;
 /// Shared memory of a warp-per-row select block: eight warps with a 2048-bin histogram each.
 const ROW_SMEM: u32 = 8 * 2048 * 4;
-/// Longest row the block-per-row select keeps in shared memory.
-pub const ROW_MAX_COLS: u64 = 16384;
+/// Vectors per thread of the register-resident row select (`ROW_REG_V` in the kernels): rows of
+/// whole vectors up to 1024 threads times this many vectors are selected by a block each.
+pub const ROW_REG_V: u64 = 8;
+/// Largest block of the register-resident row select (its kernel is capped at `ROW_REG_REGS`
+/// registers a thread, so a block of 512 fits an SM's register file).
+pub const ROW_REG_MAX_THREADS: u64 = 512;
+const ROW_REG_REGS: u64 = 128;
 const APPLY_THREADS: u32 = 256;
 
 /// Splits segments into chunks of at most `chunk` units each: 3 i64 per chunk
@@ -334,6 +339,21 @@ fn cache_path(sm: &str) -> Option<std::path::PathBuf> {
 
 const CUBIN_OPTIONS: [&str; 2] = ["--std=c++17", "--fmad=false"];
 
+/// Compiles the kernels for `sm` (e.g. `sm_90`) into the on-disk cache without a GPU, so a
+/// machine that receives the cache folder (`BIRDBONE_KERNEL_CACHE`) loads them at once. Returns
+/// the file written.
+pub fn precompile(sm: &str) -> Result<std::path::PathBuf> {
+    let path = cache_path(sm)
+        .ok_or_else(|| CudaError("no cache folder: set BIRDBONE_KERNEL_CACHE".into()))?;
+    let cubin = compile_cubin(sm)?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| CudaError::at("creating the kernel cache folder", e))?;
+    }
+    std::fs::write(&path, cubin).map_err(|e| CudaError::at("writing the kernel cache", e))?;
+    Ok(path)
+}
+
 /// Compiles the kernel source to machine code for `sm` (e.g. `sm_90`).
 fn compile_cubin(sm: &str) -> Result<Vec<u8>> {
     use cudarc::nvrtc::{result, sys};
@@ -463,8 +483,6 @@ impl Gpu {
             32768 * 4
         } else if name.starts_with("row_select_warp") {
             ROW_SMEM as i32
-        } else if name.starts_with("row_select_smem") {
-            (ROW_MAX_COLS * 4) as i32
         } else {
             0
         };
@@ -669,13 +687,12 @@ impl Gpu {
         )
     }
 
-    /// Per-row selection, one warp per row of the segments (`Seg::first` = first row), outputs
+    /// Per-row selection over the rows of the segments (`Seg::first` = first row), outputs
     /// through the per-segment pointers `t`/`take`/`mode`.
-    #[allow(clippy::too_many_arguments)]
     ///
-    /// `max_cols`: the longest row of the launch. Rows of whole vectors up to [`ROW_MAX_COLS`]
-    /// elements are selected by a block each with the keys in shared memory; others by a warp
-    /// each re-reading the row.
+    /// `max_cols`: the longest row of the launch. Rows of whole vectors up to
+    /// [`ROW_REG_MAX_THREADS`] × [`ROW_REG_V`] vectors are selected by a block each holding the row in registers; others by
+    /// a warp each re-reading the row.
     #[allow(clippy::too_many_arguments)]
     pub fn row_select(
         &self,
@@ -689,14 +706,19 @@ impl Gpu {
         bad_flag: u64,
         bad_index: u64,
     ) -> Result<()> {
-        if whole_vectors && max_cols <= ROW_MAX_COLS {
-            let name = format!("row_select_smem_{}_{}", dt.name(), kind.name());
-            let smem = (max_cols * 4) as u32;
-            let per_sm = (200 * 1024 / (smem as u64 + 17 * 1024)).clamp(1, 8);
+        let nvec = max_cols.div_ceil(dt.per_vector());
+        if whole_vectors && nvec <= ROW_REG_MAX_THREADS * ROW_REG_V {
+            // The fewest warps that hold the longest row in registers: more rows in flight per
+            // SM, and cheaper barriers, than a fixed large block.
+            let threads = nvec.div_ceil(ROW_REG_V).div_ceil(32).max(1) * 32;
+            let bits = (threads * 16).ilog2().min(11);
+            let smem = (2u32 << bits) * 4;
+            let per_sm = (65536 / (ROW_REG_REGS * threads)).clamp(1, 32);
+            let name = format!("row_select_reg_{}_{}", dt.name(), kind.name());
             self.launch_smem(
                 &name,
                 rows.min(self.sms as u64 * per_sm),
-                256,
+                threads as u32,
                 smem,
                 &[&segs, &nsegs, &rows, &bad_flag, &bad_index],
             )
@@ -770,6 +792,8 @@ impl Gpu {
         below: u64,
         bad_flag: u64,
         bad_index: u64,
+        band_chunks: u64,
+        chunk_stride: u32,
     ) -> Result<()> {
         let name = format!("band_pass_{}_{}", dt.name(), kind.name());
         self.launch(
@@ -777,7 +801,51 @@ impl Gpu {
             (nchunks as u64).min(self.sms as u64 * 4),
             512,
             &[
-                &segs, &chunks, &nchunks, &lo, &width, &band, &below, &bad_flag, &bad_index,
+                &segs,
+                &chunks,
+                &nchunks,
+                &lo,
+                &width,
+                &band,
+                &below,
+                &bad_flag,
+                &bad_index,
+                &band_chunks,
+                &chunk_stride,
+            ],
+        )
+    }
+
+    /// Per item (5 u64: segment, first chunk, chunks, band bin, take), the flat index of the
+    /// segment's take-th key equal to the bin's threshold, from the band pass's per-chunk counts
+    /// (`band_chunks`, `chunk_stride` words per chunk) and one ordered scan of one chunk.
+    #[allow(clippy::too_many_arguments)]
+    pub fn tie_locate(
+        &self,
+        dt: Dt,
+        kind: ScoreKind,
+        segs: u64,
+        chunks: u64,
+        items: u64,
+        nitems: u32,
+        band_chunks: u64,
+        chunk_stride: u32,
+        lo: u64,
+        out: u64,
+    ) -> Result<()> {
+        let name = format!("tie_locate_{}_{}", dt.name(), kind.name());
+        self.launch(
+            &name,
+            nitems as u64,
+            1024,
+            &[
+                &segs,
+                &chunks,
+                &items,
+                &band_chunks,
+                &chunk_stride,
+                &lo,
+                &out,
             ],
         )
     }
@@ -807,7 +875,8 @@ impl Gpu {
         )
     }
 
-    /// Threshold apply without tie ranks (modes 0 and 1), streaming over chunks of vectors.
+    /// Threshold apply without tie ranks (modes 0, 1 and 3: ties kept, pruned, or pruned up to a
+    /// located flat index), streaming over chunks of vectors.
     #[allow(clippy::too_many_arguments)]
     pub fn apply_stream(
         &self,

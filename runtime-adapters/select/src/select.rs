@@ -97,6 +97,10 @@ pub struct ParamQuota {
     pub ties: u64,
     /// How many of the ties to prune.
     pub take: u64,
+    /// The flat index of the last tie pruned, when the selection has located it already (the
+    /// GPU's band selection does, so applying needs no ordered pass); `None`: found by counting
+    /// ties in index order while applying. Either way the same `take` ties go.
+    pub tie_cut: Option<u64>,
 }
 
 impl ParamQuota {
@@ -212,6 +216,7 @@ impl GlobalSelector {
                     below: 0,
                     ties: 0,
                     take: 0,
+                    tie_cut: None,
                 })
                 .collect();
             return GlobalSelection {
@@ -256,6 +261,7 @@ impl GlobalSelector {
                 below: below[p],
                 ties: ties[p],
                 take,
+                tie_cut: None,
             });
         }
         debug_assert_eq!(remaining, 0);
@@ -292,10 +298,14 @@ pub fn apply_threshold(
     let mut pruned = 0u64;
     for_each_key(src, 0, |i, key| {
         let cut = key < quota.threshold
-            || (key == quota.threshold && {
-                seen_ties += 1;
-                seen_ties <= quota.take
-            });
+            || (key == quota.threshold
+                && match quota.tie_cut {
+                    Some(last) => (i as u64) <= last,
+                    None => {
+                        seen_ties += 1;
+                        seen_ties <= quota.take
+                    }
+                });
         if cut {
             mask.prune(i);
             pruned += 1;

@@ -404,6 +404,16 @@ fn band_select(
     let band = zeros((nseg * BAND_MAX) as i64, Kind::Int, device).map_err(e)?;
     let below = zeros(nseg as i64, Kind::Int64, device).map_err(e)?;
     let check = Checked::new(nseg, device).map_err(e)?;
+    // Per-chunk band counts, so the apply needs no ordered pass to split a threshold bin: the
+    // counts say which chunk holds a parameter's last pruned tie, and one scan of that chunk
+    // finds it. Bands are a few bins wide in practice; a very wide one goes without.
+    let nchunks = chunks.len() / 3;
+    let stride = width.iter().copied().max().unwrap_or(1) as usize;
+    let band_chunks = if nchunks * stride * 4 <= 64 << 20 {
+        Some(zeros((nchunks * stride) as i64, Kind::Int, device).map_err(e)?)
+    } else {
+        None
+    };
     g.band_pass(
         dt,
         kind,
@@ -416,6 +426,8 @@ fn band_select(
         ptr(&below),
         ptr(&check.flag),
         ptr(&check.index),
+        band_chunks.as_ref().map_or(0, ptr),
+        stride as u32,
     )
     .map_err(|x| e(x.into()))?;
     // 4. Resolve every scope on the device; read back a few numbers per parameter.
@@ -474,9 +486,61 @@ fn band_select(
                 below: seg_below[i] as u64,
                 ties: seg_ties[i] as u64,
                 take,
+                tie_cut: None,
             });
         }
         debug_assert_eq!(remaining, 0);
+    }
+    // 5. Where only some of a parameter's ties go, find the last one now.
+    if let Some(bc) = &band_chunks {
+        let mut first_chunk = vec![usize::MAX; nseg];
+        let mut chunk_count = vec![0usize; nseg];
+        for c in 0..nchunks {
+            let sg = chunks[3 * c] as usize;
+            first_chunk[sg] = first_chunk[sg].min(c);
+            chunk_count[sg] += 1;
+        }
+        let partial: Vec<usize> = (0..nseg)
+            .filter(|&i| quotas[i].take > 0 && quotas[i].take < quotas[i].ties)
+            .collect();
+        if !partial.is_empty() {
+            let items: Vec<i64> = partial
+                .iter()
+                .flat_map(|&i| {
+                    [
+                        i as i64,
+                        first_chunk[i] as i64,
+                        chunk_count[i] as i64,
+                        out_bin[scope_of[i]],
+                        quotas[i].take as i64,
+                    ]
+                })
+                .collect();
+            let items_d = upload(&items, device).map_err(e)?;
+            let out = zeros(partial.len() as i64, Kind::Int64, device).map_err(e)?;
+            g.tie_locate(
+                dt,
+                kind,
+                ptr(&t),
+                ptr(&c),
+                ptr(&items_d),
+                partial.len() as u32,
+                ptr(bc),
+                stride as u32,
+                ptr(&lo_d),
+                ptr(&out),
+            )
+            .map_err(|x| e(x.into()))?;
+            for (&i, cut) in partial.iter().zip(to_host_i64(&out).map_err(e)?) {
+                if cut < 0 {
+                    return Err((
+                        Some(i),
+                        Error::Invalid("the tie locator missed a tie the band pass counted".into()),
+                    ));
+                }
+                quotas[i].tie_cut = Some(cut as u64);
+            }
+        }
     }
     Ok(Some(quotas))
 }
@@ -635,7 +699,8 @@ impl GlobalSel for CudaGlobal {
                                 threshold: 0,
                                 below: 0,
                                 ties: 0,
-                                take: 0
+                                take: 0,
+                                tie_cut: None,
                             };
                             self.params
                         ];
@@ -705,6 +770,7 @@ impl GlobalSel for CudaGlobal {
                     below: 0,
                     ties: 0,
                     take: 0,
+                    tie_cut: None,
                 })
                 .collect();
             return Ok(GlobalSelection {
@@ -739,6 +805,7 @@ impl GlobalSel for CudaGlobal {
                     below: below[p] as u64,
                     ties: ties[p] as u64,
                     take,
+                    tie_cut: None,
                 }
             })
             .collect();
@@ -781,6 +848,21 @@ pub(crate) fn select_each(
                 Some(*i),
                 Error::Invalid(format!("cannot select {k} of {} weights", s.n)),
             ));
+        }
+    }
+    // bf16 magnitudes: band selection, one scope per parameter. It reads every weight once, like
+    // the full histogram, and also locates each parameter's last pruned tie, so the apply is a
+    // plain stream instead of an ordered pass.
+    let plain: Vec<Source> = sources.iter().map(|(_, s)| *s).collect();
+    if !plain.is_empty()
+        && plain.iter().all(keys_fit_16)
+        && plain
+            .iter()
+            .all(|s| (s.dt, s.kind) == (plain[0].dt, plain[0].kind))
+    {
+        let scopes: Vec<std::ops::Range<usize>> = (0..p).map(|i| i..i + 1).collect();
+        if let Some(quotas) = band_select(&g, device, &plain, &scopes, ks)? {
+            return Ok(quotas);
         }
     }
     let high = zeros((p * BINS) as i64, Kind::Int, device).map_err(e)?;
@@ -855,6 +937,7 @@ pub(crate) fn select_each(
                     below: 0,
                     ties: 0,
                     take: 0,
+                    tie_cut: None,
                 };
             }
             let hi = bins[i] as u32;
@@ -871,6 +954,7 @@ pub(crate) fn select_each(
                 below,
                 ties,
                 take: ks[i] - below,
+                tie_cut: None,
             }
         })
         .collect())
@@ -909,13 +993,13 @@ pub(crate) fn select_rows(
             ties: view(&ties, i),
         })
         .collect();
-    // Launches by element type, score kind and row length (the shared-memory path sizes its
-    // shared memory by the longest row of the launch).
+    // Launches by element type, score kind and row length (the register path sizes its blocks
+    // by the longest row of the launch).
     let bucket = |s: &Source| {
         let whole = s.cols % s.dt.per_vector() == 0;
-        match (whole, s.cols) {
-            (true, c) if c <= 4096 => 0u8,
-            (true, c) if c <= birdbone_cuda::ROW_MAX_COLS => 1,
+        match (whole, s.cols.div_ceil(s.dt.per_vector())) {
+            (true, v) if v <= 512 => 0u8,
+            (true, v) if v <= birdbone_cuda::ROW_REG_MAX_THREADS * birdbone_cuda::ROW_REG_V => 1,
             _ => 2,
         }
     };
@@ -957,11 +1041,15 @@ pub(crate) fn select_rows(
     Ok((sels, checks))
 }
 
+/// The apply kernels' mode: 0 keeps every tie, 1 prunes every tie, 2 prunes the first `take`
+/// in index order (ranked while applying), 3 prunes ties up to a located flat index.
 fn mode_of(q: &ParamQuota) -> u64 {
     if q.take == 0 {
         0
     } else if q.take >= q.ties {
         1
+    } else if q.tie_cut.is_some() {
+        3
     } else {
         2
     }
@@ -1034,8 +1122,9 @@ fn run_rules(
     {
         match w {
             What::Threshold => {
-                // Parameters that take all or none of their ties stream through; those that take
-                // some need tie ranks in index order, from the look-back kernel.
+                // Parameters that take all or none of their ties, or whose last pruned tie was
+                // located while selecting, stream through; the others need tie ranks in index
+                // order, from the look-back kernel.
                 let quota = |i: usize| match items[i].rule {
                     Rule::Threshold(q) => *q,
                     _ => unreachable!("grouped as threshold"),
@@ -1049,7 +1138,7 @@ fn run_rules(
                             let q = quota(i);
                             Seg {
                                 t: q.threshold as u64,
-                                take: q.take,
+                                take: q.tie_cut.unwrap_or(q.take),
                                 mode: mode_of(&q),
                                 ..base(i)
                             }
