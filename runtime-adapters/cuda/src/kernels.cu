@@ -280,7 +280,7 @@ __device__ __forceinline__ u64 block_sum_u64(u64 x, u64* sh) {
 #define SEGW 16
 #define HU 8  // vectors in flight per thread in the streaming kernels
 #define HH 4  // the same for the full-histogram kernel (1024 threads a block)
-#define NMU 8  // N:M units in flight per thread
+#define NMU 4  // N:M units in flight per thread
 #define S_W 0        // data pointer (the weight, or a dense score tensor)
 #define S_SCALE 1    // f32 column scale pointer (K_SCALED), else 0
 #define S_N 2        // elements
@@ -1683,11 +1683,11 @@ extern "C" __global__ void find_slot_bins(const u32* hists, u32 slots, const u64
                                                       u64* status, u32* ticket, u64* pruned) {       \
         apply_threshold_impl<DT, KIND>(segs, nsegs, tiles, status, ticket, pruned);                  \
     }                                                                                                \
-        extern "C" __global__ void __launch_bounds__(256, 3) nm4_##name(const u64* segs, const u64* chunks, u32 nchunks,          \
+        extern "C" __global__ void nm4_##name(const u64* segs, const u64* chunks, u32 nchunks,          \
                                           u64* pruned) {                                             \
         nm_impl<DT, KIND, 4>(segs, chunks, nchunks, pruned);                                         \
     }                                                                                                \
-    extern "C" __global__ void __launch_bounds__(256, 3) nm8_##name(const u64* segs, const u64* chunks, u32 nchunks,          \
+    extern "C" __global__ void nm8_##name(const u64* segs, const u64* chunks, u32 nchunks,          \
                                           u64* pruned) {                                             \
         nm_impl<DT, KIND, 8>(segs, chunks, nchunks, pruned);                                         \
     }                                                                                                \
