@@ -14,7 +14,7 @@ use crate::{
 /// done. Calls on one instance never overlap.
 #[sabi_trait]
 pub trait Scorer: Send {
-        /// Scores one parameter. Must be deterministic for the same inputs and state: the host may
+    /// Scores one parameter. Must be deterministic for the same inputs and state: the host may
     /// call it more than once per pass (a global selection over dense scores scores twice
     /// instead of holding every score; fused magnitude scores are kept, so those scorers are
     /// called once). The inputs are borrowed for this call only.

@@ -219,6 +219,19 @@ __device__ __forceinline__ void store_mask_bits(u8* mask, u64 vi, u32 bits, int 
     }
 }
 
+// Sum of the `per` words from `p` that a thread owns in a scan over contiguous ranges (`n` of them
+// valid). Threads start at different offsets (by lane): thread t's range begins at t * per, so
+// reading in order would put a warp's loads in a few banks (16-way conflicts for per = 16).
+__device__ __forceinline__ u32 range_sum(const u32* p, u32 per, u32 n) {
+    u32 r = per ? (threadIdx.x & 31) % per : 0, local = 0;
+    for (u32 i = 0; i < per; i++) {
+        u32 j = i + r;
+        if (j >= per) j -= per;
+        if (j < n) local += p[j];
+    }
+    return local;
+}
+
 // Warp-wide exclusive scan; `total` receives the warp's sum.
 __device__ __forceinline__ u32 warp_excl_scan(u32 x, u32* total) {
     int lane = threadIdx.x & 31;
@@ -900,7 +913,7 @@ extern "C" __global__ void band_resolve(const u32* band, const u64* below, const
     u32 per = (width + blockDim.x - 1) / blockDim.x;
     u32 b0 = threadIdx.x * per;
     u32 local = 0;
-    for (u32 i = 0; i < per && b0 + i < width; i++) local += total[b0 + i];
+    local = range_sum(total + b0, per, b0 < width ? width - b0 : 0);
     u32 band_total;
     u32 excl = block_excl_scan(local, sh, &band_total);
     if (inside && (u64)excl < need && need <= (u64)excl + local) {
@@ -1180,7 +1193,7 @@ __device__ void row_select_warp_impl(const u64* segs, int nsegs, u64 total_rows,
             u32 per = bins / 32;
             u32 b0 = lane * per;
             u32 local = 0;
-            for (u32 i = 0; i < per; i++) local += hist[b0 + i];
+            local = range_sum(hist + b0, per, per);
             u32 total;
             u32 excl = warp_excl_scan(local, &total);
             bool mine = (u64)excl < need && need <= (u64)excl + local;
@@ -1442,7 +1455,7 @@ __device__ void row_select_reg_impl(const u64* segs, int nsegs, u64 total_rows, 
             u32 per = (bins + bd - 1) / bd;
             u32 b0 = threadIdx.x * per;
             u32 local = 0;
-            for (u32 i = 0; i < per && b0 + i < bins; i++) local += hist[b0 + i];
+            local = range_sum(hist + b0, per, b0 < bins ? bins - b0 : 0);
             u32 total;
             u32 excl = block_excl_scan(local, sh, &total);
             if ((u64)excl < need && need <= (u64)excl + local) {
@@ -1636,7 +1649,7 @@ extern "C" __global__ void find_slot_bins(const u32* hists, u32 slots, const u64
     u32 per = 65536 / blockDim.x;
     u32 b0 = threadIdx.x * per;
     u64 local = 0;
-    for (u32 i = 0; i < per; i++) local += h[b0 + i];
+    local = (u64)range_sum(h + b0, per, per);
     // 64-bit exclusive scan from two 32-bit scans would overflow for huge slots; slots hold at most
     // 2^32 - 1 elements (checked by the host), so 32 bits suffice.
     u32 total;
