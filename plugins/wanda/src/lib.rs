@@ -36,8 +36,15 @@ impl ScorerImpl for Wanda {
             )));
         }
         // ‖X_j‖₂ = sqrt(Σ x_j²); computed in f32 on the statistics' device.
-        let norms = self.host.cast(sq_sums, DType::F32)?;
-        self.host.unary_inplace(UnaryOp::Sqrt, &norms)?;
+        // A new tensor either way (the statistics belong to the host); one launch when they are
+        // f32 already, as calibration records them.
+        let norms = if sq_sums.dtype() == DType::F32 {
+            self.host.unary(UnaryOp::Sqrt, sq_sums)?
+        } else {
+            let n = self.host.cast(sq_sums, DType::F32)?;
+            self.host.unary_inplace(UnaryOp::Sqrt, &n)?;
+            n
+        };
         Ok(ScoreOut::Magnitude {
             column_scale: RSome(norms.into_raw()),
         })
