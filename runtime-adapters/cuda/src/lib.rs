@@ -203,11 +203,13 @@ pub const BAND_MAX: usize = 4096;
 /// Shared memory of a warp-per-row select block: eight warps with a 2048-bin histogram each.
 const ROW_SMEM: u32 = 8 * 2048 * 4;
 /// Vectors per thread of the register-resident row select (`ROW_REG_V` in the kernels): rows of
-/// whole vectors up to 1024 threads times this many vectors are selected by a block each.
+/// whole vectors up to [`ROW_REG_MAX_THREADS`] times this many vectors are selected by a block
+/// each.
 pub const ROW_REG_V: u64 = 8;
 /// Largest block of the register-resident row select (its kernel is capped at `ROW_REG_REGS`
 /// registers a thread, so a block of 512 fits an SM's register file).
 pub const ROW_REG_MAX_THREADS: u64 = 512;
+/// `ROW_REG_MAXNREG` in the kernels.
 const ROW_REG_REGS: u64 = 128;
 const APPLY_THREADS: u32 = 256;
 
@@ -691,8 +693,8 @@ impl Gpu {
     /// through the per-segment pointers `t`/`take`/`mode`.
     ///
     /// `max_cols`: the longest row of the launch. Rows of whole vectors up to
-    /// [`ROW_REG_MAX_THREADS`] × [`ROW_REG_V`] vectors are selected by a block each holding the row in registers; others by
-    /// a warp each re-reading the row.
+    /// [`ROW_REG_MAX_THREADS`] × [`ROW_REG_V`] vectors are selected by a block each holding the
+    /// row in registers; others by a warp each re-reading the row.
     #[allow(clippy::too_many_arguments)]
     pub fn row_select(
         &self,

@@ -176,8 +176,12 @@ fn check_scales(params: &[PlanParam], scales: &[(u32, Tensor)]) -> Result<()> {
         let at = bad.f_nonzero()?;
         Ok((at.size()[0] > 0).then(|| at.int64_value(&[0, 0]) as u64))
     };
-    let mut devices: Vec<Device> = scales.iter().map(|(_, s)| s.device()).collect();
-    devices.dedup();
+    let mut devices: Vec<Device> = Vec::new();
+    for (_, s) in scales {
+        if !devices.contains(&s.device()) {
+            devices.push(s.device());
+        }
+    }
     for device in devices {
         let group: Vec<&(u32, Tensor)> = scales
             .iter()
