@@ -4,54 +4,36 @@
 
 use std::{collections::BTreeMap, time::Instant};
 
-use birdbone_llama::{collect_stats, generate_greedy, perplexity, token_windows, Loaded};
-use birdbone_tch::{PassConfig, PassInputs, PluginRegistry, Pruner};
+use birdbone_llama::{collect_stats, generate_greedy, perplexity};
+use birdbone_tch::{PassConfig, PassInputs, Pruner};
 
-use crate::{
-    model_io::{parse_device, parse_kind},
-    plugins_cmd::plugin_dirs,
-};
+use crate::model_io::Experiment;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Model folder, or a cached hub id.
-    #[arg(long)]
-    pub model: String,
-    /// Evaluation windows of 512 tokens of wiki.utf8 (the protocol uses 64).
-    #[arg(long, default_value_t = 64)]
-    pub windows: usize,
-    /// Calibration windows of 512 tokens of c4.utf8.
-    #[arg(long, default_value_t = 32)]
-    pub calibration: usize,
+    #[command(flatten)]
+    pub experiment: Experiment,
     /// Sparsity.
     #[arg(long, default_value_t = 0.5)]
     pub sparsity: f64,
-    /// auto (CUDA when present), cpu, cuda or cuda:N.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
-    /// f32, f16 or bf16.
-    #[arg(long, default_value = "f32")]
-    pub dtype: String,
-    /// Plugin folder (repeatable). Default: the birdbone executable's folder and its plugins/.
-    #[arg(long = "plugins")]
-    pub plugin_dirs: Vec<std::path::PathBuf>,
 }
 
 const PROMPT: &str = "The capital of France is";
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     let t = Instant::now();
-    let device = parse_device(&a.device)?;
-    let m = Loaded::load(&a.model, device, parse_kind(&a.dtype)?)?;
+    let x = &a.experiment;
+    let m = x.load()?;
+    let device = m.model.device();
     println!("== Birdbone demo: prune a live model in place with Wanda, through the plugins");
     println!(
         "model {} on {device:?} ({}): loaded in {:.1} s",
         m.dir.display(),
-        a.dtype,
+        x.dtype,
         t.elapsed().as_secs_f64()
     );
 
-    let reg = PluginRegistry::discover(&plugin_dirs(&a.plugin_dirs));
+    let reg = x.registry();
     let names: Vec<&str> = reg.components().map(|c| c.info.name.as_str()).collect();
     println!("plugins: {} components ({})", names.len(), names.join(", "));
 
@@ -61,24 +43,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         "\nsample before ({:.1} s): {PROMPT}{before}",
         t.elapsed().as_secs_f64()
     );
-    let eval = token_windows(
-        &m.tokenizer,
-        &birdbone_llama::read_text("wiki.utf8")?,
-        512,
-        a.windows,
-    )?;
+    let eval = x.eval_windows(&m)?;
     let dense = perplexity(&m.model, &eval, 4)?;
     println!(
         "perplexity before: {:.2} ({} windows of 512 tokens of wiki.utf8, {:.1} s)",
         dense.ppl, dense.windows, dense.seconds
     );
 
-    let calib = token_windows(
-        &m.tokenizer,
-        &birdbone_llama::read_text("c4.utf8")?,
-        512,
-        a.calibration,
-    )?;
+    let calib = x.calibration_windows(&m)?;
     let (stats, cal) = collect_stats(&m.model, &calib, 4)?;
     println!(
         "\nwarm-up: {} windows of c4.utf8 ({} tokens) through the model in {:.1} s: input statistics for {} Linear weights",

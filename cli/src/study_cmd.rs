@@ -3,35 +3,16 @@
 
 use std::{collections::BTreeMap, time::Instant};
 
-use birdbone_llama::{collect_stats, perplexity, token_windows, Loaded};
-use birdbone_tch::{ParamFilter, PassConfig, PassInputs, PluginRegistry, Pruner};
+use birdbone_llama::{collect_stats, perplexity};
+use birdbone_tch::{ParamFilter, PassConfig, PassInputs, Pruner};
 use tch::Tensor;
 
-use crate::{
-    model_io::{parse_device, parse_kind},
-    plugins_cmd::plugin_dirs,
-};
+use crate::model_io::Experiment;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Model folder, or a cached hub id.
-    #[arg(long)]
-    pub model: String,
-    /// Evaluation windows (of 512 tokens, wiki.utf8).
-    #[arg(long, default_value_t = 64)]
-    pub windows: usize,
-    /// Calibration windows (of 512 tokens, c4.utf8).
-    #[arg(long, default_value_t = 32)]
-    pub calibration: usize,
-    /// auto, cpu, cuda or cuda:N.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
-    /// f32, f16 or bf16.
-    #[arg(long, default_value = "f32")]
-    pub dtype: String,
-    /// Plugin folder (repeatable). Default: the birdbone executable's folder and its plugins/.
-    #[arg(long = "plugins")]
-    pub plugin_dirs: Vec<std::path::PathBuf>,
+    #[command(flatten)]
+    pub experiment: Experiment,
 }
 
 struct Setting {
@@ -128,21 +109,12 @@ const SETTINGS: &[Setting] = &[
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     let started = Instant::now();
-    let m = Loaded::load(&a.model, parse_device(&a.device)?, parse_kind(&a.dtype)?)?;
-    let reg = PluginRegistry::discover(&plugin_dirs(&a.plugin_dirs));
-    let eval = token_windows(
-        &m.tokenizer,
-        &birdbone_llama::read_text("wiki.utf8")?,
-        512,
-        a.windows,
-    )?;
-    let calib = token_windows(
-        &m.tokenizer,
-        &birdbone_llama::read_text("c4.utf8")?,
-        512,
-        a.calibration,
-    )?;
-    eprintln!("calibrating on {} windows of c4.utf8 ...", a.calibration);
+    let x = &a.experiment;
+    let m = x.load()?;
+    let reg = x.registry();
+    let eval = x.eval_windows(&m)?;
+    let calib = x.calibration_windows(&m)?;
+    eprintln!("calibrating on {} windows of c4.utf8 ...", x.calibration);
     let (stats, cal) = collect_stats(&m.model, &calib, 4)?;
     let filter = ParamFilter::default();
     let weights = filter.select(m.model.var_store())?;
@@ -186,10 +158,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     println!(
         "Perplexity of {} on wiki.utf8 ({} windows of 512 tokens; calibration: {} windows of c4.utf8, {} tokens), {} on {:?}:\n",
         m.dir.display(),
-        a.windows,
-        a.calibration,
+        x.windows,
+        x.calibration,
         cal.tokens,
-        a.dtype,
+        x.dtype,
         m.model.device()
     );
     println!("| setting | sparsity of Linear weights | perplexity |\n| --- | ---: | ---: |");
