@@ -811,11 +811,16 @@ __device__ void band_pass_impl(const u64* segs, const u64* chunks, u32 nchunks, 
         __syncthreads();
         u64 v0 = chunks[3 * c + 1], nv = chunks[3 * c + 2];
         u64 my_below = 0;
-        u32 below_bits = 0;  // packed path: 16 per element below the band
+                u64 fast_seen = 0, fast_ge = 0;  // packed path: elements seen, and those at or above lo
         bool bad = false;
         u64 first_bad = ~0ull;
-        // bf16 magnitudes: two elements per word, compared as 16-bit lanes.
-        const u32 lo2 = (lo & 0x7fffu) * 0x00010001u, width2 = width * 0x00010001u;
+        // bf16 magnitudes, two per word as 16-bit lanes m. Each lane's top bit is set first
+        // (y = x | 0x80008000), so y - c per lane is 0x8000 + m - c for any c <= 0x8000: no
+        // borrow crosses lanes, and the lane's top bit says m >= c. Three subtractions and a few
+        // logic ops per word test the band's two ends and finiteness for two elements.
+        const u32 lo_m = lo & 0x7fffu;
+        const u32 hi_m = min(lo_m + width, 0x8000u);
+        const u32 lo2 = lo_m * 0x00010001u, hi2 = hi_m * 0x00010001u;
         for (u64 base = v0 + threadIdx.x; base < v0 + nv; base += NB * blockDim.x) {
             Vec<DT> vs[NB];
 #pragma unroll
@@ -829,19 +834,29 @@ __device__ void band_pass_impl(const u64* segs, const u64* chunks, u32 nchunks, 
                 if (vs[u].valid == 0) continue;
                 u64 vi = base + (u64)u * blockDim.x;
                 bool b = false;
-                if (DT == DT_BF16 && KIND == K_MAG && vs[u].valid == V && lo >= 0x8000u) {
-                    u32 badw = 0;
+                                if (DT == DT_BF16 && KIND == K_MAG && vs[u].valid == V && lo >= 0x8000u) {
+                    u32 dl[4], inb[4], ge = 0, badw = 0, any = 0;
 #pragma unroll
                     for (int q = 0; q < 4; q++) {
-                        u32 m = vs[u].w[q] & 0x7fff7fffu;
-                        below_bits += __popc(__vcmpltu2(m, lo2));
-                        u32 d = __vsub2(m, lo2);  // wraps high for m < lo: never in the band
-                        u32 inb = __vcmpltu2(d, width2);
-                        if (inb & 0xffffu) atomicAdd(&sh[d & 0xffffu], 1u);
-                        if (inb >> 16) atomicAdd(&sh[d >> 16], 1u);
-                        badw |= __vcmpgeu2(m, 0x7f807f80u);
+                        u32 y = vs[u].w[q] | 0x80008000u;
+                        dl[q] = y - lo2;
+                        u32 dh = y - hi2;
+                        ge += (dl[q] & 0x80008000u) >> 15;
+                        inb[q] = dl[q] & ~dh & 0x80008000u;
+                        any |= inb[q];
+                        badw |= y - 0x7f807f80u;
                     }
-                    b = badw != 0;
+                    fast_seen += V;
+                    fast_ge += (ge & 0xffffu) + (ge >> 16);
+                    // ~1% of elements fall in the band: one branch per vector.
+                    if (any) {
+#pragma unroll
+                        for (int q = 0; q < 4; q++) {
+                            if (inb[q] & 0x8000u) atomicAdd(&sh[dl[q] & 0x7fffu], 1u);
+                            if (inb[q] >> 31) atomicAdd(&sh[(dl[q] >> 16) & 0x7fffu], 1u);
+                        }
+                    }
+                    b = (badw & 0x80008000u) != 0;
                 } else {
                     u32 keys[V];
                     keys_of<DT, KIND>(vs[u], vi, scale, cols, keys, b);
@@ -865,7 +880,7 @@ __device__ void band_pass_impl(const u64* segs, const u64* chunks, u32 nchunks, 
             atomicExch(bad_flag, 1u);
             atomicMin(bad_index + s[S_SLOT], first_bad);
         }
-        u64 t = block_sum_u64(my_below + (below_bits >> 4), shl);
+                u64 t = block_sum_u64(my_below + fast_seen - fast_ge, shl);
         if (threadIdx.x == 0 && t) atomicAdd(below + s[S_SLOT], t);
         __syncthreads();
         u32* gb = band + s[S_SLOT] * (u64)BAND_MAX;
@@ -1037,11 +1052,15 @@ __device__ void apply_stream_impl(const u64* segs, const u64* chunks, u32 nchunk
         bool write_w = s[S_WRITE] != 0;
         u64 v0 = chunks[3 * c + 1], nv = chunks[3 * c + 2];
         u64 my_pruned = 0;
-        u32 cut_bits = 0;  // packed path: 16 per element pruned
+                u32 cut_bits = 0;  // packed path: 16 per element pruned
+        u64 fast_seen = 0, fast_kept = 0;
         // bf16 magnitudes against a threshold on the upper key half: two elements per word,
         // compared as 16-bit lanes.
         const bool packed = DT == DT_BF16 && KIND == K_MAG && (T & 0xffffu) == 0 && T >= 0x80000000u;
         const u32 t2 = ((T >> 16) & 0x7fffu) * 0x00010001u;
+        // Whole vectors off the tie cut keep m >= c (the band pass's lane trick): c = t where ties
+        // are kept (mode 0, or past the located cut), t + 1 where they go.
+        const u32 keep_ties = t2, drop_ties = t2 + 0x00010001u;
         for (u64 base = v0 + threadIdx.x; base < v0 + nv; base += HU * blockDim.x) {
             Vec<DT> vs[HU];
 #pragma unroll
@@ -1054,6 +1073,31 @@ __device__ void apply_stream_impl(const u64* segs, const u64* chunks, u32 nchunk
             for (int u = 0; u < HU; u++) {
                 if (vs[u].valid == 0) continue;
                 u64 vi = base + (u64)u * blockDim.x;
+                                const u64 e0 = vi * V;
+                if (packed && vs[u].valid == V && !(located && e0 <= tie_cut && tie_cut < e0 + V)) {
+                    const u32 c2 = (!inclusive && (!located || e0 > tie_cut)) ? keep_ties : drop_ties;
+                                        u32 changed = 0, kept = 0, d[4];
+#pragma unroll
+                    for (int q = 0; q < 4; q++) {
+                        u32 x = vs[u].w[q];
+                        d[q] = (x | 0x80008000u) - c2;
+                        u32 full;  // each lane's top bit copied over the lane: 0xffff = kept
+                        asm("prmt.b32 %0, %1, 0, 0xbb99;" : "=r"(full) : "r"(d[q]));
+                        changed |= x & ~full;
+                        vs[u].w[q] = x & full;
+                        kept += (d[q] & 0x80008000u) >> 15;
+                    }
+                    fast_seen += V;
+                    fast_kept += (kept & 0xffffu) + (kept >> 16);
+                    if (write_w && changed) store_vec<DT>(w, vi, aligned, vs[u]);
+                    if (mask) {
+                        u32 keep = 0;
+#pragma unroll
+                        for (int q = 0; q < 4; q++) keep |= (((d[q] >> 15) & 1u) | ((d[q] >> 30) & 2u)) << (2 * q);
+                        store_mask_bits<DT>(mask, vi, keep, V);
+                    }
+                    continue;
+                }
                 if (packed) {
                     u32 keep = 0, changed = 0;
                     int valid = vs[u].valid;
@@ -1102,7 +1146,7 @@ __device__ void apply_stream_impl(const u64* segs, const u64* chunks, u32 nchunk
                 store_mask_bits<DT>(mask, vi, keep, vs[u].valid);
             }
         }
-        u64 t = block_sum_u64(my_pruned + (cut_bits >> 4), shl);
+                u64 t = block_sum_u64(my_pruned + (cut_bits >> 4) + fast_seen - fast_kept, shl);
         if (threadIdx.x == 0 && t) atomicAdd(pruned + s[S_SLOT], t);
     }
 }
@@ -1548,9 +1592,59 @@ __device__ void row_apply_stream_impl(const u64* segs, const u64* chunks, u32 nc
         u8* mask = (u8*)s[S_MASK];
         const u32* row_key = (const u32*)s[S_T];
         const u32* row_cut = (const u32*)s[S_TAKE];
-        bool write_w = s[S_WRITE] != 0;
+                bool write_w = s[S_WRITE] != 0;
         u64 v0 = chunks[3 * c + 1], nv = chunks[3 * c + 2];
         u64 my_pruned = 0;
+        if (aligned && cols % V == 0 && cols <= 0xffffffffull) {
+            // Rows of whole vectors: each thread tracks its vector's row and column as it steps
+            // (one division per chunk instead of two per vector), and a vector never spans rows.
+            const u32 nvr = (u32)(cols / V), bd = blockDim.x;
+            u64 row = (v0 + threadIdx.x) / nvr;
+            u32 cv = (u32)(v0 + threadIdx.x - row * nvr);
+            for (u64 base = v0 + threadIdx.x; base < v0 + nv; base += HU * bd) {
+                Vec<DT> vs[HU];
+#pragma unroll
+                for (int u = 0; u < HU; u++) {
+                    u64 vi = base + (u64)u * bd;
+                    if (vi < v0 + nv) load_vec<DT>(w, vi, n, true, vs[u]);
+                    else vs[u].valid = 0;
+                }
+#pragma unroll
+                for (int u = 0; u < HU; u++) {
+                    if (vs[u].valid != 0) {
+                        u64 vi = base + (u64)u * bd;
+                        u32 keys[V];
+                        bool b = false;
+                        keys_at<DT, KIND>(vs[u], cv * V, scale, keys, b);
+                        u32 T = row_key[row], cut = row_cut[row];
+                        u32 keep = 0;
+                        bool changed = false;
+#pragma unroll
+                        for (int j = 0; j < V; j++) {
+                            u32 col = cv * V + j;
+                            bool cut_here = keys[j] < T || (keys[j] == T && cut != 0xffffffffu && col <= cut);
+                            if (cut_here) {
+                                my_pruned++;
+                                if (vs[u].get(j) != 0) changed = true;
+                                vs[u].zero(j);
+                            } else {
+                                keep |= 1u << j;
+                            }
+                        }
+                        if (write_w && changed) store_vec<DT>(w, vi, true, vs[u]);
+                        store_mask_bits<DT>(mask, vi, keep, V);
+                    }
+                    cv += bd;
+                    while (cv >= nvr) {
+                        cv -= nvr;
+                        row++;
+                    }
+                }
+            }
+            u64 t = block_sum_u64(my_pruned, shl);
+            if (threadIdx.x == 0 && t) atomicAdd(pruned + s[S_SLOT], t);
+            continue;
+        }
         for (u64 base = v0 + threadIdx.x; base < v0 + nv; base += HU * blockDim.x) {
             Vec<DT> vs[HU];
 #pragma unroll
