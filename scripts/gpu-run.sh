@@ -3,6 +3,8 @@
 # tests, then the benchmark beside the PyTorch baseline on the same card.
 #   scripts/gpu-run.sh tests | bench | all
 #   scripts/gpu-run.sh finetune [birdbone-finetune options]   (staged by `stage-gpu.sh finetune`)
+#   scripts/gpu-run.sh exec COMMAND...   (any command in this environment, e.g. a profiler over
+#                                         .device/birdbone-bench; BIRDBONE_TRACE=1 times each step)
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 TORCH=$(python3 -c 'import torch, os; print(os.path.dirname(torch.__file__))')
@@ -11,6 +13,9 @@ export BIRDBONE_MODEL_DIR="$PWD/.device/model"
 # Kernels precompiled by stage-gpu.sh (another architecture compiles and adds its own file).
 export BIRDBONE_KERNEL_CACHE="${BIRDBONE_KERNEL_CACHE:-$PWD/.device/kernels}"
 what="${1:-all}"
+if [ "$what" = exec ]; then
+  exec "${@:2}"
+fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 if [ "$what" = finetune ]; then
   cat .device-gguf/part-a .device/gguf-part-b > /tmp/model.gguf

@@ -764,11 +764,19 @@ __device__ void apply_mask_impl(const u64* segs, const u64* chunks, u32 nchunks,
 #define BAND_MAX 4096
 
 // Sample: every S_SCOPE-th vector of each segment; keys' high halves into the scope's 65536-bin
-// histogram (S_SLOT here is the scope). Chunks count sampled vectors.
+// histogram (S_SLOT here is the scope). Chunks count sampled vectors. Magnitudes' keys have the
+// top bit set, so their upper 32768 bins fit a block's shared memory (dynamic, 128 KiB): the
+// block counts there and adds its non-zero bins to the scope's histogram once per chunk, instead
+// of every sampled key contending for a few hot bins in device memory.
 template <int DT, int KIND>
 __device__ void sample_hist_impl(const u64* segs, const u64* chunks, u32 nchunks, u32* hists) {
+    extern __shared__ u32 sample_sh[];
     const int V = Ty<DT>::V;
     for (u32 c = blockIdx.x; c < nchunks; c += gridDim.x) {
+        if (KIND == K_MAG) {
+            for (u32 i = threadIdx.x; i < 32768; i += blockDim.x) sample_sh[i] = 0;
+            __syncthreads();
+        }
         const u64* s = segs + SEGW * chunks[3 * c];
         const void* w = (const void*)s[S_W];
         const float* scale = (const float*)s[S_SCALE];
@@ -784,8 +792,20 @@ __device__ void sample_hist_impl(const u64* segs, const u64* chunks, u32 nchunks
             bool b = false;
             keys_of<DT, KIND>(v, vi, scale, cols, keys, b);
 #pragma unroll
-            for (int e = 0; e < V; e++)
-                if (e < v.valid) atomicAdd(&gh[keys[e] >> 16], 1u);
+            for (int e = 0; e < V; e++) {
+                if (e < v.valid) {
+                    if (KIND == K_MAG) atomicAdd(&sample_sh[(keys[e] >> 16) & 0x7fffu], 1u);
+                    else atomicAdd(&gh[keys[e] >> 16], 1u);
+                }
+            }
+        }
+        if (KIND == K_MAG) {
+            __syncthreads();
+            for (u32 i = threadIdx.x; i < 32768; i += blockDim.x) {
+                u32 x = sample_sh[i];
+                if (x) atomicAdd(&gh[0x8000u + i], x);
+            }
+            __syncthreads();
         }
     }
 }
@@ -848,12 +868,16 @@ __device__ void band_pass_impl(const u64* segs, const u64* chunks, u32 nchunks, 
                     }
                     fast_seen += V;
                     fast_ge += (ge & 0xffffu) + (ge >> 16);
-                    // ~1% of elements fall in the band: one branch per vector.
+                                        // ~1% of elements fall in the band: one branch per vector, then a loop over
+                    // the in-band lanes only (word q's lanes as bits 15 - q and 31 - q).
                     if (any) {
-#pragma unroll
-                        for (int q = 0; q < 4; q++) {
-                            if (inb[q] & 0x8000u) atomicAdd(&sh[dl[q] & 0x7fffu], 1u);
-                            if (inb[q] >> 31) atomicAdd(&sh[(dl[q] >> 16) & 0x7fffu], 1u);
+                        u32 m = inb[0] | (inb[1] >> 1) | (inb[2] >> 2) | (inb[3] >> 3);
+                        while (m) {
+                            int p = 31 - __clz(m);
+                            m &= ~(1u << p);
+                            int q = 15 - (p & 15);
+                            u32 word = q == 0 ? dl[0] : q == 1 ? dl[1] : q == 2 ? dl[2] : dl[3];
+                            atomicAdd(&sh[(p >= 16 ? word >> 16 : word) & 0x7fffu], 1u);
                         }
                     }
                     b = (badw & 0x80008000u) != 0;
@@ -1330,13 +1354,14 @@ __device__ u32 warp_tie_cut(const void* w, const float* scale, u64 n, u64 cols, 
 }
 
 // Per-row selection with the row in registers: one block of 32..512 threads per row (the host
-// sizes it so each thread holds at most ROW_REG_V whole vectors), persistent over rows. The row is
-// read once and its keys computed once, into registers. Digits start below the bits
-// every key shares (from the OR and AND of the row's keys) and stop above the bits every key
-// shares at the bottom (bf16 magnitudes end in sixteen zero bits). Once the chosen bin holds few
-// keys, they are copied to shared memory and the remaining levels read only those: in practice
-// one pass over the row histograms, a second copies a few percent of it, and the rest is cheap.
-// Dynamic shared memory: 2 * (1 << digit bits) words (histogram, then candidates).
+// sizes it so each thread holds at most ROW_REG_V whole vectors), persistent over a contiguous
+// run of rows. The row is read once and its keys computed once, into registers. Digits of 11
+// bits start below the bits every key shares (from the OR and AND of the row's keys) and stop
+// above the bits every key shares at the bottom (bf16 magnitudes end in sixteen zero bits). Once
+// the chosen bin holds few keys, they are copied to shared memory; when there are at most two
+// per thread, ranking each against the others finishes the selection, else more levels read only
+// the copies. In practice: one histogram pass over the row, one copy of ~1% of it, one ranking.
+// Dynamic shared memory: 2 * ROW_BINS words (histogram, then candidates).
 #define ROW_REG_V 8
 // Registers per thread: enough for the keys without spilling, few enough for blocks of 512.
 #define ROW_REG_MAXNREG 128
@@ -1380,32 +1405,68 @@ __device__ __forceinline__ void keys_at(const Vec<DT>& v, u32 col, const float* 
     }
 }
 
+// Sum of the histogram words a thread owns in a block-wide scan: quads (16-byte reads) `b0 / 4`
+// onwards, `nq` of them, those below `bins` valid. Each lane starts at a different quad so a
+// warp's 16-byte reads spread over the banks. `h` is the kernel's dynamic shared memory.
+__device__ __forceinline__ u32 quad_sum(const u32* h, u32 b0, u32 nq, u32 bins) {
+    u32 r = nq ? (threadIdx.x & 31) % nq : 0, local = 0;
+    for (u32 i = 0; i < nq; i++) {
+        u32 q = i + r;
+        if (q >= nq) q -= nq;
+        u32 at = b0 + 4 * q;
+        if (at < bins) {
+            uint4 v = *reinterpret_cast<const uint4*>(h + at);
+            local += v.x + v.y + v.z + v.w;
+        }
+    }
+    return local;
+}
+
+#define ROW_BITS 11
+#define ROW_BINS (1 << ROW_BITS)
+
 template <int DT, int KIND>
 __device__ void row_select_reg_impl(const u64* segs, int nsegs, u64 total_rows, u32* bad_flag, u64* bad_index) {
-    extern __shared__ u32 dyn[];
+    extern __shared__ __align__(16) u32 dyn[];  // ROW_BINS histogram words, then ROW_BINS candidates
     __shared__ u32 sh[40];
     __shared__ u32 red[64];
-    __shared__ u32 s_digit, s_before, s_cnt, s_cut;
+    __shared__ u32 s_digit, s_before, s_cut, s_key, s_ties;
     const int V = Ty<DT>::V;
     const int K = ROW_REG_V * V;  // keys per thread, computed once and kept in registers
     const u32 bd = blockDim.x;
-    const int maxw = min(11, 31 - __clz(bd * 16));  // at most 16 bins per thread to clear and scan
-    const u32 nbins = 1u << maxw;
     u32* hist = dyn;
-    u32* cand = dyn + nbins;
+    u32* cand = dyn + ROW_BINS;
+    const u32 nq = (ROW_BINS / 4 + bd - 1) / bd;  // histogram quads each thread scans
+    const u32 b0 = threadIdx.x * nq * 4;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (bd + 31) >> 5;
+    // Each block takes a contiguous run of rows, so its segment changes rarely and its fields
+    // are read once per change, not once per row.
+    u64 per_block = (total_rows + gridDim.x - 1) / gridDim.x;
+    u64 g0 = (u64)blockIdx.x * per_block, g1 = min(total_rows, g0 + per_block);
     int seg = 0;
-    for (u64 g = blockIdx.x; g < total_rows; g += gridDim.x) {
-        while (seg + 1 < nsegs && segs[(u64)(seg + 1) * SEGW + S_FIRST] <= g) seg++;
-        const u64* s = segs + (u64)seg * SEGW;
-        const void* w = (const void*)s[S_W];
-        const float* scale = (const float*)s[S_SCALE];
-        u64 cols = s[S_COLS], n = s[S_N];
-        u64 r = g - s[S_FIRST];
-        u64 k = s[S_K];
+    while (seg + 1 < nsegs && segs[(u64)(seg + 1) * SEGW + S_FIRST] <= g0) seg++;
+    u64 next_first = seg + 1 < nsegs ? segs[(u64)(seg + 1) * SEGW + S_FIRST] : ~0ull;
+    const u64* s = segs + (u64)seg * SEGW;
+    const void* w = (const void*)s[S_W];
+    const float* scale = (const float*)s[S_SCALE];
+    u64 cols = s[S_COLS], n = s[S_N], first = s[S_FIRST], k = s[S_K];
+    bool aligned = s[S_ALIGNED] != 0;
+    for (u64 g = g0; g < g1; g++) {
+        if (g >= next_first) {
+            while (seg + 1 < nsegs && segs[(u64)(seg + 1) * SEGW + S_FIRST] <= g) seg++;
+            next_first = seg + 1 < nsegs ? segs[(u64)(seg + 1) * SEGW + S_FIRST] : ~0ull;
+            s = segs + (u64)seg * SEGW;
+            w = (const void*)s[S_W];
+            scale = (const float*)s[S_SCALE];
+            cols = s[S_COLS];
+            n = s[S_N];
+            first = s[S_FIRST];
+            k = s[S_K];
+            aligned = s[S_ALIGNED] != 0;
+        }
+        u64 r = g - first;
         u64 vfirst = (r * cols) / V;
         u32 nvec = (u32)(cols / V);
-        bool aligned = s[S_ALIGNED] != 0;
         // My vectors are q = threadIdx.x + u * bd for u < mine (a prefix of the u's).
         int mine = threadIdx.x < nvec ? (int)((nvec - 1 - threadIdx.x) / bd) + 1 : 0;
         u32 keys[K];
@@ -1453,6 +1514,7 @@ __device__ void row_select_reg_impl(const u64* segs, int nsegs, u64 total_rows, 
             red[warp] = kor;
             red[32 + warp] = kand;
         }
+        for (u32 i = threadIdx.x; i < ROW_BINS; i += bd) hist[i] = 0;
         __syncthreads();
         kor = 0;
         kand = 0xffffffffu;
@@ -1467,18 +1529,23 @@ __device__ void row_select_reg_impl(const u64* segs, int nsegs, u64 total_rows, 
         int shift = hi;
         u64 need = k;
         u32 ties = (u32)cols;
-        bool in_cand = false;
-        u32 ncand = 0;
+        bool in_cand = false, have_key = false;
+        u32 ncand = 0, T = 0;
+        bool cleared = true;  // the histogram was zeroed above, before the first level
         while (k > 0 && shift > lo) {
-            int width = min(maxw, shift - lo);
+            int width = min(ROW_BITS, shift - lo);
             shift -= width;
             u32 bins = 1u << width;
             // A key takes part when its bits above the digit equal the prefix found so far.
             int top = shift + width;
             u32 hmask = top >= 32 ? 0u : (0xffffffffu << top);
             u32 want = top >= 32 ? 0u : (prefix << top);
-            for (u32 i = threadIdx.x; i < bins; i += bd) hist[i] = 0;
-            __syncthreads();
+                        if (!cleared) {
+                // Whole quads: the scan reads 16 bytes at a time.
+                for (u32 i = threadIdx.x; i < ((bins + 3) & ~3u); i += bd) hist[i] = 0;
+                __syncthreads();
+            }
+            cleared = false;
             if (!in_cand) {
 #pragma unroll
                 for (int u = 0; u < ROW_REG_V; u++)
@@ -1496,15 +1563,12 @@ __device__ void row_select_reg_impl(const u64* segs, int nsegs, u64 total_rows, 
                 }
             }
             __syncthreads();
-            u32 per = (bins + bd - 1) / bd;
-            u32 b0 = threadIdx.x * per;
-            u32 local = 0;
-            local = range_sum(hist + b0, per, b0 < bins ? bins - b0 : 0);
+            u32 local = quad_sum(hist, b0, nq, bins);
             u32 total;
             u32 excl = block_excl_scan(local, sh, &total);
             if ((u64)excl < need && need <= (u64)excl + local) {
                 u32 run = excl;
-                for (u32 i = 0; i < per && b0 + i < bins; i++) {
+                for (u32 i = 0; i < nq * 4 && b0 + i < bins; i++) {
                     u32 c = hist[b0 + i];
                     if ((u64)run + c >= need) {
                         s_digit = b0 + i;
@@ -1520,27 +1584,66 @@ __device__ void row_select_reg_impl(const u64* segs, int nsegs, u64 total_rows, 
             need -= s_before;
             ties = hist[digit];
             __syncthreads();
-            if (!in_cand && shift > lo && ties <= nbins) {
-                // Few keys left in the chosen bin: copy them out once.
+            if (!in_cand && shift > lo && ties <= ROW_BINS) {
+                // Few keys left in the chosen bin: copy them out once, each thread's at its
+                // offset from a scan of the counts (no contended counter).
                 u32 m2 = 0xffffffffu << shift, w2 = prefix << shift;
-                if (threadIdx.x == 0) s_cnt = 0;
-                __syncthreads();
+                u32 mc = 0;
 #pragma unroll
                 for (int u = 0; u < ROW_REG_V; u++)
                     if (u < mine) {
 #pragma unroll
-                        for (int j = 0; j < V; j++) {
-                            u32 key = keys[u * V + j];
-                            if ((key & m2) == w2) cand[atomicAdd(&s_cnt, 1u)] = key;
-                        }
+                        for (int j = 0; j < V; j++) mc += (keys[u * V + j] & m2) == w2;
                     }
+                u32 all;
+                u32 at = block_excl_scan(mc, sh, &all);
+                if (mc) {
+#pragma unroll
+                    for (int u = 0; u < ROW_REG_V; u++)
+                        if (u < mine) {
+#pragma unroll
+                            for (int j = 0; j < V; j++)
+                                if ((keys[u * V + j] & m2) == w2) cand[at++] = keys[u * V + j];
+                        }
+                }
                 __syncthreads();
-                ncand = s_cnt;
+                ncand = all;
                 in_cand = true;
+                if (ncand <= 2 * bd) {
+                    // Few enough for every thread to rank one or two of them against all the
+                    // others: the need-th smallest in one step instead of more histogram levels.
+                    u32 i0 = threadIdx.x, i1 = threadIdx.x + bd;
+                    u32 c0 = i0 < ncand ? cand[i0] : 0, c1 = i1 < ncand ? cand[i1] : 0;
+                    u32 l0 = 0, e0 = 0, l1 = 0, e1 = 0;
+                    for (u32 j = 0; j < ncand; j++) {
+                        u32 x = cand[j];
+                        l0 += x < c0;
+                        e0 += x == c0;
+                        l1 += x < c1;
+                        e1 += x == c1;
+                    }
+                    if (i0 < ncand && l0 < need && need <= (u64)l0 + e0) {
+                        s_key = c0;
+                        s_before = l0;
+                        s_ties = e0;
+                    }
+                    if (i1 < ncand && l1 < need && need <= (u64)l1 + e1) {
+                        s_key = c1;
+                        s_before = l1;
+                        s_ties = e1;
+                    }
+                    __syncthreads();
+                    T = s_key;
+                    need -= s_before;
+                    ties = s_ties;
+                    have_key = true;
+                    __syncthreads();
+                    break;
+                }
             }
         }
         u32 low_mask = shift >= 32 ? 0xffffffffu : ((1u << shift) - 1u);
-        u32 T = k == 0 ? 0u : (shift >= 32 ? kand : ((prefix << shift) | (kand & low_mask)));
+        if (!have_key) T = k == 0 ? 0u : (shift >= 32 ? kand : ((prefix << shift) | (kand & low_mask)));
         u64 take = need;
         // The column of the take-th tie, when only some ties are pruned.
         if (threadIdx.x == 0) s_cut = k == 0 ? 0xffffffffu : (u32)cols;
@@ -1829,7 +1932,7 @@ FOR_DT_KIND(ENTRIES)
                                                       u32* bad_flag, u64* bad_index) {               \
         row_select_warp_impl<DT, KIND>(segs, nsegs, rows, bad_flag, bad_index);                      \
     }                                                                                                \
-    extern "C" __global__ void row_apply_stream_##name(const u64* segs, const u64* chunks,          \
+    extern "C" __global__ void __launch_bounds__(256, 2) row_apply_stream_##name(const u64* segs, const u64* chunks, \
                                                        u32 nchunks, u64* pruned) {                   \
         row_apply_stream_impl<DT, KIND>(segs, chunks, nchunks, pruned);                              \
     }                                                                                                \

@@ -481,7 +481,9 @@ impl Gpu {
                 .load_function(name)
                 .map_err(|e| CudaError::at(name, e))?,
         );
-        let smem = if name.starts_with("hist_high") {
+        let smem = if name.starts_with("hist_high")
+            || name.starts_with("sample_hist_") && name.ends_with("_mag")
+        {
             32768 * 4
         } else if name.starts_with("row_select_warp") {
             ROW_SMEM as i32
@@ -713,8 +715,8 @@ impl Gpu {
             // The fewest warps that hold the longest row in registers: more rows in flight per
             // SM, and cheaper barriers, than a fixed large block.
             let threads = nvec.div_ceil(ROW_REG_V).div_ceil(32).max(1) * 32;
-            let bits = (threads * 16).ilog2().min(11);
-            let smem = (2u32 << bits) * 4;
+            // A 2048-bin histogram and as many candidate keys (ROW_BINS in the kernels).
+            let smem = 2 * 2048 * 4;
             let per_sm = (65536 / (ROW_REG_REGS * threads)).clamp(1, 32);
             let name = format!("row_select_reg_{}_{}", dt.name(), kind.name());
             self.launch_smem(
@@ -770,10 +772,17 @@ impl Gpu {
         hists: u64,
     ) -> Result<()> {
         let name = format!("sample_hist_{}_{}", dt.name(), kind.name());
-        self.launch(
+        // Magnitudes count in a 32768-bin shared histogram per block (see the kernel).
+        let (block, smem) = if kind == ScoreKind::Magnitude {
+            (1024, 32768 * 4)
+        } else {
+            (256, 0)
+        };
+        self.launch_smem(
             &name,
             (nchunks as u64).min(self.sms as u64 * 8),
-            256,
+            block,
+            smem,
             &[&segs, &chunks, &nchunks, &hists],
         )
     }

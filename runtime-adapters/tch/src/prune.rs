@@ -304,6 +304,7 @@ impl Pruner {
         }
         let _g = tch::no_grad_guard();
         let device = params[0].1.device();
+        engine::trace(device, "(before the plan)");
         let needs = self.scorer.info.capabilities.inputs;
         let mut plan_params = Vec::with_capacity(params.len());
         for (i, (name, weight)) in params.into_iter().enumerate() {
@@ -384,10 +385,12 @@ impl Pruner {
             error: None,
         };
         let strategy_name = self.strategy.name.clone();
+        engine::trace(device, "plan: parameters gathered");
         let result = {
             let obj = PlanContext_TO::from_ptr(&mut ctx, TD_Opaque);
             self.strategy.object.select(obj, &target).into_result()
         };
+        engine::trace(device, "plan: strategy ran (scores, selections, decisions)");
         if let Err(error) = result {
             // Prefer the host's own account of the failure (it names the parameter and stage).
             return Err(ctx.error.take().unwrap_or(Error::Plugin {
@@ -417,6 +420,7 @@ impl Pruner {
                 });
             }
         }
+        engine::trace(device, "plan: scale and finiteness checks");
         let decisions = std::mem::take(&mut ctx.decisions);
         drop(ctx);
         let mut entries = Vec::with_capacity(plan_params.len());
@@ -552,7 +556,9 @@ impl PrunePlan {
                 _ => unreachable!("filtered"),
             })
             .collect();
+        engine::trace(self.device, "(before the commit)");
         let mut lazy_out = engine::prune_many(&items, keep)?.into_iter();
+        engine::trace(self.device, "commit: rules applied");
         let masked: Vec<usize> = (0..self.entries.len())
             .filter(|&i| matches!(self.entries[i].planned, Planned::Mask { .. }))
             .collect();
@@ -600,6 +606,7 @@ impl PrunePlan {
             });
         }
         sync(self.device);
+        engine::trace(self.device, "commit: masks and report");
         let commit_seconds = started.elapsed().as_secs_f64();
         // Counts come back after every write was launched: one wait on a GPU.
         for (p, c) in params.iter_mut().zip(&counts) {

@@ -305,6 +305,7 @@ fn band_select(
         ptr(&sample),
     )
     .map_err(|x| e(x.into()))?;
+    super::trace(device, "band: sampled");
     // 2. The band: sample ranks around k, with a margin of six standard deviations.
     let mut r_lo = vec![0i64; nq];
     let mut r_hi = vec![0i64; nq];
@@ -340,6 +341,7 @@ fn band_select(
         to_host_i64(&b)
     };
     let (lo_bins, hi_bins) = (bins(&r_lo).map_err(e)?, bins(&r_hi).map_err(e)?);
+    super::trace(device, "band: band chosen");
     let floor = if kind == ScoreKind::Magnitude {
         0x8000
     } else {
@@ -430,6 +432,7 @@ fn band_select(
         stride as u32,
     )
     .map_err(|x| e(x.into()))?;
+    super::trace(device, "band: pass");
     // 4. Resolve every scope on the device; read back a few numbers per parameter.
     let mut first_seg: Vec<i64> = scopes.iter().map(|r| r.start as i64).collect();
     first_seg.push(nseg as i64);
@@ -491,6 +494,7 @@ fn band_select(
         }
         debug_assert_eq!(remaining, 0);
     }
+    super::trace(device, "band: resolved");
     // 5. Where only some of a parameter's ties go, find the last one now.
     if let Some(bc) = &band_chunks {
         let mut first_chunk = vec![usize::MAX; nseg];
@@ -542,6 +546,7 @@ fn band_select(
             }
         }
     }
+    super::trace(device, "band: ties located");
     Ok(Some(quotas))
 }
 
@@ -1034,6 +1039,7 @@ pub(crate) fn select_rows(
             ptr(&check.index),
         )?;
     }
+    super::trace(device, "rows: selected");
     let copy = HostCopy::new(check.index);
     let checks = (0..scores.len())
         .map(|i| FiniteCheck::Batch(copy.clone(), i))
@@ -1350,6 +1356,7 @@ pub(crate) fn find_non_finite_many(ts: &[&Tensor]) -> Result<Vec<FiniteCheck>> {
             ptr(&first),
         )?;
     }
+    super::trace(device, "finiteness checked");
     let copy = HostCopy::new(first);
     Ok((0..ts.len())
         .map(|i| FiniteCheck::Batch(copy.clone(), i))
