@@ -1540,13 +1540,22 @@ __device__ void row_select_reg_impl(const u64* segs, int nsegs, u64 total_rows, 
             int top = shift + width;
             u32 hmask = top >= 32 ? 0u : (0xffffffffu << top);
             u32 want = top >= 32 ? 0u : (prefix << top);
-                        if (!cleared) {
+                                    if (!cleared) {
                 // Whole quads: the scan reads 16 bytes at a time.
                 for (u32 i = threadIdx.x; i < ((bins + 3) & ~3u); i += bd) hist[i] = 0;
                 __syncthreads();
             }
+            const bool level0 = cleared;
             cleared = false;
-            if (!in_cand) {
+            if (level0) {
+                // Every key shares the bits above the first digit: no test, no branch.
+#pragma unroll
+                for (int u = 0; u < ROW_REG_V; u++)
+                    if (u < mine) {
+#pragma unroll
+                        for (int j = 0; j < V; j++) atomicAdd(&hist[(keys[u * V + j] >> shift) & (bins - 1)], 1u);
+                    }
+            } else if (!in_cand) {
 #pragma unroll
                 for (int u = 0; u < ROW_REG_V; u++)
                     if (u < mine) {

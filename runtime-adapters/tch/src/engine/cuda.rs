@@ -110,6 +110,23 @@ fn to_host_i64(t: &Tensor) -> Result<Vec<i64>> {
     )?)
 }
 
+/// Several small device tensors read back in one copy (one wait instead of one per tensor).
+fn to_host_many(ts: &[&Tensor]) -> Result<Vec<Vec<i64>>> {
+    let flat: Vec<Tensor> = ts
+        .iter()
+        .map(|t| t.f_reshape([-1])?.f_to_kind(Kind::Int64))
+        .collect::<Result<_, _>>()?;
+    let all = to_host_i64(&Tensor::f_cat(&flat, 0)?)?;
+    let mut out = Vec::with_capacity(ts.len());
+    let mut at = 0;
+    for t in &flat {
+        let n = t.numel();
+        out.push(all[at..at + n].to_vec());
+        at += n;
+    }
+    Ok(out)
+}
+
 /// Per-item results of a batched launch, read back from the device once.
 pub(crate) struct HostCopy {
     device: parking_lot::Mutex<Tensor>,
@@ -240,11 +257,15 @@ impl Checked {
         if self.flag.f_int64_value(&[0])? == 0 {
             return Ok(None);
         }
-        Ok(to_host_i64(&self.index)?
-            .into_iter()
+        Ok(Self::first_in(&to_host_i64(&self.index)?))
+    }
+    /// `first_bad` from the index array already on the host.
+    fn first_in(index: &[i64]) -> Option<(usize, u64)> {
+        index
+            .iter()
             .enumerate()
-            .find(|(_, v)| *v != -1)
-            .map(|(p, v)| (p, v as u64)))
+            .find(|(_, v)| **v != -1)
+            .map(|(p, &v)| (p, v as u64))
     }
 }
 
@@ -323,7 +344,7 @@ fn band_select(
         r_lo[q] = a.max(1.0) as i64;
         r_hi[q] = (b as i64).min(m[q] as i64);
     }
-    let bins = |ranks: &[i64]| -> Result<Vec<i64>> {
+    let bins = |ranks: &[i64]| -> Result<Tensor> {
         let ks_d = upload(ranks, device)?;
         let (b, before, at) = (
             zeros(nq as i64, Kind::Int, device)?,
@@ -338,9 +359,10 @@ fn band_select(
             ptr(&before),
             ptr(&at),
         )?;
-        to_host_i64(&b)
+        Ok(b)
     };
-    let (lo_bins, hi_bins) = (bins(&r_lo).map_err(e)?, bins(&r_hi).map_err(e)?);
+    let both = to_host_many(&[&bins(&r_lo).map_err(e)?, &bins(&r_hi).map_err(e)?]).map_err(e)?;
+    let (lo_bins, hi_bins) = (&both[0], &both[1]);
     super::trace(device, "band: band chosen");
     let floor = if kind == ScoreKind::Magnitude {
         0x8000
@@ -459,24 +481,26 @@ fn band_select(
         ptr(&seg_ties),
     )
     .map_err(|x| e(x.into()))?;
-    if let Some((slot, index)) = check.first_bad().map_err(e)? {
-        return Err((
-            Some(slot),
-            Error::NonFinite {
-                what: "score",
-                param: String::new(),
-                index,
-            },
-        ));
+    let mut back = to_host_many(&[&check.flag, &check.index, &out_bin, &seg_below, &seg_ties])
+        .map_err(e)?
+        .into_iter();
+    let mut next = || back.next().expect("five arrays read back");
+    let (flag, index, out_bin, seg_below, seg_ties) = (next(), next(), next(), next(), next());
+    if flag[0] != 0 {
+        if let Some((slot, index)) = Checked::first_in(&index) {
+            return Err((
+                Some(slot),
+                Error::NonFinite {
+                    what: "score",
+                    param: String::new(),
+                    index,
+                },
+            ));
+        }
     }
-    let out_bin = to_host_i64(&out_bin).map_err(e)?;
     if out_bin.iter().any(|&b| b as u32 == u32::MAX) {
         return Ok(None);
     }
-    let (seg_below, seg_ties) = (
-        to_host_i64(&seg_below).map_err(e)?,
-        to_host_i64(&seg_ties).map_err(e)?,
-    );
     let mut quotas = Vec::with_capacity(nseg);
     for (q, r) in scopes.iter().enumerate() {
         let threshold = ((lo[q] as u32) + out_bin[q] as u32) << 16;
