@@ -1373,19 +1373,16 @@ __device__ __forceinline__ void keys_at(const Vec<DT>& v, u32 col, const float* 
     float sc[V];
 #pragma unroll
     for (int j = 0; j < V; j++) sc[j] = 1.0f;
-    if (KIND == K_SCALED) {
-        if (((u64)(scale + col) & 15) == 0) {
+        if (KIND == K_SCALED) {
+        // `col` is a multiple of V and the host starts scales on 16-byte boundaries
+        // (engine::aligned_scale), so the scales come in whole 16-byte loads.
 #pragma unroll
-            for (int q = 0; q < V / 4; q++) {
-                float4 f = __ldg(reinterpret_cast<const float4*>(scale + col + 4 * q));
-                sc[4 * q] = f.x;
-                sc[4 * q + 1] = f.y;
-                sc[4 * q + 2] = f.z;
-                sc[4 * q + 3] = f.w;
-            }
-        } else {
-#pragma unroll
-            for (int j = 0; j < V; j++) sc[j] = __ldg(scale + col + j);
+        for (int q = 0; q < V / 4; q++) {
+            float4 f = __ldg(reinterpret_cast<const float4*>(scale + col + 4 * q));
+            sc[4 * q] = f.x;
+            sc[4 * q + 1] = f.y;
+            sc[4 * q + 2] = f.z;
+            sc[4 * q + 3] = f.w;
         }
     }
     if (DT == DT_BF16 && KIND == K_MAG) {
@@ -1405,39 +1402,63 @@ __device__ __forceinline__ void keys_at(const Vec<DT>& v, u32 col, const float* 
     }
 }
 
-// Sum of the histogram words a thread owns in a block-wide scan: quads (16-byte reads) `b0 / 4`
-// onwards, `nq` of them, those below `bins` valid. Each lane starts at a different quad so a
-// warp's 16-byte reads spread over the banks. `h` is the kernel's dynamic shared memory.
-__device__ __forceinline__ u32 quad_sum(const u32* h, u32 b0, u32 nq, u32 bins) {
-    u32 r = nq ? (threadIdx.x & 31) % nq : 0, local = 0;
+#define ROW_BITS 11
+#define ROW_BINS (1 << ROW_BITS)
+// The row select's dynamic shared memory: ROW_BINS histogram words, then ROW_BINS candidates.
+// Indexed directly (not through a generic pointer), so accesses compile to plain shared loads.
+extern __shared__ __align__(16) u32 row_dyn[];
+
+// Sum of the histogram words a thread owns in a block-wide scan: quads (16-byte reads) from word
+// `b0`, `nq` of them, those below `bins` valid. Lanes start `r` quads in (r differs by lane), so a
+// warp's 16-byte reads spread over the banks.
+__device__ __forceinline__ u32 quad_sum(u32 b0, u32 nq, u32 r, u32 bins) {
+    const uint4* h4 = reinterpret_cast<const uint4*>(row_dyn);
+    u32 local = 0;
     for (u32 i = 0; i < nq; i++) {
         u32 q = i + r;
         if (q >= nq) q -= nq;
-        u32 at = b0 + 4 * q;
-        if (at < bins) {
-            uint4 v = *reinterpret_cast<const uint4*>(h + at);
+        if (b0 + 4 * q < bins) {
+            uint4 v = h4[b0 / 4 + q];
             local += v.x + v.y + v.z + v.w;
         }
     }
     return local;
 }
 
-#define ROW_BITS 11
-#define ROW_BINS (1 << ROW_BITS)
+// The owner of the wanted bin finds it in its quads: the bin where the running count (from
+// `run`) reaches `need`; returns the bin and sets `before` to the count below it.
+__device__ __forceinline__ u32 quad_find(u32 b0, u32 nq, u32 bins, u32 run, u32 need, u32* before) {
+    const uint4* h4 = reinterpret_cast<const uint4*>(row_dyn);
+    for (u32 q = 0; q < nq && b0 + 4 * q < bins; q++) {
+        uint4 v = h4[b0 / 4 + q];
+        u32 c[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            if (run + c[j] >= need) {
+                *before = run;
+                return b0 + 4 * q + j;
+            }
+            run += c[j];
+        }
+    }
+    *before = run;
+    return 0xffffffffu;  // not reached when the caller owns the bin
+}
+
 
 template <int DT, int KIND>
 __device__ void row_select_reg_impl(const u64* segs, int nsegs, u64 total_rows, u32* bad_flag, u64* bad_index) {
-    extern __shared__ __align__(16) u32 dyn[];  // ROW_BINS histogram words, then ROW_BINS candidates
-    __shared__ u32 sh[40];
+        __shared__ u32 sh[40];
     __shared__ u32 red[64];
     __shared__ u32 s_digit, s_before, s_cut, s_key, s_ties;
     const int V = Ty<DT>::V;
     const int K = ROW_REG_V * V;  // keys per thread, computed once and kept in registers
     const u32 bd = blockDim.x;
-    u32* hist = dyn;
-    u32* cand = dyn + ROW_BINS;
+        u32* hist = row_dyn;
+    u32* cand = row_dyn + ROW_BINS;
     const u32 nq = (ROW_BINS / 4 + bd - 1) / bd;  // histogram quads each thread scans
     const u32 b0 = threadIdx.x * nq * 4;
+    const u32 qr = (threadIdx.x & 31) % nq;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (bd + 31) >> 5;
     // Each block takes a contiguous run of rows, so its segment changes rarely and its fields
     // are read once per change, not once per row.
@@ -1572,20 +1593,14 @@ __device__ void row_select_reg_impl(const u64* segs, int nsegs, u64 total_rows, 
                 }
             }
             __syncthreads();
-            u32 local = quad_sum(hist, b0, nq, bins);
+                        u32 local = quad_sum(b0, nq, qr, bins);
             u32 total;
             u32 excl = block_excl_scan(local, sh, &total);
             if ((u64)excl < need && need <= (u64)excl + local) {
-                u32 run = excl;
-                for (u32 i = 0; i < nq * 4 && b0 + i < bins; i++) {
-                    u32 c = hist[b0 + i];
-                    if ((u64)run + c >= need) {
-                        s_digit = b0 + i;
-                        s_before = run;
-                        break;
-                    }
-                    run += c;
-                }
+                // need <= the row length, which fits 32 bits
+                u32 before;
+                s_digit = quad_find(b0, nq, bins, excl, (u32)need, &before);
+                s_before = before;
             }
             __syncthreads();
             u32 digit = s_digit;

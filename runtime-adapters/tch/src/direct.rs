@@ -90,8 +90,8 @@ pub fn prune(
             let scores: Vec<Scores> = params
                 .iter()
                 .zip(scales)
-                .map(|((_, t), s)| mag(t, Some(s)))
-                .collect();
+                .map(|((_, t), s)| Ok(mag(t, Some(&engine::aligned_scale(s)?))))
+                .collect::<Result<_>>()?;
             let ks: Vec<u64> = scores.iter().map(|s| exact(sparsity, s.cols())).collect();
             let (rows, checks) = engine::select_rows(&scores, &ks).map_err(|(_, e)| e)?;
             checked(&names, checks)?;

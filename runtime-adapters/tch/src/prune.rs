@@ -744,10 +744,9 @@ impl HostPlan<'_> {
                 let scale = match column_scale.into_option() {
                     None => None,
                     Some(t) => {
-                        let s = tensors::take(t.id)?
-                            .f_to_kind(Kind::Float)?
-                            .f_to_device(weight.device())?
-                            .f_contiguous()?;
+                        let s = engine::aligned_scale(
+                            &tensors::take(t.id)?.f_to_device(weight.device())?,
+                        )?;
                         let cols = *weight.size().last().unwrap_or(&1);
                         if s.size() != [cols] {
                             return Err(bad(format!(

@@ -57,6 +57,13 @@ fn source(scores: &Scores) -> Result<Source> {
             message: "scores must be read from a contiguous tensor".into(),
         });
     }
+    if scale % 16 != 0 {
+        // The kernels load scales four at a time (engine::aligned_scale makes them so).
+        return Err(Error::Shape {
+            op: "CUDA selection",
+            message: "column scales must start on a 16-byte boundary".into(),
+        });
+    }
     Ok(Source {
         ptr: ptr(data),
         dt: dt_of(data.kind())?,

@@ -366,3 +366,16 @@ pub(crate) fn trace(device: Device, label: &str) {
     }
     *last = Some(now);
 }
+
+/// A column scale as the kernels read it: contiguous f32 starting on a 16-byte boundary (they load
+/// four scales at a time). A view that starts elsewhere is copied.
+pub(crate) fn aligned_scale(s: &Tensor) -> Result<Tensor> {
+    let s = s.f_to_kind(Kind::Float)?.f_contiguous()?;
+    Ok(if s.data_ptr() as usize % 16 == 0 {
+        s
+    } else {
+        let mut copy = s.f_empty_like()?;
+        copy.f_copy_(&s)?;
+        copy
+    })
+}
