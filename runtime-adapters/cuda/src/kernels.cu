@@ -600,7 +600,39 @@ __device__ void nm_impl(const u64* segs, const u64* chunks, u32 nchunks, u64* pr
                     for (int q = 0; q < NV; q++) valid += vs[t][q].valid;
                     u32 keep = 0;
                     bool any_cut = false;
-                    if (M == 4 && KIND == K_MAG && DT != DT_F32) {
+                                        if (M == 4 && KIND == K_MAG && DT != DT_F32 && E == 8 && drop == 2 && valid == E) {
+                        // 2:4 on whole vectors, two groups of four 16-bit magnitudes (two words
+                        // each), compared as lanes: with each lane's top bit set, `lane - c` never
+                        // borrows and its top bit says `m >= c`. Element j's rank g_j counts the
+                        // others it beats (equal magnitudes: the higher index wins); it is kept when
+                        // g_j >= 2, so exactly two of each four go.
+#pragma unroll
+                        for (int h = 0; h < 2; h++) {
+                            u32 a = vs[t][0].w[2 * h], bw = vs[t][0].w[2 * h + 1];
+                            u32 ma = a & 0x7fff7fffu, mb = bw & 0x7fff7fffu;
+                            u32 mb_sw = __byte_perm(mb, 0, 0x1032);   // (m3, m2)
+                            u32 hi13 = __byte_perm(ma, mb, 0x7632);   // (m1, m3)
+                            u32 lo02 = __byte_perm(ma, mb, 0x5410);   // (m0, m2)
+                            // lane0 [c0 > c2], lane1 [c1 > c3]
+                            u32 b1 = (((ma | 0x80008000u) - mb - 0x00010001u) >> 15) & 0x00010001u;
+                            // lane0 [c0 > c3], lane1 [c1 > c2]
+                            u32 b2 = (((ma | 0x80008000u) - mb_sw - 0x00010001u) >> 15) & 0x00010001u;
+                            // lane0 [c1 > c0], lane1 [c3 > c2]
+                            u32 b3 = (((hi13 | 0x80008000u) - lo02) >> 15) & 0x00010001u;
+                            u32 ga = b1 + b2 + 1u + (b3 & 1u) * 0xffffu;  // (g0, g1)
+                            u32 gb = 0x00020003u + (b3 >> 16) * 0xffffu - b1 - __byte_perm(b2, 0, 0x1032);  // (g2, g3)
+                            u32 ka = ga + 0x7ffe7ffeu, kb = gb + 0x7ffe7ffeu;  // lane top bit: g >= 2
+                            u32 fa, fb;
+                            asm("prmt.b32 %0, %1, 0, 0xbb99;" : "=r"(fa) : "r"(ka));
+                            asm("prmt.b32 %0, %1, 0, 0xbb99;" : "=r"(fb) : "r"(kb));
+                            if ((a & ~fa) | (bw & ~fb)) any_cut = true;
+                            vs[t][0].w[2 * h] = a & fa;
+                            vs[t][0].w[2 * h + 1] = bw & fb;
+                                                        if (mask)
+                                keep |= (((ka >> 15) & 1u) | ((ka >> 30) & 2u) | ((kb >> 13) & 4u) | ((kb >> 28) & 8u)) << (4 * h);
+                        }
+                        my_pruned += 4;
+                    } else if (M == 4 && KIND == K_MAG && DT != DT_F32) {
                         // 16-bit magnitudes: the bits without the sign order like |w|, and with the
                         // index in the group below them every key is distinct (lower index =
                         // smaller among equals). A sorting network gives the drop-th smallest; the
