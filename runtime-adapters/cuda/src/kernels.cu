@@ -78,6 +78,19 @@ template <int DT> struct Vec {
     }
 };
 
+// Prunes element j of `v` when `cut` (counted in `pruned`; `changed` notes a weight that was not
+// already zero, so the vector must be written back), else sets bit `bit` of `keep`.
+template <int DT>
+__device__ __forceinline__ void decide(Vec<DT>& v, int j, bool cut, int bit, u64& pruned, bool& changed, u32& keep) {
+    if (cut) {
+        pruned++;
+        if (v.get(j) != 0) changed = true;
+        v.zero(j);
+    } else {
+        keep |= 1u << bit;
+    }
+}
+
 // Loads vector `vi` of `w` (n elements). `aligned`: the base is 16-byte aligned.
 template <int DT>
 __device__ __forceinline__ void load_vec(const void* wp, u64 vi, u64 n, bool aligned, Vec<DT>& v) {
@@ -531,13 +544,7 @@ __device__ void apply_threshold_impl(const u64* segs, int nsegs, u64 total_tiles
                     else if (mode == 0) cut = false;
                     else if (mode == 1) cut = true;
                     else cut = (rank++ < take);
-                    if (cut) {
-                        my_pruned++;
-                        if (vs[u].get(j) != 0) changed = true;
-                        vs[u].zero(j);
-                    } else {
-                        keep |= 1u << j;
-                    }
+                    decide<DT>(vs[u], j, cut, j, my_pruned, changed, keep);
                 }
             }
             if (write_w && changed) store_vec<DT>(w, vi, aligned, vs[u]);
@@ -655,13 +662,7 @@ __device__ void nm_impl(const u64* segs, const u64* chunks, u32 nchunks, u64* pr
                             for (int j = 0; j < 4; j++) {
                                 int e = g + j;
                                 if (e >= valid) continue;
-                                if (drop > 0 && c[j] <= cut) {
-                                    my_pruned++;
-                                    if (vs[t][e / V].get(e % V) != 0) any_cut = true;
-                                    vs[t][e / V].zero(e % V);
-                                } else {
-                                    keep |= 1u << e;
-                                }
+                                decide<DT>(vs[t][e / V], e % V, drop > 0 && c[j] <= cut, e, my_pruned, any_cut, keep);
                             }
                         }
                     } else {
@@ -671,13 +672,7 @@ __device__ void nm_impl(const u64* segs, const u64* chunks, u32 nchunks, u64* pr
                             u32 rank = 0;
 #pragma unroll
                             for (int j = 0; j < M; j++) rank += (keys[g + j] < keys[e]) || (keys[g + j] == keys[e] && g + j < e);
-                            if (e < valid && rank < drop) {
-                                my_pruned++;
-                                if (vs[t][e / V].get(e % V) != 0) any_cut = true;
-                                vs[t][e / V].zero(e % V);
-                            } else if (e < valid) {
-                                keep |= 1u << e;
-                            }
+                            if (e < valid) decide<DT>(vs[t][e / V], e % V, rank < drop, e, my_pruned, any_cut, keep);
                         }
                     }
                     if (write_w && any_cut) {
@@ -1189,13 +1184,7 @@ __device__ void apply_stream_impl(const u64* segs, const u64* chunks, u32 nchunk
                 for (int j = 0; j < V; j++) {
                     if (j < vs[u].valid) {
                         bool cut = keys[j] < T || (keys[j] == T && (inclusive || (located && vi * V + j <= tie_cut)));
-                        if (cut) {
-                            my_pruned++;
-                            if (vs[u].get(j) != 0) changed = true;
-                            vs[u].zero(j);
-                        } else {
-                            keep |= 1u << j;
-                        }
+                        decide<DT>(vs[u], j, cut, j, my_pruned, changed, keep);
                     }
                 }
                 if (write_w && changed) store_vec<DT>(w, vi, aligned, vs[u]);
@@ -1782,13 +1771,7 @@ __device__ void row_apply_stream_impl(const u64* segs, const u64* chunks, u32 nc
                         for (int j = 0; j < V; j++) {
                             u32 col = cv * V + j;
                             bool cut_here = keys[j] < T || (keys[j] == T && cut != 0xffffffffu && col <= cut);
-                            if (cut_here) {
-                                my_pruned++;
-                                if (vs[u].get(j) != 0) changed = true;
-                                vs[u].zero(j);
-                            } else {
-                                keep |= 1u << j;
-                            }
+                            decide<DT>(vs[u], j, cut_here, j, my_pruned, changed, keep);
                         }
                         if (write_w && changed) store_vec<DT>(w, vi, true, vs[u]);
                         store_mask_bits<DT>(mask, vi, keep, V);
@@ -1835,13 +1818,7 @@ __device__ void row_apply_stream_impl(const u64* segs, const u64* chunks, u32 nc
                             cut = row_cut[row];
                         }
                         bool cut_here = keys[j] < T || (keys[j] == T && cut != 0xffffffffu && col <= cut);
-                        if (cut_here) {
-                            my_pruned++;
-                            if (vs[u].get(j) != 0) changed = true;
-                            vs[u].zero(j);
-                        } else {
-                            keep |= 1u << j;
-                        }
+                        decide<DT>(vs[u], j, cut_here, j, my_pruned, changed, keep);
                         col++;
                     }
                 }

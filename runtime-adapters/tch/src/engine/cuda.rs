@@ -276,6 +276,18 @@ impl Checked {
     }
 }
 
+/// A non-finite score found by a selection kernel: the slot's parameter is named by the caller.
+fn non_finite_score(slot: usize, index: u64) -> (Option<usize>, Error) {
+    (
+        Some(slot),
+        Error::NonFinite {
+            what: "score",
+            param: String::new(),
+            index,
+        },
+    )
+}
+
 /// Exact selections over scopes of bf16-keyed sources by band selection (see the kernels): a
 /// sample fixes a narrow band of keys, one memory-bound pass counts below it and histograms inside
 /// it. `scopes[q]` is a range of `sources` selected together, `ks[q]` its count. `Ok(None)` when
@@ -495,14 +507,7 @@ fn band_select(
     let (flag, index, out_bin, seg_below, seg_ties) = (next(), next(), next(), next(), next());
     if flag[0] != 0 {
         if let Some((slot, index)) = Checked::first_in(&index) {
-            return Err((
-                Some(slot),
-                Error::NonFinite {
-                    what: "score",
-                    param: String::new(),
-                    index,
-                },
-            ));
+            return Err(non_finite_score(slot, index));
         }
     }
     if out_bin.iter().any(|&b| b as u32 == u32::MAX) {
@@ -950,14 +955,7 @@ pub(crate) fn select_each(
         Some((lb, lbe, la))
     };
     if let Some((slot, index)) = check.first_bad().map_err(e)? {
-        return Err((
-            Some(slot),
-            Error::NonFinite {
-                what: "score",
-                param: String::new(),
-                index,
-            },
-        ));
+        return Err(non_finite_score(slot, index));
     }
     let h = |t: &Tensor| to_host_i64(t).map_err(e);
     let (bins, before, at) = (h(&bins)?, h(&before)?, h(&at)?);
