@@ -404,3 +404,49 @@ fn cuda_mistral_7b_shapes_forward_prune_forward() {
         "pruning half the weights changed nothing"
     );
 }
+
+/// Column scales that start off a 16-byte boundary (views into a larger buffer) are copied before
+/// the kernels, which read them four at a time, see them: the per-row pass runs and prunes exactly
+/// as with fresh scale tensors.
+#[test]
+fn cuda_unaligned_column_scales_select_like_aligned_ones() {
+    if !cuda_or_skip("cuda_unaligned_column_scales_select_like_aligned_ones") {
+        return;
+    }
+    tch::manual_seed(5);
+    let shapes: [(i64, i64); 2] = [(64, 4096), (32, 14336)];
+    let cpu: Vec<(String, Tensor)> = shapes
+        .iter()
+        .enumerate()
+        .map(|(i, &(r, c))| {
+            let w = Tensor::randn([r, c], (Kind::Float, Device::Cpu)) * 0.02;
+            (format!("w{i}.weight"), w.to_kind(Kind::BFloat16))
+        })
+        .collect();
+    let bufs: Vec<Tensor> = shapes
+        .iter()
+        .map(|&(_, c)| (Tensor::randn([c + 1], (Kind::Float, Device::Cuda(0))) * 2.0).exp())
+        .collect();
+    // One f32 in: 4 bytes past the allocation's (aligned) start.
+    let views: Vec<Tensor> = bufs
+        .iter()
+        .zip(&shapes)
+        .map(|(b, &(_, c))| b.narrow(0, 1, c))
+        .collect();
+    assert!(views
+        .iter()
+        .all(|v| !(v.data_ptr() as usize).is_multiple_of(16)));
+    let fresh: Vec<Tensor> = views.iter().map(|v| v.copy()).collect();
+    let (a, b) = (on(&cpu, Device::Cuda(0)), on(&cpu, Device::Cuda(0)));
+    let path = birdbone_tch::direct::DirectPath::PerRowScaled;
+    let pa = birdbone_tch::direct::prune(&a, path(&views), 0.5, false).unwrap();
+    let pb = birdbone_tch::direct::prune(&b, path(&fresh), 0.5, false).unwrap();
+    let want: u64 = shapes.iter().map(|&(r, c)| (r * (c / 2)) as u64).sum();
+    assert_eq!((pa, pb), (want, want));
+    for ((name, x), (_, y)) in a.iter().zip(&b) {
+        assert!(
+            identical(x, y),
+            "{name}: unaligned scales pruned differently"
+        );
+    }
+}
