@@ -14,6 +14,15 @@ fn on(params: &[(String, Tensor)], device: Device) -> Vec<(String, Tensor)> {
         .collect()
 }
 
+/// Activation statistics (one squared-norm vector per parameter, as from 64 rows) on `device`.
+fn stats_on(params: &[(String, Tensor)], sq: &[Tensor], device: Device) -> ActivationStats {
+    let mut s = ActivationStats::new();
+    for ((name, _), t) in params.iter().zip(sq) {
+        s.insert(name.clone(), t.to_device(device), 64);
+    }
+    s
+}
+
 #[test]
 fn cuda_masks_match_the_cpu_bit_for_bit_and_counts_are_exact() {
     if !cuda_or_skip("cuda_masks_match_the_cpu_bit_for_bit_and_counts_are_exact") {
@@ -127,14 +136,10 @@ fn cuda_wanda_scores_select_like_the_cpu() {
         .iter()
         .map(|(_, w)| (Tensor::randn([w.size()[1]], (Kind::Float, Device::Cpu)) * 2.0).exp())
         .collect();
-    let stats_on = |device: Device| {
-        let mut s = ActivationStats::new();
-        for ((name, _), t) in cpu.iter().zip(&sq) {
-            s.insert(name.clone(), t.to_device(device), 64);
-        }
-        s
-    };
-    let (cpu_stats, gpu_stats) = (stats_on(Device::Cpu), stats_on(Device::Cuda(0)));
+    let (cpu_stats, gpu_stats) = (
+        stats_on(&cpu, &sq, Device::Cpu),
+        stats_on(&cpu, &sq, Device::Cuda(0)),
+    );
     let reg = builtin_registry();
     type Case<'a> = (&'a str, Vec<(&'a str, &'a str)>, Option<(u32, u32)>);
     let cases: Vec<Case> = vec![
@@ -219,14 +224,10 @@ fn cuda_selections_on_llm_sized_rows_match_the_cpu() {
             .iter()
             .map(|&(_, c)| (Tensor::randn([c], (Kind::Float, Device::Cpu)) * 2.0).exp())
             .collect();
-        let stats_on = |device: Device| {
-            let mut s = ActivationStats::new();
-            for ((name, _), t) in cpu.iter().zip(&sq) {
-                s.insert(name.clone(), t.to_device(device), 64);
-            }
-            s
-        };
-        let (cpu_stats, gpu_stats) = (stats_on(Device::Cpu), stats_on(Device::Cuda(0)));
+        let (cpu_stats, gpu_stats) = (
+            stats_on(&cpu, &sq, Device::Cpu),
+            stats_on(&cpu, &sq, Device::Cuda(0)),
+        );
         for (scorer, strategy, st, sparsity) in [
             ("magnitude", "layerwise", vec![("scope", "row")], 0.5),
             ("magnitude", "layerwise", vec![("scope", "row")], 0.3),
