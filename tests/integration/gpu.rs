@@ -123,6 +123,74 @@ fn cuda_nan_weight_is_an_error_and_the_model_is_untouched() {
         );
         assert_untouched(&params, &before);
     }
+    // Wanda per row: the rows are selected while they are written, so the plan's finiteness
+    // check of the scaled scores is what keeps the model untouched.
+    let sq: Vec<Tensor> = params
+        .iter()
+        .map(|(_, w)| Tensor::ones([w.size()[1]], (Kind::Float, Device::Cpu)))
+        .collect();
+    let err = wanda_rows(&params, &stats_on(&params, &sq, Device::Cuda(0))).expect_err("must fail");
+    assert!(
+        matches!(&err, Error::NonFinite { param, what: "score", .. } if *param == params[params.len() / 2].0),
+        "wanda: {err}"
+    );
+    assert_untouched(&params, &before);
+}
+
+/// Wanda (activation norms) with layer-wise per-row selection at 50%.
+fn wanda_rows(
+    params: &[(String, Tensor)],
+    stats: &ActivationStats,
+) -> Result<birdbone_tch::PassReport, Error> {
+    let reg = builtin_registry();
+    let mut pruner = Pruner::new(
+        &reg,
+        "wanda",
+        &settings(&[]),
+        "layerwise",
+        &settings(&[("scope", "row")]),
+    )?;
+    let inputs = PassInputs {
+        stats: Some(stats),
+        ..Default::default()
+    };
+    Ok(pruner.run(params, &PassConfig::default(), inputs)?.0)
+}
+
+#[test]
+fn cuda_wanda_score_overflow_is_an_error_and_the_model_is_untouched() {
+    if !cuda_or_skip("cuda_wanda_score_overflow_is_an_error_and_the_model_is_untouched") {
+        return;
+    }
+    // Every weight and every norm is finite, but one product overflows f32: the score is
+    // infinite, which the CPU path rejects, so the GPU path must too, before any write.
+    let params = on(&real_weights(Kind::BFloat16), Device::Cuda(0));
+    let at = params.len() - 1;
+    {
+        let _g = tch::no_grad_guard();
+        let _ = params[at].1.get(5).get(11).fill_(1e38);
+    }
+    let sq: Vec<Tensor> = params
+        .iter()
+        .map(|(_, w)| Tensor::full([w.size()[1]], 1e4, (Kind::Float, Device::Cpu)))
+        .collect();
+    let before = snapshot(&params);
+    let err = wanda_rows(&params, &stats_on(&params, &sq, Device::Cuda(0)))
+        .expect_err("an infinite score must fail the pass");
+    let cols = params[at].1.size()[1] as u64;
+    assert!(
+        matches!(&err, Error::NonFinite { param, what: "score", index } if *param == params[at].0 && *index == 5 * cols + 11),
+        "{err}"
+    );
+    assert_untouched(&params, &before);
+    // The same weights and statistics on the CPU fail alike.
+    let cpu = on(&params, Device::Cpu);
+    let err = wanda_rows(&cpu, &stats_on(&cpu, &sq, Device::Cpu))
+        .expect_err("the CPU path rejects it too");
+    assert!(
+        matches!(&err, Error::NonFinite { what: "score", .. }),
+        "{err}"
+    );
 }
 
 #[test]

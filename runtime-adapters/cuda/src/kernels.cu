@@ -743,6 +743,62 @@ __device__ void find_non_finite_impl(const u64* segs, const u64* chunks, u32 nch
     }
 }
 
+// The same for scaled magnitudes |w| * scale[col]: per slot, the smallest flat index whose score is
+// a NaN or an infinity (an overflow too). Segments hold rows of whole vectors, 16-byte aligned
+// (weights and scales). |w| * |scale| has the score's finiteness and never a sign bit (a NaN
+// product is the positive canonical NaN), so one integer maximum per element finds them.
+template <int DT>
+__device__ void find_non_finite_scaled_impl(const u64* segs, const u64* chunks, u32 nchunks, u64* first) {
+    const int V = Ty<DT>::V;
+    for (u32 c = blockIdx.x; c < nchunks; c += gridDim.x) {
+        const u64* s = segs + SEGW * chunks[3 * c];
+        const void* w = (const void*)s[S_W];
+        const float* scale = (const float*)s[S_SCALE];
+        u64 n = s[S_N];
+        const u32 nvr = (u32)(s[S_COLS] / V), bd = blockDim.x;
+        u64 v0 = chunks[3 * c + 1], nv = chunks[3 * c + 2];
+        u32 cv = (u32)((v0 + threadIdx.x) % nvr);
+        u64 mine = ~0ull;
+        for (u64 base = v0 + threadIdx.x; base < v0 + nv; base += HU * bd) {
+            Vec<DT> vs[HU];
+#pragma unroll
+            for (int u = 0; u < HU; u++) {
+                u64 vi = base + (u64)u * bd;
+                if (vi < v0 + nv) load_vec<DT>(w, vi, n, true, vs[u]);
+                else vs[u].valid = 0;
+            }
+#pragma unroll
+            for (int u = 0; u < HU; u++) {
+                if (vs[u].valid != 0) {
+                    float sc[V];
+#pragma unroll
+                    for (int q = 0; q < V / 4; q++) {
+                        float4 f = __ldg(reinterpret_cast<const float4*>(scale + cv * V + 4 * q));
+                        sc[4 * q] = fabsf(f.x);
+                        sc[4 * q + 1] = fabsf(f.y);
+                        sc[4 * q + 2] = fabsf(f.z);
+                        sc[4 * q + 3] = fabsf(f.w);
+                    }
+                    u32 m = 0, bits[V];
+#pragma unroll
+                    for (int j = 0; j < V; j++) {
+                        bits[j] = __float_as_uint(__fmul_rn(fabsf(Ty<DT>::f(vs[u].get(j))), sc[j]));
+                        m = max(m, bits[j]);
+                    }
+                    if (m >= 0x7f800000u) {
+                        u64 vi = base + (u64)u * bd;
+                        for (int j = V - 1; j >= 0; j--)
+                            if (bits[j] >= 0x7f800000u && vi * V + j < mine) mine = vi * V + j;
+                    }
+                }
+                cv += bd;
+                while (cv >= nvr) cv -= nvr;
+            }
+        }
+        if (mine != ~0ull) atomicMin(first + s[S_SLOT], mine);
+    }
+}
+
 // Zeroes the elements whose mask bit is 0; counts them per slot.
 template <int DT>
 __device__ void apply_mask_impl(const u64* segs, const u64* chunks, u32 nchunks, u64* pruned) {
@@ -1376,12 +1432,13 @@ __device__ u32 warp_tie_cut(const void* w, const float* scale, u64 n, u64 cols, 
 
 // Per-row selection with the row in registers: one block of 32..512 threads per row (the host
 // sizes it so each thread holds at most ROW_REG_V whole vectors), persistent over a contiguous
-// run of rows. The row is read once and its keys computed once, into registers. Digits of 11
-// bits start below the bits every key shares (from the OR and AND of the row's keys) and stop
-// above the bits every key shares at the bottom (bf16 magnitudes end in sixteen zero bits). Once
-// the chosen bin holds few keys, they are copied to shared memory; when there are at most two
-// per thread, ranking each against the others finishes the selection, else more levels read only
-// the copies. In practice: one histogram pass over the row, one copy of ~1% of it, one ranking.
+// run of rows. The row is read once and its keys computed once, into registers. The first level
+// histograms every key into a window of 2048 bins of 1/64 octave below the row's largest key
+// (WIN_SHIFT), so the chosen bin holds ~0.5% of the row; those keys are appended to shared memory,
+// and when there are at most two per thread, ranking each against the others finishes the
+// selection; else 11-bit levels go on over the copies. In practice: one histogram pass over the
+// row, one append of a few dozen keys, one ranking. A row whose selection falls below the window
+// starts over with 11-bit levels from the bits every key shares (from the OR and AND of its keys).
 // Dynamic shared memory: 2 * ROW_BINS words (histogram, then candidates).
 #define ROW_REG_V 8
 // Registers per thread: enough for the keys without spilling, few enough for blocks of 512.
@@ -1467,20 +1524,96 @@ __device__ __forceinline__ u32 quad_find(u32 b0, u32 nq, u32 bins, u32 run, u32 
 }
 
 
+// Selection keys of a vector whose V columns start at `col` (as keys_at). Magnitudes and scaled
+// magnitudes are never negative (column scales are checked to be), so their keys are the score's
+// bits with the top bit flipped: key_of's order at one instruction per key. The one difference, a
+// -0 score (from a -0 scale) becoming 0 instead of key_of's 0x7fffffff, keeps the order (it is
+// the lowest either way) and sel_key_out maps it back. A NaN or an infinity becomes a key of at
+// least KEY_NON_FINITE, the row's largest, so the row's maximum finds them without a test per
+// key. Dense scores (any sign) take key_of and a test per key.
+#define KEY_NON_FINITE 0xff800000u
 template <int DT, int KIND>
-__device__ void row_select_reg_impl(const u64* segs, int nsegs, u64 total_rows, u32* bad_flag, u64* bad_index) {
-        __shared__ u32 sh[40];
+__device__ __forceinline__ void sel_keys(const Vec<DT>& v, u32 col, const float* scale, u32* keys, bool& bad) {
+    const int V = Ty<DT>::V;
+    if (KIND == K_DENSE) {
+        keys_at<DT, KIND>(v, col, scale, keys, bad);
+        return;
+    }
+    if (DT == DT_BF16 && KIND == K_MAG) {
+#pragma unroll
+        for (int j = 0; j < V; j++) keys[j] = (((u32)v.get(j) & 0x7fffu) | 0x8000u) << 16;
+        return;
+    }
+    float sc[V];
+#pragma unroll
+    for (int j = 0; j < V; j++) sc[j] = 1.0f;
+    if (KIND == K_SCALED) {
+#pragma unroll
+        for (int q = 0; q < V / 4; q++) {
+            float4 f = __ldg(reinterpret_cast<const float4*>(scale + col + 4 * q));
+            sc[4 * q] = f.x;
+            sc[4 * q + 1] = f.y;
+            sc[4 * q + 2] = f.z;
+            sc[4 * q + 3] = f.w;
+        }
+    }
+    if (DT == DT_BF16) {
+        // Both halves of a word become floats with one instruction each (a shift, a mask).
+#pragma unroll
+        for (int q = 0; q < 4; q++) {
+            float lo = fabsf(__uint_as_float(v.w[q] << 16)), hi = fabsf(__uint_as_float(v.w[q] & 0xffff0000u));
+            if (KIND == K_SCALED) {
+                lo = __fmul_rn(lo, sc[2 * q]);
+                hi = __fmul_rn(hi, sc[2 * q + 1]);
+            }
+            keys[2 * q] = __float_as_uint(lo) ^ 0x80000000u;
+            keys[2 * q + 1] = __float_as_uint(hi) ^ 0x80000000u;
+        }
+        return;
+    }
+#pragma unroll
+    for (int j = 0; j < V; j++) keys[j] = __float_as_uint(score_of<DT, KIND>(v.get(j), sc[j])) ^ 0x80000000u;
+}
+
+// A selection key as key_of gives it (see sel_keys).
+template <int KIND>
+__device__ __forceinline__ u32 sel_key_out(u32 k) {
+    return KIND != K_DENSE && k == 0 ? 0x7fffffffu : k;
+}
+
+// Whether a selection key stands for a NaN or an infinity.
+template <int KIND>
+__device__ __forceinline__ bool sel_key_non_finite(u32 k) {
+    return k >= KEY_NON_FINITE || (KIND == K_DENSE && k <= 0x007fffffu);
+}
+
+// The first level's window: 2^WIN_SHIFT keys per bin (1/64 of an octave of f32 scores), the top
+// bin holding the row's largest key, so ROW_BINS bins span 32 octaves below it. Keys further
+// down all count in bin 0; the selection lands there only when half a row sits 32 octaves under
+// its largest score, and then the row starts over with full-width levels.
+#define WIN_SHIFT 17
+
+// FUSED: select and prune in one pass (the row's keys are still in registers when its threshold
+// is known; the weights come back from L2 to be written), counting the pruned per slot. The
+// caller checked every score finite beforehand, so no write ever needs undoing.
+template <int DT, int KIND, bool FUSED>
+__device__ void row_select_reg_impl(const u64* segs, int nsegs, u64 total_rows, u32* bad_flag, u64* bad_index,
+                                    u64* pruned) {
+    __shared__ u64 shl[40];
+    __shared__ u32 sh[40];
     __shared__ u32 red[64];
-    __shared__ u32 s_digit, s_before, s_cut, s_key, s_ties;
+    __shared__ u32 s_digit, s_before, s_cut, s_key, s_ties, s_n;
     const int V = Ty<DT>::V;
     const int K = ROW_REG_V * V;  // keys per thread, computed once and kept in registers
     const u32 bd = blockDim.x;
-        u32* hist = row_dyn;
+    u32* hist = row_dyn;
     u32* cand = row_dyn + ROW_BINS;
     const u32 nq = (ROW_BINS / 4 + bd - 1) / bd;  // histogram quads each thread scans
     const u32 b0 = threadIdx.x * nq * 4;
     const u32 qr = (threadIdx.x & 31) % nq;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (bd + 31) >> 5;
+    // bf16 magnitudes' keys end in sixteen zero bits: levels stop above them.
+    const int lo_bits = DT == DT_BF16 && KIND == K_MAG ? 16 : 0;
     // Each block takes a contiguous run of rows, so its segment changes rarely and its fields
     // are read once per change, not once per row.
     u64 per_block = (total_rows + gridDim.x - 1) / gridDim.x;
@@ -1493,8 +1626,41 @@ __device__ void row_select_reg_impl(const u64* segs, int nsegs, u64 total_rows, 
     const float* scale = (const float*)s[S_SCALE];
     u64 cols = s[S_COLS], n = s[S_N], first = s[S_FIRST], k = s[S_K];
     bool aligned = s[S_ALIGNED] != 0;
+    u64 my_pruned = 0;
+    // The block's pruned count of its current segment, into the segment's slot (block-wide).
+    auto flush = [&]() {
+        if (!FUSED) return;
+        u64 t = block_sum_u64(my_pruned, shl);
+        if (threadIdx.x == 0 && t) atomicAdd(pruned + s[S_SLOT], t);
+        my_pruned = 0;
+    };
+    // Zeroes the histogram's first `bins` words (whole quads) and the append counter; the caller
+    // puts a barrier between this and the next use.
+    auto clear = [&](u32 bins) {
+        uint4* h4 = reinterpret_cast<uint4*>(hist);
+        for (u32 i = threadIdx.x; i < (bins + 3) / 4; i += bd) h4[i] = make_uint4(0, 0, 0, 0);
+        if (threadIdx.x == 0) s_n = 0;
+    };
+    // The bin holding the need-th smallest counted key, and the count below it (block-wide).
+    auto find = [&](u32 bins, u64 need, u32* before) -> u32 {
+        u32 local = quad_sum(b0, nq, qr, bins);
+        u32 total;
+        u32 excl = block_excl_scan(local, sh, &total);
+        if ((u64)excl < need && need <= (u64)excl + local) {
+            // need <= the row length, which fits 32 bits
+            u32 bf;
+            s_digit = quad_find(b0, nq, bins, excl, (u32)need, &bf);
+            s_before = bf;
+        }
+        __syncthreads();
+        u32 d = s_digit;
+        *before = s_before;
+        return d;
+    };
+    clear(ROW_BINS);
     for (u64 g = g0; g < g1; g++) {
         if (g >= next_first) {
+            flush();
             while (seg + 1 < nsegs && segs[(u64)(seg + 1) * SEGW + S_FIRST] <= g) seg++;
             next_first = seg + 1 < nsegs ? segs[(u64)(seg + 1) * SEGW + S_FIRST] : ~0ull;
             s = segs + (u64)seg * SEGW;
@@ -1512,69 +1678,192 @@ __device__ void row_select_reg_impl(const u64* segs, int nsegs, u64 total_rows, 
         // My vectors are q = threadIdx.x + u * bd for u < mine (a prefix of the u's).
         int mine = threadIdx.x < nvec ? (int)((nvec - 1 - threadIdx.x) / bd) + 1 : 0;
         u32 keys[K];
+        bool bad = false;
         {
             Vec<DT> vs[ROW_REG_V];
-#pragma unroll
-            for (int u = 0; u < ROW_REG_V; u++)
-                if (u < mine) load_vec<DT>(w, vfirst + threadIdx.x + u * bd, n, aligned, vs[u]);
-            bool bad = false;
-#pragma unroll
-            for (int u = 0; u < ROW_REG_V; u++) {
-                if (u < mine) {
-                    bool b = false;
-                    keys_at<DT, KIND>(vs[u], (threadIdx.x + u * bd) * V, scale, keys + u * V, b);
-                    bad |= b;
-                }
-            }
-            if (bad) {
-                u64 first_bad = ~0ull;
+            if (aligned) {
+                // Whole 16-byte vectors from one row pointer: no per-vector bounds or 64-bit index.
+                const uint4* p = reinterpret_cast<const uint4*>(w) + vfirst + threadIdx.x;
 #pragma unroll
                 for (int u = 0; u < ROW_REG_V; u++)
                     if (u < mine) {
-                        u64 e = first_bad_in<DT, KIND>(vs[u], vfirst + threadIdx.x + u * bd, scale, cols);
-                        if (e < first_bad) first_bad = e;
+                        uint4 q = p[(u32)u * bd];
+                        vs[u].w[0] = q.x;
+                        vs[u].w[1] = q.y;
+                        vs[u].w[2] = q.z;
+                        vs[u].w[3] = q.w;
+                        vs[u].valid = V;
                     }
-                atomicExch(bad_flag, 1u);
-                atomicMin(bad_index + s[S_SLOT], first_bad);
+            } else {
+#pragma unroll
+                for (int u = 0; u < ROW_REG_V; u++)
+                    if (u < mine) load_vec<DT>(w, vfirst + threadIdx.x + u * bd, n, aligned, vs[u]);
             }
+#pragma unroll
+            for (int u = 0; u < ROW_REG_V; u++)
+                if (u < mine) sel_keys<DT, KIND>(vs[u], (threadIdx.x + u * bd) * V, scale, keys + u * V, bad);
         }
-        u32 kor = 0, kand = 0xffffffffu;
+        // The row's largest key: the top of the first level's window, and a NaN or infinity
+        // check for magnitude keys.
+        u32 kmax = 0;
 #pragma unroll
         for (int u = 0; u < ROW_REG_V; u++)
             if (u < mine) {
 #pragma unroll
-                for (int j = 0; j < V; j++) {
-                    kor |= keys[u * V + j];
-                    kand &= keys[u * V + j];
-                }
+                for (int j = 0; j < V; j++) kmax = max(kmax, keys[u * V + j]);
             }
-        for (int d = 16; d > 0; d >>= 1) {
-            kor |= __shfl_xor_sync(0xffffffffu, kor, d);
-            kand &= __shfl_xor_sync(0xffffffffu, kand, d);
-        }
-        if (lane == 0) {
-            red[warp] = kor;
-            red[32 + warp] = kand;
-        }
-        for (u32 i = threadIdx.x; i < ROW_BINS; i += bd) hist[i] = 0;
+        for (int d = 16; d > 0; d >>= 1) kmax = max(kmax, __shfl_xor_sync(0xffffffffu, kmax, d));
+        if (lane == 0) red[warp] = kmax;
         __syncthreads();
-        kor = 0;
-        kand = 0xffffffffu;
-        for (int i = 0; i < nw; i++) {
-            kor |= red[i];
-            kand &= red[32 + i];
+        kmax = 0;
+        for (int i = 0; i < nw; i++) kmax = max(kmax, red[i]);
+        if (KIND != K_DENSE) bad = kmax >= KEY_NON_FINITE;
+        if (!FUSED && bad) {
+            u64 first_bad = ~0ull;
+#pragma unroll
+            for (int u = ROW_REG_V - 1; u >= 0; u--)
+                if (u < mine) {
+#pragma unroll
+                    for (int j = V - 1; j >= 0; j--)
+                        if (sel_key_non_finite<KIND>(keys[u * V + j]))
+                            first_bad = (vfirst + threadIdx.x + u * bd) * V + j;
+                }
+            if (first_bad != ~0ull) {
+                atomicExch(bad_flag, 1u);
+                atomicMin(bad_index + s[S_SLOT], first_bad);
+            }
         }
-        u32 diff = kor ^ kand;
-        int hi = diff ? 32 - __clz(diff) : 0;
-        int lo = diff ? __ffs(diff) - 1 : 0;
-        u32 prefix = hi >= 32 ? 0u : (kand >> hi);
-        int shift = hi;
         u64 need = k;
         u32 ties = (u32)cols;
         bool in_cand = false, have_key = false;
-        u32 ncand = 0, T = 0;
-        bool cleared = true;  // the histogram was zeroed above, before the first level
-        while (k > 0 && shift > lo) {
+        u32 ncand = 0, T = 0, prefix = 0, kand = 0;
+        int shift = 32, lo = lo_bits;
+        bool cleared = false;  // set when a full-width first level (no window) comes next
+        // Once a level has chosen `prefix` (the keys with key >> shift == prefix hold the need-th
+        // smallest), copies them to shared memory when few; when at most two per thread, ranks
+        // each against the others, which ends the selection. Returns whether it ended.
+        auto narrow = [&]() -> bool {
+            if (in_cand || shift <= lo || ties > ROW_BINS) return false;
+            // Appended through a shared counter: a row holds a few dozen such keys, so a test
+            // per key beats a count, a scan and a second pass.
+            u32 want = prefix;
+#pragma unroll
+            for (int u = 0; u < ROW_REG_V; u++)
+                if (u < mine) {
+#pragma unroll
+                    for (int j = 0; j < V; j++)
+                        if ((keys[u * V + j] >> shift) == want) cand[atomicAdd(&s_n, 1u)] = keys[u * V + j];
+                }
+            __syncthreads();
+            ncand = ties;
+            in_cand = true;
+            if (ncand > 2 * bd) return false;
+            // Few enough for every thread to rank one or two of them against all the others:
+            // the need-th smallest in one step instead of more histogram levels.
+            u32 i0 = threadIdx.x, i1 = threadIdx.x + bd;
+            u32 c0 = i0 < ncand ? cand[i0] : 0, c1 = i1 < ncand ? cand[i1] : 0;
+            u32 l0 = 0, e0 = 0, l1 = 0, e1 = 0;
+            if (ncand <= 32) {
+                // One warp ranks them all (the usual case: a few dozen candidates).
+                if (warp == 0)
+                    for (u32 j = 0; j < ncand; j++) {
+                        u32 x = cand[j];
+                        l0 += x < c0;
+                        e0 += x == c0;
+                    }
+            } else if (ncand <= bd) {
+                for (u32 j = 0; j < ncand; j++) {
+                    u32 x = cand[j];
+                    l0 += x < c0;
+                    e0 += x == c0;
+                }
+            } else {
+                for (u32 j = 0; j < ncand; j++) {
+                    u32 x = cand[j];
+                    l0 += x < c0;
+                    e0 += x == c0;
+                    l1 += x < c1;
+                    e1 += x == c1;
+                }
+            }
+            if (i0 < ncand && l0 < need && need <= (u64)l0 + e0) {
+                s_key = c0;
+                s_before = l0;
+                s_ties = e0;
+            }
+            if (i1 < ncand && l1 < need && need <= (u64)l1 + e1) {
+                s_key = c1;
+                s_before = l1;
+                s_ties = e1;
+            }
+            __syncthreads();
+            T = s_key;
+            need -= s_before;
+            ties = s_ties;
+            have_key = true;
+            __syncthreads();
+            return true;
+        };
+        if (k > 0) {
+            // First level: a window of bins below the row's largest key (the histogram was
+            // cleared before this row).
+            int base = (int)(kmax >> WIN_SHIFT) - (ROW_BINS - 1);
+#pragma unroll
+            for (int u = 0; u < ROW_REG_V; u++)
+                if (u < mine) {
+#pragma unroll
+                    for (int j = 0; j < V; j++)
+                        atomicAdd(&hist[max((int)(keys[u * V + j] >> WIN_SHIFT) - base, 0)], 1u);
+                }
+            __syncthreads();
+            u32 before;
+            u32 digit = find(ROW_BINS, need, &before);
+            if (digit == 0 && base > 0) {
+                // The need-th key lies below the window: start over with full-width levels
+                // from the bits every key shares.
+                u32 kor = 0;
+                kand = 0xffffffffu;
+#pragma unroll
+                for (int u = 0; u < ROW_REG_V; u++)
+                    if (u < mine) {
+#pragma unroll
+                        for (int j = 0; j < V; j++) {
+                            kor |= keys[u * V + j];
+                            kand &= keys[u * V + j];
+                        }
+                    }
+                for (int d = 16; d > 0; d >>= 1) {
+                    kor |= __shfl_xor_sync(0xffffffffu, kor, d);
+                    kand &= __shfl_xor_sync(0xffffffffu, kand, d);
+                }
+                if (lane == 0) {
+                    red[warp] = kor;
+                    red[32 + warp] = kand;
+                }
+                clear(ROW_BINS);
+                __syncthreads();
+                kor = 0;
+                kand = 0xffffffffu;
+                for (int i = 0; i < nw; i++) {
+                    kor |= red[i];
+                    kand &= red[32 + i];
+                }
+                u32 diff = kor ^ kand;
+                int hi = diff ? 32 - __clz(diff) : 0;
+                lo = diff ? __ffs(diff) - 1 : 0;
+                prefix = hi >= 32 ? 0u : (kand >> hi);
+                shift = hi;
+                cleared = true;
+            } else {
+                prefix = (u32)(base + (int)digit);
+                shift = WIN_SHIFT;
+                need -= before;
+                ties = hist[digit];
+                __syncthreads();
+                narrow();
+            }
+        }
+        while (k > 0 && !have_key && shift > lo) {
             int width = min(ROW_BITS, shift - lo);
             shift -= width;
             u32 bins = 1u << width;
@@ -1582,12 +1871,11 @@ __device__ void row_select_reg_impl(const u64* segs, int nsegs, u64 total_rows, 
             int top = shift + width;
             u32 hmask = top >= 32 ? 0u : (0xffffffffu << top);
             u32 want = top >= 32 ? 0u : (prefix << top);
-                                    if (!cleared) {
-                // Whole quads: the scan reads 16 bytes at a time.
-                for (u32 i = threadIdx.x; i < ((bins + 3) & ~3u); i += bd) hist[i] = 0;
+            const bool level0 = cleared;
+            if (!cleared) {
+                clear(bins);
                 __syncthreads();
             }
-            const bool level0 = cleared;
             cleared = false;
             if (level0) {
                 // Every key shares the bits above the first digit: no test, no branch.
@@ -1614,79 +1902,16 @@ __device__ void row_select_reg_impl(const u64* segs, int nsegs, u64 total_rows, 
                 }
             }
             __syncthreads();
-                        u32 local = quad_sum(b0, nq, qr, bins);
-            u32 total;
-            u32 excl = block_excl_scan(local, sh, &total);
-            if ((u64)excl < need && need <= (u64)excl + local) {
-                // need <= the row length, which fits 32 bits
-                u32 before;
-                s_digit = quad_find(b0, nq, bins, excl, (u32)need, &before);
-                s_before = before;
-            }
-            __syncthreads();
-            u32 digit = s_digit;
+            u32 before;
+            u32 digit = find(bins, need, &before);
             prefix = (prefix << width) | digit;
-            need -= s_before;
+            need -= before;
             ties = hist[digit];
             __syncthreads();
-            if (!in_cand && shift > lo && ties <= ROW_BINS) {
-                // Few keys left in the chosen bin: copy them out once, each thread's at its
-                // offset from a scan of the counts (no contended counter).
-                u32 m2 = 0xffffffffu << shift, w2 = prefix << shift;
-                u32 mc = 0;
-#pragma unroll
-                for (int u = 0; u < ROW_REG_V; u++)
-                    if (u < mine) {
-#pragma unroll
-                        for (int j = 0; j < V; j++) mc += (keys[u * V + j] & m2) == w2;
-                    }
-                u32 all;
-                u32 at = block_excl_scan(mc, sh, &all);
-                if (mc) {
-#pragma unroll
-                    for (int u = 0; u < ROW_REG_V; u++)
-                        if (u < mine) {
-#pragma unroll
-                            for (int j = 0; j < V; j++)
-                                if ((keys[u * V + j] & m2) == w2) cand[at++] = keys[u * V + j];
-                        }
-                }
-                __syncthreads();
-                ncand = all;
-                in_cand = true;
-                if (ncand <= 2 * bd) {
-                    // Few enough for every thread to rank one or two of them against all the
-                    // others: the need-th smallest in one step instead of more histogram levels.
-                    u32 i0 = threadIdx.x, i1 = threadIdx.x + bd;
-                    u32 c0 = i0 < ncand ? cand[i0] : 0, c1 = i1 < ncand ? cand[i1] : 0;
-                    u32 l0 = 0, e0 = 0, l1 = 0, e1 = 0;
-                    for (u32 j = 0; j < ncand; j++) {
-                        u32 x = cand[j];
-                        l0 += x < c0;
-                        e0 += x == c0;
-                        l1 += x < c1;
-                        e1 += x == c1;
-                    }
-                    if (i0 < ncand && l0 < need && need <= (u64)l0 + e0) {
-                        s_key = c0;
-                        s_before = l0;
-                        s_ties = e0;
-                    }
-                    if (i1 < ncand && l1 < need && need <= (u64)l1 + e1) {
-                        s_key = c1;
-                        s_before = l1;
-                        s_ties = e1;
-                    }
-                    __syncthreads();
-                    T = s_key;
-                    need -= s_before;
-                    ties = s_ties;
-                    have_key = true;
-                    __syncthreads();
-                    break;
-                }
-            }
+            narrow();
         }
+        // The next row's first level finds the histogram cleared.
+        clear(ROW_BINS);
         u32 low_mask = shift >= 32 ? 0xffffffffu : ((1u << shift) - 1u);
         if (!have_key) T = k == 0 ? 0u : (shift >= 32 ? kand : ((prefix << shift) | (kand & low_mask)));
         u64 take = need;
@@ -1716,13 +1941,57 @@ __device__ void row_select_reg_impl(const u64* segs, int nsegs, u64 total_rows, 
             }
             __syncthreads();
         }
-        if (threadIdx.x == 0) {
-            ((u32*)s[S_T])[r] = T;
+        if (FUSED) {
+            // Prune keys below T, and ties up to column `cut` (none when cut is !0, all when it is
+            // the row length: then simply keys below T + 1, as T is finite). The host launches
+            // this for aligned rows of whole vectors only.
+            const u32 cut = s_cut;
+            const bool partial = cut != 0xffffffffu && cut < (u32)cols;
+            const u32 lim = cut != 0xffffffffu && !partial ? T + 1 : T;
+            u8* mask = (u8*)s[S_MASK];
+            const bool write_w = s[S_WRITE] != 0;
+            uint4* p = reinterpret_cast<uint4*>(const_cast<void*>(w)) + vfirst + threadIdx.x;
+            u32 zero_bits = 0;  // 16 (f32: 32) per pruned weight
+#pragma unroll
+            for (int u = 0; u < ROW_REG_V; u++)
+                if (u < mine) {
+                    const u32* kk = keys + u * V;
+                    u32 cb = 0;  // bit j: element j pruned
+                    if (partial) {
+#pragma unroll
+                        for (int j = 0; j < V; j++)
+                            cb |= (u32)(kk[j] < T || (kk[j] == T && (threadIdx.x + u * bd) * V + j <= cut)) << j;
+                    } else if (mask) {
+#pragma unroll
+                        for (int j = 0; j < V; j++) cb |= (u32)(kk[j] < lim) << j;
+                    }
+                    uint4 q = p[(u32)u * bd];
+                    u32 wd[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+                    for (int i = 0; i < 4; i++) {
+                        u32 m;
+                        if (DT == DT_F32) m = (partial ? (cb >> i & 1) : kk[i] < lim) ? 0u : 0xffffffffu;
+                        else if (partial)
+                            m = ((cb >> (2 * i) & 1) ? 0xffff0000u : 0xffffffffu) &
+                                ((cb >> (2 * i + 1) & 1) ? 0x0000ffffu : 0xffffffffu);
+                        else
+                            m = (kk[2 * i] < lim ? 0xffff0000u : 0xffffffffu) &
+                                (kk[2 * i + 1] < lim ? 0x0000ffffu : 0xffffffffu);
+                        wd[i] &= m;
+                        zero_bits += __popc(~m);
+                    }
+                    if (write_w) p[(u32)u * bd] = make_uint4(wd[0], wd[1], wd[2], wd[3]);
+                    store_mask_bits<DT>(mask, vfirst + threadIdx.x + u * bd, ~cb, V);
+                }
+            my_pruned += zero_bits >> (DT == DT_F32 ? 5 : 4);
+        } else if (threadIdx.x == 0) {
+            ((u32*)s[S_T])[r] = k == 0 ? 0u : sel_key_out<KIND>(T);
             ((u32*)s[S_TAKE])[r] = s_cut;
             ((u32*)s[S_MODE])[r] = ties;
         }
         __syncthreads();
     }
+    flush();
 }
 
 // Per-row apply as a stream over chunks of vectors: each element compares with its row's
@@ -1971,10 +2240,23 @@ FOR_DT_KIND(ENTRIES)
     }                                                                                                \
     extern "C" __global__ void __maxnreg__(ROW_REG_MAXNREG) row_select_reg_##name(const u64* segs, int nsegs, u64 rows,          \
                                                      u32* bad_flag, u64* bad_index) {                \
-        row_select_reg_impl<DT, KIND>(segs, nsegs, rows, bad_flag, bad_index);                       \
+        row_select_reg_impl<DT, KIND, false>(segs, nsegs, rows, bad_flag, bad_index, nullptr);       \
     }
 
 FOR_DT_KIND(MORE_ENTRIES)
+
+#define MAG_ENTRIES(name, DT, KIND)                                                                  \
+    extern "C" __global__ void __maxnreg__(ROW_REG_MAXNREG) row_prune_reg_##name(const u64* segs, int nsegs, u64 rows, \
+                                                                          u64* pruned) {             \
+        row_select_reg_impl<DT, KIND, true>(segs, nsegs, rows, nullptr, nullptr, pruned);            \
+    }
+
+MAG_ENTRIES(bf16_mag, DT_BF16, K_MAG)
+MAG_ENTRIES(bf16_scaled, DT_BF16, K_SCALED)
+MAG_ENTRIES(f16_mag, DT_F16, K_MAG)
+MAG_ENTRIES(f16_scaled, DT_F16, K_SCALED)
+MAG_ENTRIES(f32_mag, DT_F32, K_MAG)
+MAG_ENTRIES(f32_scaled, DT_F32, K_SCALED)
 
 #define DT_ENTRIES(name, DT)                                                                         \
     extern "C" __global__ void find_non_finite_##name(const u64* segs, const u64* chunks,           \
@@ -1984,6 +2266,10 @@ FOR_DT_KIND(MORE_ENTRIES)
     extern "C" __global__ void apply_mask_##name(const u64* segs, const u64* chunks, u32 nchunks,   \
                                                  u64* pruned) {                                      \
         apply_mask_impl<DT>(segs, chunks, nchunks, pruned);                                          \
+    }                                                                                                \
+    extern "C" __global__ void find_non_finite_scaled_##name(const u64* segs, const u64* chunks,    \
+                                                             u32 nchunks, u64* first) {              \
+        find_non_finite_scaled_impl<DT>(segs, chunks, nchunks, first);                               \
     }
 
 DT_ENTRIES(bf16, DT_BF16)

@@ -519,6 +519,21 @@ impl Gpu {
         Ok(func)
     }
 
+    /// Copies `src` to device memory at `dst` (at least `src.len()` u64 words) on the stream
+    /// libtorch uses now, without waiting for the device: libtorch's own host-to-device copy
+    /// synchronises the stream, which would cost a wait for every small table between launches.
+    /// The driver stages pageable memory before returning, so `src` may be dropped after.
+    pub fn upload_words(&self, dst: u64, src: &[i64]) -> Result<()> {
+        self.ctx
+            .bind_to_thread()
+            .map_err(|e| CudaError::at("upload", e))?;
+        let s = self.stream();
+        // SAFETY: the caller passes a live allocation of at least `src.len()` words; the copy is
+        // ordered on the stream the kernels reading it use.
+        unsafe { cudarc::driver::result::memcpy_htod_async(dst, src, s.cu_stream()) }
+            .map_err(|e| CudaError::at("upload", e))
+    }
+
     /// The stream libtorch uses for this device now.
     pub fn stream(&self) -> Arc<CudaStream> {
         match torch_current_stream(self.ctx.ordinal() as i8) {
@@ -712,17 +727,12 @@ impl Gpu {
     ) -> Result<()> {
         let nvec = max_cols.div_ceil(dt.per_vector());
         if whole_vectors && nvec <= ROW_REG_MAX_THREADS * ROW_REG_V {
-            // The fewest warps that hold the longest row in registers: more rows in flight per
-            // SM, and cheaper barriers, than a fixed large block.
-            let threads = nvec.div_ceil(ROW_REG_V).div_ceil(32).max(1) * 32;
-            // A 2048-bin histogram and as many candidate keys (ROW_BINS in the kernels).
-            let smem = 2 * 2048 * 4;
-            let per_sm = (65536 / (ROW_REG_REGS * threads)).clamp(1, 32);
+            let (grid, threads, smem) = self.row_reg_shape(dt, rows, max_cols);
             let name = format!("row_select_reg_{}_{}", dt.name(), kind.name());
             self.launch_smem(
                 &name,
-                rows.min(self.sms as u64 * per_sm),
-                threads as u32,
+                grid,
+                threads,
                 smem,
                 &[&segs, &nsegs, &rows, &bad_flag, &bad_index],
             )
@@ -737,6 +747,72 @@ impl Gpu {
                 &[&segs, &nsegs, &rows, &bad_flag, &bad_index],
             )
         }
+    }
+
+    /// Per-row selection and pruning in one pass (magnitude or scaled-magnitude sources only):
+    /// `Seg::k` weights of every row pruned, `Seg::first` the segment's first row in the launch,
+    /// the mask written when `Seg::mask` is set and the weight when `Seg::write`; counts per slot
+    /// into `pruned`. Rows must be whole vectors, at most [`ROW_REG_MAX_THREADS`] ×
+    /// [`ROW_REG_V`] of them ([`Gpu::row_prune_fits`]), and every score finite (checked before:
+    /// the pass writes as it goes).
+    #[allow(clippy::too_many_arguments)]
+    pub fn row_prune(
+        &self,
+        dt: Dt,
+        kind: ScoreKind,
+        segs: u64,
+        nsegs: i32,
+        rows: u64,
+        max_cols: u64,
+        pruned: u64,
+    ) -> Result<()> {
+        let (grid, threads, smem) = self.row_reg_shape(dt, rows, max_cols);
+        let name = format!("row_prune_reg_{}_{}", dt.name(), kind.name());
+        self.launch_smem(&name, grid, threads, smem, &[&segs, &nsegs, &rows, &pruned])
+    }
+
+    /// Whether [`Gpu::row_prune`] takes rows of `src`.
+    pub fn row_prune_fits(src: &Source) -> bool {
+        let v = src.dt.per_vector();
+        src.kind != ScoreKind::Dense
+            && src.aligned()
+            && src.cols % v == 0
+            && src.cols / v <= ROW_REG_MAX_THREADS * ROW_REG_V
+    }
+
+    /// Launch shape of the register-resident row kernels: the fewest warps that hold the longest
+    /// row in registers (more rows in flight per SM, and cheaper barriers, than a fixed large
+    /// block), as many blocks as fit the SMs at once, and shared memory for a 2048-bin histogram
+    /// and as many candidate keys (ROW_BINS in the kernels).
+    fn row_reg_shape(&self, dt: Dt, rows: u64, max_cols: u64) -> (u64, u32, u32) {
+        let nvec = max_cols.div_ceil(dt.per_vector());
+        let threads = nvec.div_ceil(ROW_REG_V).div_ceil(32).max(1) * 32;
+        let per_sm = (65536 / (ROW_REG_REGS * threads)).clamp(1, 32);
+        (
+            rows.min(self.sms as u64 * per_sm),
+            threads as u32,
+            2 * 2048 * 4,
+        )
+    }
+
+    /// Finite check of scaled magnitudes `|w| * scale[col]` (an overflow counts): the smallest
+    /// flat index per slot into `first` (u64 per slot, initialised to !0). Segments must hold
+    /// rows of whole 16-byte vectors, aligned.
+    pub fn find_non_finite_scaled(
+        &self,
+        dt: Dt,
+        segs: u64,
+        chunks: u64,
+        nchunks: u32,
+        first: u64,
+    ) -> Result<()> {
+        let name = format!("find_non_finite_scaled_{}", dt.name());
+        self.launch(
+            &name,
+            (nchunks as u64).min(self.sms as u64 * 8),
+            256,
+            &[&segs, &chunks, &nchunks, &first],
+        )
     }
 
     /// Per-row apply of `row_select`'s thresholds (key and tie-cut arrays through `Seg::t` and

@@ -167,6 +167,9 @@ pub struct Pruner {
 /// Column scales multiply magnitudes, so they must be finite and non-negative. One batched check
 /// per device for the whole pass (a device round trip per parameter cost more than the
 /// selection itself on a 7B model); the offending parameter is looked up only on failure.
+/// Parameters per batch of a per-row selection (see `HostPlan::select`).
+const ROW_BATCH: usize = 32;
+
 fn check_scales(params: &[PlanParam], scales: &[(u32, Tensor)]) -> Result<()> {
     let bad_at = |s: &Tensor| -> Result<Option<u64>> {
         let bad = s
@@ -891,7 +894,6 @@ impl HostPlan<'_> {
                         params.len()
                     );
                 }
-                let mut scores = Vec::with_capacity(params.len());
                 for &p in params {
                     if self.params[p as usize].protected.is_some() {
                         crate::bail!(
@@ -906,15 +908,26 @@ impl HostPlan<'_> {
                             self.params[p as usize].name
                         );
                     }
-                    scores.push(self.score(p, ScoreRequest::ELEMENTS)?);
                 }
-                // One batch for all rows of all parameters (scores here are fused magnitudes
-                // or dense tensors the pass already holds).
-                let (rows, checks) =
-                    engine::select_rows(&scores, ks).map_err(|(i, e)| match i {
-                        Some(i) => self.name_non_finite(params[i], e),
-                        None => e,
-                    })?;
+                // Batches of parameters: the device selects (or checks) one batch while the
+                // scorer runs over the next, instead of idling through every scorer call first.
+                let mut scores = Vec::with_capacity(params.len());
+                let mut rows = Vec::with_capacity(params.len());
+                let mut checks = Vec::with_capacity(params.len());
+                for (batch, batch_ks) in params.chunks(ROW_BATCH).zip(ks.chunks(ROW_BATCH)) {
+                    let batch_scores: Vec<Scores> = batch
+                        .iter()
+                        .map(|&p| self.score(p, ScoreRequest::ELEMENTS))
+                        .collect::<Result<_>>()?;
+                    let (r, c) =
+                        engine::select_rows(&batch_scores, batch_ks).map_err(|(i, e)| match i {
+                            Some(i) => self.name_non_finite(batch[i], e),
+                            None => e,
+                        })?;
+                    scores.extend(batch_scores);
+                    rows.extend(r);
+                    checks.extend(c);
+                }
                 for (((&p, &k), (rows, check)), s) in params
                     .iter()
                     .zip(ks)
@@ -1070,8 +1083,8 @@ impl HostPlan<'_> {
                 let pruned =
                     match &rule {
                         Rule::Threshold(q) => q.pruned(),
-                        Rule::PerRow(r) => {
-                            let rows = r.keys.numel() as u64;
+                        Rule::PerRow(_) => {
+                            let rows = numel / scores.cols();
                             let Some(SelRecord::PerRow { k, .. }) = self.selections.iter().find(
                                 |s| matches!(s, SelRecord::PerRow { param, .. } if *param == p),
                             ) else {

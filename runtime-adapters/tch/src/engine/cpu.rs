@@ -139,7 +139,7 @@ pub(crate) fn select_per_row(scores: &Scores, k: u64) -> Result<RowSel> {
     let take: Vec<i32> = t.take.iter().map(|&k| k as i32).collect();
     // Ties present matter to the CUDA kernels only; the CPU rule reads `take` alone.
     let ties = Tensor::zeros([keys.len() as i64], (Kind::Int, tch::Device::Cpu));
-    Ok(RowSel {
+    Ok(RowSel::Thresholds {
         keys: Tensor::from_slice(&keys),
         take: Tensor::from_slice(&take),
         ties,
@@ -153,19 +153,21 @@ pub(crate) fn build_mask(scores: &Scores, rule: &Rule) -> Result<(Tensor, u64)> 
     let cols = scores.cols() as usize;
     let pruned = match rule {
         Rule::Threshold(q) => sel::apply_threshold(&src, q, &mut mask),
-        Rule::PerRow(r) => {
+        Rule::PerRow(RowSel::Thresholds { keys, take, .. }) => {
             let t = sel::RowThresholds {
-                keys: Vec::<i32>::try_from(&r.keys)?
+                keys: Vec::<i32>::try_from(keys)?
                     .into_iter()
                     .map(|k| k as u32)
                     .collect(),
-                take: Vec::<i32>::try_from(&r.take)?
+                take: Vec::<i32>::try_from(take)?
                     .into_iter()
                     .map(|k| k as u32)
                     .collect(),
             };
             sel::apply_per_row(&src, cols, &t, &mut mask)
         }
+        Rule::PerRow(RowSel::AtApply { k }) => sel::select_per_row(&src, cols, *k)
+            .and_then(|t| sel::apply_per_row(&src, cols, &t, &mut mask)),
         Rule::NM { n, m } => sel::apply_nm(&src, cols, *n, *m, &mut mask),
     }
     .map_err(select_err)?;

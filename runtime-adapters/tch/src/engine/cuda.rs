@@ -101,8 +101,13 @@ fn minus_ones(n: usize, device: Device) -> Result<Tensor> {
     )?)
 }
 
+/// Small host tables to the device, without a stream synchronisation (see `Gpu::upload_words`).
 fn upload(v: &[i64], device: Device) -> Result<Tensor> {
-    Ok(Tensor::from_slice(v).f_to_device(device)?)
+    let t = Tensor::f_empty([v.len().max(1) as i64], (Kind::Int64, device))?;
+    if !v.is_empty() {
+        gpu(ordinal(device))?.upload_words(ptr(&t), v)?;
+    }
+    Ok(t)
 }
 
 fn seg_table(segs: &[Seg], device: Device) -> Result<Tensor> {
@@ -1002,78 +1007,132 @@ pub(crate) fn select_rows(
     let g = gpu(ordinal(device))?;
     let readable: Vec<Scores> = scores.iter().map(readable).collect::<Result<_>>()?;
     let sources: Vec<Source> = readable.iter().map(source).collect::<Result<_>>()?;
-    let rows: Vec<u64> = sources.iter().map(|s| s.n / s.cols).collect();
-    let total: u64 = rows.iter().sum();
     for (s, &k) in sources.iter().zip(ks) {
         if k > s.cols {
             crate::bail!("cannot select {k} of {} weights per row", s.cols);
         }
     }
-    let keys = zeros(total as i64, Kind::Int, device)?;
-    let take = zeros(total as i64, Kind::Int, device)?;
-    let ties = zeros(total as i64, Kind::Int, device)?;
     let check = Checked::new(scores.len(), device)?;
-    let mut offsets = Vec::with_capacity(rows.len());
-    let mut off = 0u64;
-    for &r in &rows {
-        offsets.push(off);
-        off += r;
-    }
-    let view = |t: &Tensor, i: usize| t.narrow(0, offsets[i] as i64, rows[i] as i64);
-    let sels: Vec<RowSel> = (0..scores.len())
-        .map(|i| RowSel {
-            keys: view(&keys, i),
-            take: view(&take, i),
-            ties: view(&ties, i),
+    // Fused magnitude scores of the model's own contiguous weight are selected by the pass that
+    // prunes (one read and one write of the weight instead of a selection read, then a read and
+    // a write); here only their finiteness is checked, so a bad score fails the plan before
+    // anything is written. The others get thresholds now.
+    let at_apply: Vec<bool> = (0..scores.len())
+        .map(|i| {
+            matches!((&scores[i], &readable[i]), (Scores::Magnitude { weight: a, .. }, Scores::Magnitude { weight: b, .. }) if a.data_ptr() == b.data_ptr())
+                && Gpu::row_prune_fits(&sources[i])
         })
         .collect();
-    // Launches by element type, score kind and row length (the register path sizes its blocks
-    // by the longest row of the launch).
-    let bucket = |s: &Source| {
-        let whole = s.cols % s.dt.per_vector() == 0;
-        match (whole, s.cols.div_ceil(s.dt.per_vector())) {
-            (true, v) if v <= 512 => 0u8,
-            (true, v) if v <= birdbone_cuda::ROW_REG_MAX_THREADS * birdbone_cuda::ROW_REG_V => 1,
-            _ => 2,
-        }
-    };
-    for ((dt, kind, b), members) in group_by(sources.iter().map(|s| (s.dt, s.kind, bucket(s)))) {
-        let mut first = 0u64;
+    let mut sels: Vec<Option<RowSel>> = (0..scores.len()).map(|_| None).collect();
+    let fused: Vec<usize> = (0..scores.len()).filter(|&i| at_apply[i]).collect();
+    for ((dt, kind), members) in group_by(fused.iter().map(|&i| (sources[i].dt, sources[i].kind))) {
+        let members: Vec<usize> = members.iter().map(|&m| fused[m]).collect();
         let segs: Vec<Seg> = members
             .iter()
-            .map(|&i| {
-                let seg = Seg {
-                    first,
-                    k: ks[i],
-                    t: ptr(&sels[i].keys),
-                    take: ptr(&sels[i].take),
-                    mode: ptr(&sels[i].ties),
-                    ..Seg::of(&sources[i], i as u64)
-                };
-                first += rows[i];
-                seg
-            })
+            .map(|&i| Seg::of(&sources[i], i as u64))
             .collect();
-        let max_cols = members.iter().map(|&i| sources[i].cols).max().unwrap_or(1);
-        let table = seg_table(&segs, device)?;
-        g.row_select(
-            dt,
-            kind,
-            ptr(&table),
-            segs.len() as i32,
-            first,
-            max_cols,
-            b < 2,
-            ptr(&check.flag),
-            ptr(&check.index),
-        )?;
+        let units: Vec<u64> = members
+            .iter()
+            .map(|&i| sources[i].n / dt.per_vector())
+            .collect();
+        let chunks = chunk_table(&units, 8192);
+        let (table, chunks_d) = (seg_table(&segs, device)?, upload(&chunks, device)?);
+        let nchunks = (chunks.len() / 3) as u32;
+        if kind == ScoreKind::Scaled {
+            g.find_non_finite_scaled(dt, ptr(&table), ptr(&chunks_d), nchunks, ptr(&check.index))?;
+        } else {
+            g.find_non_finite(dt, ptr(&table), ptr(&chunks_d), nchunks, ptr(&check.index))?;
+        }
+        for &i in &members {
+            sels[i] = Some(RowSel::AtApply { k: ks[i] });
+        }
     }
-    super::trace(device, "rows: selected");
+    let eager: Vec<usize> = (0..scores.len()).filter(|&i| !at_apply[i]).collect();
+    if !eager.is_empty() {
+        let rows: Vec<u64> = eager
+            .iter()
+            .map(|&i| sources[i].n / sources[i].cols)
+            .collect();
+        let total: u64 = rows.iter().sum();
+        let keys = zeros(total as i64, Kind::Int, device)?;
+        let take = zeros(total as i64, Kind::Int, device)?;
+        let ties = zeros(total as i64, Kind::Int, device)?;
+        let mut off = 0u64;
+        for (e, &i) in eager.iter().enumerate() {
+            let view = |t: &Tensor| t.narrow(0, off as i64, rows[e] as i64);
+            sels[i] = Some(RowSel::Thresholds {
+                keys: view(&keys),
+                take: view(&take),
+                ties: view(&ties),
+            });
+            off += rows[e];
+        }
+        // Launches by element type, score kind and row length (the register path sizes its
+        // blocks by the longest row of the launch).
+        let bucket = |s: &Source| {
+            let whole = s.cols % s.dt.per_vector() == 0;
+            match (whole, s.cols.div_ceil(s.dt.per_vector())) {
+                (true, v) if v <= 512 => 0u8,
+                (true, v) if v <= birdbone_cuda::ROW_REG_MAX_THREADS * birdbone_cuda::ROW_REG_V => {
+                    1
+                }
+                _ => 2,
+            }
+        };
+        for ((dt, kind, b), members) in group_by(
+            eager
+                .iter()
+                .map(|&i| (sources[i].dt, sources[i].kind, bucket(&sources[i]))),
+        ) {
+            let members: Vec<usize> = members.iter().map(|&m| eager[m]).collect();
+            let mut first = 0u64;
+            let segs: Vec<Seg> = members
+                .iter()
+                .map(|&i| {
+                    let Some(RowSel::Thresholds { keys, take, ties }) = &sels[i] else {
+                        unreachable!("made above")
+                    };
+                    let seg = Seg {
+                        first,
+                        k: ks[i],
+                        t: ptr(keys),
+                        take: ptr(take),
+                        mode: ptr(ties),
+                        ..Seg::of(&sources[i], i as u64)
+                    };
+                    first += sources[i].n / sources[i].cols;
+                    seg
+                })
+                .collect();
+            let max_cols = members.iter().map(|&i| sources[i].cols).max().unwrap_or(1);
+            let table = seg_table(&segs, device)?;
+            g.row_select(
+                dt,
+                kind,
+                ptr(&table),
+                segs.len() as i32,
+                first,
+                max_cols,
+                b < 2,
+                ptr(&check.flag),
+                ptr(&check.index),
+            )?;
+        }
+    }
+    super::trace(
+        device,
+        "rows: selected (or checked, for selection at apply)",
+    );
     let copy = HostCopy::new(check.index);
     let checks = (0..scores.len())
         .map(|i| FiniteCheck::Batch(copy.clone(), i))
         .collect();
-    Ok((sels, checks))
+    Ok((
+        sels.into_iter()
+            .map(|s| s.expect("every parameter"))
+            .collect(),
+        checks,
+    ))
 }
 
 /// The apply kernels' mode: 0 keeps every tie, 1 prunes every tie, 2 prunes the first `take`
@@ -1145,11 +1204,16 @@ fn run_rules(
     enum What {
         Threshold,
         Rows,
+        /// By row length: blocks are sized by the longest row of a launch.
+        RowsAtApply(bool),
         Nm(u64, bool),
     }
     let what = |i: usize| match items[i].rule {
         Rule::Threshold(_) => What::Threshold,
-        Rule::PerRow(_) => What::Rows,
+        Rule::PerRow(RowSel::Thresholds { .. }) => What::Rows,
+        Rule::PerRow(RowSel::AtApply { .. }) => {
+            What::RowsAtApply(sources[i].cols.div_ceil(sources[i].dt.per_vector()) <= 512)
+        }
         Rule::NM { m, .. } => What::Nm(*m as u64, g.nm_units(&sources[i], *m as u64).1),
     };
     for ((dt, kind, w), members) in
@@ -1230,12 +1294,13 @@ fn run_rules(
                 let segs: Vec<Seg> = members
                     .iter()
                     .map(|&i| {
-                        let Rule::PerRow(r) = items[i].rule else {
-                            unreachable!()
+                        let Rule::PerRow(RowSel::Thresholds { keys, take, .. }) = items[i].rule
+                        else {
+                            unreachable!("grouped as rows with thresholds")
                         };
                         Seg {
-                            t: ptr(&r.keys),
-                            take: ptr(&r.take),
+                            t: ptr(keys),
+                            take: ptr(take),
                             ..base(i)
                         }
                     })
@@ -1252,6 +1317,41 @@ fn run_rules(
                     ptr(&table),
                     ptr(&chunks_d),
                     (chunks.len() / 3) as u32,
+                    ptr(&pruned),
+                )?;
+            }
+            What::RowsAtApply(_) => {
+                if let Some(&i) = members.iter().find(|&&i| !Gpu::row_prune_fits(&sources[i])) {
+                    crate::bail!(
+                        "a selection at apply does not fit rows of {} weights (made for other scores?)",
+                        sources[i].cols
+                    );
+                }
+                let mut first = 0u64;
+                let segs: Vec<Seg> = members
+                    .iter()
+                    .map(|&i| {
+                        let Rule::PerRow(RowSel::AtApply { k }) = items[i].rule else {
+                            unreachable!("grouped as rows selected at apply")
+                        };
+                        let seg = Seg {
+                            first,
+                            k: *k,
+                            ..base(i)
+                        };
+                        first += sources[i].n / sources[i].cols;
+                        seg
+                    })
+                    .collect();
+                let max_cols = members.iter().map(|&i| sources[i].cols).max().unwrap_or(1);
+                let table = seg_table(&segs, device)?;
+                g.row_prune(
+                    dt,
+                    kind,
+                    ptr(&table),
+                    segs.len() as i32,
+                    first,
+                    max_cols,
                     ptr(&pruned),
                 )?;
             }

@@ -80,22 +80,32 @@ pub(crate) enum Rule {
     NM { n: u32, m: u32 },
 }
 
-/// Per-row thresholds, on the weight's device, each `[rows]` int32: threshold keys (bit
-/// patterns), the tie rule, ties present. The tie rule is the engine's own: on the CPU the number
-/// of ties to prune; on CUDA the column of the last tie pruned (!0: none), which lets the apply
-/// pass stream without counting.
-pub(crate) struct RowSel {
-    pub keys: Tensor,
-    pub take: Tensor,
-    pub ties: Tensor,
+/// Per-row selections.
+pub(crate) enum RowSel {
+    /// Per-row thresholds, on the weight's device, each `[rows]` int32: threshold keys (bit
+    /// patterns), the tie rule, ties present. The tie rule is the engine's own: on the CPU the
+    /// number of ties to prune; on CUDA the column of the last tie pruned (!0: none), which lets
+    /// the apply pass stream without counting.
+    Thresholds {
+        keys: Tensor,
+        take: Tensor,
+        ties: Tensor,
+    },
+    /// The `k` lowest of every row, selected by the pass that prunes (CUDA, fused magnitude
+    /// scores: each row is read once, selected in registers and written, with no thresholds
+    /// stored). Its scores were checked finite when it was made.
+    AtApply { k: u64 },
 }
 
 impl RowSel {
     pub fn shallow_clone(&self) -> RowSel {
-        RowSel {
-            keys: self.keys.shallow_clone(),
-            take: self.take.shallow_clone(),
-            ties: self.ties.shallow_clone(),
+        match self {
+            RowSel::Thresholds { keys, take, ties } => RowSel::Thresholds {
+                keys: keys.shallow_clone(),
+                take: take.shallow_clone(),
+                ties: ties.shallow_clone(),
+            },
+            RowSel::AtApply { k } => RowSel::AtApply { k: *k },
         }
     }
 }
