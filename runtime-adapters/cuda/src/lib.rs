@@ -200,17 +200,23 @@ pub const BINS: usize = 65536;
 const TILE_U: u64 = 8;
 /// Bins of a band histogram (as `BAND_MAX` in the kernels).
 pub const BAND_MAX: usize = 4096;
+/// Dynamic shared memory of a register-resident row kernel for rows of `nvec` vectors: a
+/// 2048-bin histogram, 512 candidate keys (ROW_BINS, ROW_CAND in the kernels) and, for
+/// `row_prune`, two row buffers (one row streams in while the other is selected).
+fn row_reg_smem(nvec: u64, row_buffers: bool) -> u32 {
+    ((2048 + 512) * 4 + if row_buffers { 2 * nvec * 16 } else { 0 }) as u32
+}
+
 /// Shared memory of a warp-per-row select block: eight warps with a 2048-bin histogram each.
 const ROW_SMEM: u32 = 8 * 2048 * 4;
 /// Vectors per thread of the register-resident row select (`ROW_REG_V` in the kernels): rows of
 /// whole vectors up to [`ROW_REG_MAX_THREADS`] times this many vectors are selected by a block
 /// each.
-pub const ROW_REG_V: u64 = 8;
-/// Largest block of the register-resident row select (its kernel is capped at `ROW_REG_REGS`
-/// registers a thread, so a block of 512 fits an SM's register file).
-pub const ROW_REG_MAX_THREADS: u64 = 512;
-/// `ROW_REG_MAXNREG` in the kernels.
-const ROW_REG_REGS: u64 = 128;
+pub const ROW_REG_V: u64 = 4;
+/// Largest block of the register-resident row kernels (capped at 72 registers a thread,
+/// `ROW_REG_MAXNREG`, so a block of 896 fits an SM's register file): rows up to 28 672 bf16 or
+/// f16 weights (14 336 f32).
+pub const ROW_REG_MAX_THREADS: u64 = 896;
 const APPLY_THREADS: u32 = 256;
 
 /// Splits segments into chunks of at most `chunk` units each: 3 i64 per chunk
@@ -487,6 +493,8 @@ impl Gpu {
             32768 * 4
         } else if name.starts_with("row_select_warp") {
             ROW_SMEM as i32
+        } else if name.starts_with("row_prune_reg") {
+            row_reg_smem(ROW_REG_MAX_THREADS * ROW_REG_V, true) as i32
         } else {
             0
         };
@@ -727,8 +735,8 @@ impl Gpu {
     ) -> Result<()> {
         let nvec = max_cols.div_ceil(dt.per_vector());
         if whole_vectors && nvec <= ROW_REG_MAX_THREADS * ROW_REG_V {
-            let (grid, threads, smem) = self.row_reg_shape(dt, rows, max_cols);
             let name = format!("row_select_reg_{}_{}", dt.name(), kind.name());
+            let (grid, threads, smem) = self.row_reg_shape(&name, dt, rows, max_cols, false)?;
             self.launch_smem(
                 &name,
                 grid,
@@ -766,8 +774,8 @@ impl Gpu {
         max_cols: u64,
         pruned: u64,
     ) -> Result<()> {
-        let (grid, threads, smem) = self.row_reg_shape(dt, rows, max_cols);
         let name = format!("row_prune_reg_{}_{}", dt.name(), kind.name());
+        let (grid, threads, smem) = self.row_reg_shape(&name, dt, rows, max_cols, true)?;
         self.launch_smem(&name, grid, threads, smem, &[&segs, &nsegs, &rows, &pruned])
     }
 
@@ -782,17 +790,25 @@ impl Gpu {
 
     /// Launch shape of the register-resident row kernels: the fewest warps that hold the longest
     /// row in registers (more rows in flight per SM, and cheaper barriers, than a fixed large
-    /// block), as many blocks as fit the SMs at once, and shared memory for a 2048-bin histogram
-    /// and as many candidate keys (ROW_BINS in the kernels).
-    fn row_reg_shape(&self, dt: Dt, rows: u64, max_cols: u64) -> (u64, u32, u32) {
+    /// block), as many blocks as are resident on the SMs at once (the blocks are persistent), and
+    /// the shared memory of [`row_reg_smem`].
+    fn row_reg_shape(
+        &self,
+        name: &str,
+        dt: Dt,
+        rows: u64,
+        max_cols: u64,
+        row_buffers: bool,
+    ) -> Result<(u64, u32, u32)> {
         let nvec = max_cols.div_ceil(dt.per_vector());
         let threads = nvec.div_ceil(ROW_REG_V).div_ceil(32).max(1) * 32;
-        let per_sm = (65536 / (ROW_REG_REGS * threads)).clamp(1, 32);
-        (
-            rows.min(self.sms as u64 * per_sm),
-            threads as u32,
-            2 * 2048 * 4,
-        )
+        let smem = row_reg_smem(nvec, row_buffers);
+        let per_sm = self
+            .function(name)?
+            .occupancy_max_active_blocks_per_multiprocessor(threads as u32, smem as usize, None)
+            .map_err(|e| CudaError::at(name, e))?
+            .max(1) as u64;
+        Ok((rows.min(self.sms as u64 * per_sm), threads as u32, smem))
     }
 
     /// Finite check of scaled magnitudes `|w| * scale[col]` (an overflow counts): the smallest

@@ -101,6 +101,11 @@ fn minus_ones(n: usize, device: Device) -> Result<Tensor> {
     )?)
 }
 
+/// Units (vectors, N:M groups) per chunk of the streaming passes: ~1 MiB of weights, so a 7B
+/// model is ~14 K chunks (a table of a third of a MiB, built and uploaded in well under a
+/// millisecond) and a persistent grid still balances.
+const STREAM_CHUNK: u64 = 1 << 16;
+
 /// Small host tables to the device, without a stream synchronisation (see `Gpu::upload_words`).
 fn upload(v: &[i64], device: Device) -> Result<Tensor> {
     let t = Tensor::f_empty([v.len().max(1) as i64], (Kind::Int64, device))?;
@@ -434,7 +439,7 @@ fn band_select(
         .iter()
         .map(|s| s.n.div_ceil(dt.per_vector()))
         .collect();
-    let chunks = chunk_table(&units, 1 << 16);
+    let chunks = chunk_table(&units, STREAM_CHUNK);
     let (t, c) = (
         seg_table(&segs, device).map_err(e)?,
         upload(&chunks, device).map_err(e)?,
@@ -1035,7 +1040,7 @@ pub(crate) fn select_rows(
             .iter()
             .map(|&i| sources[i].n / dt.per_vector())
             .collect();
-        let chunks = chunk_table(&units, 8192);
+        let chunks = chunk_table(&units, STREAM_CHUNK);
         let (table, chunks_d) = (seg_table(&segs, device)?, upload(&chunks, device)?);
         let nchunks = (chunks.len() / 3) as u32;
         if kind == ScoreKind::Scaled {
@@ -1247,7 +1252,7 @@ fn run_rules(
                         .iter()
                         .map(|&i| sources[i].n.div_ceil(dt.per_vector()))
                         .collect();
-                    let chunks = chunk_table(&units, 1 << 16);
+                    let chunks = chunk_table(&units, STREAM_CHUNK);
                     let (table, chunks_d) = (seg_table(&segs, device)?, upload(&chunks, device)?);
                     g.apply_stream(
                         dt,
@@ -1309,7 +1314,7 @@ fn run_rules(
                     .iter()
                     .map(|&i| sources[i].n.div_ceil(dt.per_vector()))
                     .collect();
-                let chunks = chunk_table(&units, 1 << 16);
+                let chunks = chunk_table(&units, STREAM_CHUNK);
                 let (table, chunks_d) = (seg_table(&segs, device)?, upload(&chunks, device)?);
                 g.row_apply(
                     dt,
@@ -1373,7 +1378,7 @@ fn run_rules(
                     .iter()
                     .map(|&i| g.nm_units(&sources[i], m).0)
                     .collect();
-                let chunks = chunk_table(&units, 4096);
+                let chunks = chunk_table(&units, STREAM_CHUNK);
                 let (table, chunks_d) = (seg_table(&segs, device)?, upload(&chunks, device)?);
                 g.nm(
                     dt,
@@ -1475,7 +1480,7 @@ pub(crate) fn find_non_finite_many(ts: &[&Tensor]) -> Result<Vec<FiniteCheck>> {
             .iter()
             .map(|&i| (data[i].numel() as u64).div_ceil(dt.per_vector()))
             .collect();
-        let chunks = chunk_table(&units, 8192);
+        let chunks = chunk_table(&units, STREAM_CHUNK);
         let (table, chunks_d) = (seg_table(&segs, device)?, upload(&chunks, device)?);
         g.find_non_finite(
             dt,
@@ -1523,7 +1528,7 @@ pub(crate) fn apply_masks(items: &[(&Tensor, &Tensor)]) -> Result<Vec<Count>> {
             .iter()
             .map(|&j| (items[contiguous[j]].0.numel() as u64).div_ceil(dt.per_vector()))
             .collect();
-        let chunks = chunk_table(&units, 8192);
+        let chunks = chunk_table(&units, STREAM_CHUNK);
         let (table, chunks_d) = (seg_table(&segs, device)?, upload(&chunks, device)?);
         g.apply_mask(
             dt,
