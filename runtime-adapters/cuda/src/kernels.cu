@@ -1490,14 +1490,9 @@ __device__ __forceinline__ void keys_at(const Vec<DT>& v, u32 col, const float* 
 // Indexed directly (not through a generic pointer), so accesses compile to plain shared loads.
 extern __shared__ __align__(16) u32 row_dyn[];
 
-// Asynchronous 16-byte copies from global to shared memory (cp.async): the next row streams in
-// while the current one is selected, so no warp waits on DRAM for its row.
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
-    u64 sa, ga;
-    asm("cvta.to.shared.u64 %0, %1;" : "=l"(sa) : "l"(smem));
-    asm("cvta.to.global.u64 %0, %1;" : "=l"(ga) : "l"(gmem));
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"((u32)sa), "l"(ga) : "memory");
-}
+// Asynchronous 16-byte copies from global to shared memory (cp.async, issued in row_prune's
+// `issue`): the next row streams in while the current one is selected, so no warp waits on DRAM
+// for its row.
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
@@ -1638,10 +1633,11 @@ __device__ void row_select_reg_impl(const u64* segs, int nsegs, u64 total_rows, 
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (bd + 31) >> 5;
     // bf16 magnitudes' keys end in sixteen zero bits: levels stop above them.
     const int lo_bits = DT == DT_BF16 && KIND == K_MAG ? 16 : 0;
-    // Each block takes a contiguous run of rows, so its segment changes rarely and its fields
-    // are read once per change, not once per row.
-    u64 per_block = (total_rows + gridDim.x - 1) / gridDim.x;
-    u64 g0 = (u64)blockIdx.x * per_block, g1 = min(total_rows, g0 + per_block);
+    // Rows go to blocks in turn (block b takes b, b + grid, ...), so at any moment every SM works
+    // on neighbouring rows: the same parameter, whose column scales then stay in L1 (with runs
+    // of rows per block, the blocks of one SM sat in different parameters and their scales,
+    // 16 KiB each, missed L1 on every row). Segments still change rarely for a block.
+    const u64 g0 = blockIdx.x, gstep = gridDim.x;
     int seg = 0;
     while (seg + 1 < nsegs && segs[(u64)(seg + 1) * SEGW + S_FIRST] <= g0) seg++;
     u64 next_first = seg + 1 < nsegs ? segs[(u64)(seg + 1) * SEGW + S_FIRST] : ~0ull;
@@ -1661,11 +1657,15 @@ __device__ void row_select_reg_impl(const u64* segs, int nsegs, u64 total_rows, 
         const u64* ps = segs + (u64)pseg * SEGW;
         const uint4* src = reinterpret_cast<const uint4*>(ps[S_W]) + ((gg - ps[S_FIRST]) * ps[S_COLS]) / V;
         const u32 pn = (u32)(ps[S_COLS] / V);
-        uint4* dst = rowbuf + b * buf_vecs;
-        for (u32 i = threadIdx.x; i < pn; i += bd) cp_async16(dst + i, src + i);
+        // Addresses converted once; each step moves both by a block's worth of vectors.
+        u64 ga, sa;
+        asm("cvta.to.global.u64 %0, %1;" : "=l"(ga) : "l"(src + threadIdx.x));
+        asm("cvta.to.shared.u64 %0, %1;" : "=l"(sa) : "l"(rowbuf + b * buf_vecs + threadIdx.x));
+        for (u32 i = threadIdx.x; i < pn; i += bd, ga += 16 * bd, sa += 16 * bd)
+            asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"((u32)sa), "l"(ga) : "memory");
         cp_async_commit();
     };
-    if (FUSED && g0 < g1) issue(g0, 0);
+    if (FUSED && g0 < total_rows) issue(g0, 0);
     // The block's pruned count of its current segment, into the segment's slot (block-wide).
     auto flush = [&]() {
         if (!FUSED) return;
@@ -1711,7 +1711,8 @@ __device__ void row_select_reg_impl(const u64* segs, int nsegs, u64 total_rows, 
         return s_digit;
     };
     clear(ROW_BINS);
-    for (u64 g = g0; g < g1; g++) {
+    u32 it = 0;  // rows done by this block: the row buffer's parity
+    for (u64 g = g0; g < total_rows; g += gstep, it++) {
         if (g >= next_first) {
             flush();
             while (seg + 1 < nsegs && segs[(u64)(seg + 1) * SEGW + S_FIRST] <= g) seg++;
@@ -1732,7 +1733,7 @@ __device__ void row_select_reg_impl(const u64* segs, int nsegs, u64 total_rows, 
         int mine = threadIdx.x < nvec ? (int)((nvec - 1 - threadIdx.x) / bd) + 1 : 0;
         u32 keys[K];
         bool bad = false;
-        const uint4* rb = rowbuf + ((u32)(g - g0) & 1) * buf_vecs + threadIdx.x;  // my vectors (row_prune)
+        const uint4* rb = rowbuf + (it & 1) * buf_vecs + threadIdx.x;  // my vectors (row_prune)
         {
             Vec<DT> vs[ROW_REG_V];
             if (FUSED) {
@@ -1740,7 +1741,7 @@ __device__ void row_select_reg_impl(const u64* segs, int nsegs, u64 total_rows, 
                 // with row g - 1, so row g + 1 may stream into its buffer.
                 cp_async_wait<0>();
                 __syncthreads();
-                if (g + 1 < g1) issue(g + 1, ((u32)(g - g0) & 1) ^ 1);
+                if (g + gstep < total_rows) issue(g + gstep, (it & 1) ^ 1);
 #pragma unroll
                 for (int u = 0; u < ROW_REG_V; u++)
                     if (u < mine) {
@@ -2017,7 +2018,7 @@ __device__ void row_select_reg_impl(const u64* segs, int nsegs, u64 total_rows, 
             const bool partial = cut != 0xffffffffu && cut < (u32)cols;
             const u32 lim = cut != 0xffffffffu && !partial ? T + 1 : T;
             u8* mask = (u8*)s[S_MASK];
-            const bool write_w = s[S_WRITE] != 0;
+            const bool write_w = s[S_WRITE] != 0, want_mask = mask != nullptr;
             uint4* p = reinterpret_cast<uint4*>(const_cast<void*>(w)) + vfirst + threadIdx.x;
             u32 zero_bits = 0;  // 16 (f32: 32) per pruned weight
 #pragma unroll
@@ -2029,7 +2030,7 @@ __device__ void row_select_reg_impl(const u64* segs, int nsegs, u64 total_rows, 
 #pragma unroll
                         for (int j = 0; j < V; j++)
                             cb |= (u32)(kk[j] < T || (kk[j] == T && (threadIdx.x + u * bd) * V + j <= cut)) << j;
-                    } else if (mask) {
+                    } else if (want_mask) {
 #pragma unroll
                         for (int j = 0; j < V; j++) cb |= (u32)(kk[j] < lim) << j;
                     }
@@ -2049,7 +2050,7 @@ __device__ void row_select_reg_impl(const u64* segs, int nsegs, u64 total_rows, 
                         zero_bits += __popc(~m);
                     }
                     if (write_w) p[(u32)u * bd] = make_uint4(wd[0], wd[1], wd[2], wd[3]);
-                    store_mask_bits<DT>(mask, vfirst + threadIdx.x + u * bd, ~cb, V);
+                    if (want_mask) store_mask_bits<DT>(mask, vfirst + threadIdx.x + u * bd, ~cb, V);
                 }
             my_pruned += zero_bits >> (DT == DT_F32 ? 5 : 4);
         } else if (threadIdx.x == 0) {
