@@ -713,62 +713,42 @@ __device__ void nm_impl(const u64* segs, const u64* chunks, u32 nchunks, u64* pr
 
 // ---------------------------------------------------------------------------------------------
 // Finite check: per slot, the smallest flat index of a NaN or infinity (first[slot] init !0).
-template <int DT>
+// SCALED: of the scaled magnitudes |w| * scale[col] instead (an overflow counts too); segments
+// then hold rows of whole vectors, 16-byte aligned. |w| * |scale| has the score's finiteness and
+// never a sign bit (a NaN product is the positive canonical NaN), so one integer maximum per
+// element finds them; each thread tracks its vectors' column as it steps (no division).
+template <int DT, bool SCALED>
 __device__ void find_non_finite_impl(const u64* segs, const u64* chunks, u32 nchunks, u64* first) {
     const int V = Ty<DT>::V;
-    for (u32 c = blockIdx.x; c < nchunks; c += gridDim.x) {
-        const u64* s = segs + SEGW * chunks[3 * c];
-        const void* w = (const void*)s[S_W];
-        u64 n = s[S_N];
-        bool aligned = s[S_ALIGNED] != 0;
-        u64 v0 = chunks[3 * c + 1], nv = chunks[3 * c + 2];
-        u64 mine = ~0ull;
-        for (u64 base = v0 + threadIdx.x; base < v0 + nv; base += HU * blockDim.x) {
-            Vec<DT> vs[HU];
-#pragma unroll
-            for (int u = 0; u < HU; u++) {
-                u64 vi = base + (u64)u * blockDim.x;
-                if (vi < v0 + nv) load_vec<DT>(w, vi, n, aligned, vs[u]);
-                else vs[u].valid = 0;
-            }
-#pragma unroll
-            for (int u = 0; u < HU; u++) {
-                if (vs[u].valid == 0 || !vec_non_finite<DT>(vs[u])) continue;
-                u64 vi = base + (u64)u * blockDim.x;
-                for (int j = 0; j < V; j++)
-                    if (j < vs[u].valid && !is_finite_bits(Ty<DT>::f(vs[u].get(j))) && vi * V + j < mine) mine = vi * V + j;
-            }
-        }
-        if (mine != ~0ull) atomicMin(first + s[S_SLOT], mine);
-    }
-}
-
-// The same for scaled magnitudes |w| * scale[col]: per slot, the smallest flat index whose score is
-// a NaN or an infinity (an overflow too). Segments hold rows of whole vectors, 16-byte aligned
-// (weights and scales). |w| * |scale| has the score's finiteness and never a sign bit (a NaN
-// product is the positive canonical NaN), so one integer maximum per element finds them.
-template <int DT>
-__device__ void find_non_finite_scaled_impl(const u64* segs, const u64* chunks, u32 nchunks, u64* first) {
-    const int V = Ty<DT>::V;
+    const u32 bd = blockDim.x;
     for (u32 c = blockIdx.x; c < nchunks; c += gridDim.x) {
         const u64* s = segs + SEGW * chunks[3 * c];
         const void* w = (const void*)s[S_W];
         const float* scale = (const float*)s[S_SCALE];
         u64 n = s[S_N];
-        const u32 nvr = (u32)(s[S_COLS] / V), bd = blockDim.x;
+        bool aligned = SCALED || s[S_ALIGNED] != 0;
         u64 v0 = chunks[3 * c + 1], nv = chunks[3 * c + 2];
-        u32 cv = (u32)((v0 + threadIdx.x) % nvr);
+        const u32 nvr = SCALED ? (u32)(s[S_COLS] / V) : 1;
+        u32 cv = SCALED ? (u32)((v0 + threadIdx.x) % nvr) : 0;
         u64 mine = ~0ull;
         for (u64 base = v0 + threadIdx.x; base < v0 + nv; base += HU * bd) {
             Vec<DT> vs[HU];
 #pragma unroll
             for (int u = 0; u < HU; u++) {
                 u64 vi = base + (u64)u * bd;
-                if (vi < v0 + nv) load_vec<DT>(w, vi, n, true, vs[u]);
+                if (vi < v0 + nv) load_vec<DT>(w, vi, n, aligned, vs[u]);
                 else vs[u].valid = 0;
             }
 #pragma unroll
             for (int u = 0; u < HU; u++) {
+                u64 vi = base + (u64)u * bd;
+                if (!SCALED) {
+                    if (vs[u].valid == 0 || !vec_non_finite<DT>(vs[u])) continue;
+                    for (int j = 0; j < V; j++)
+                        if (j < vs[u].valid && !is_finite_bits(Ty<DT>::f(vs[u].get(j))) && vi * V + j < mine)
+                            mine = vi * V + j;
+                    continue;
+                }
                 if (vs[u].valid != 0) {
                     float sc[V];
 #pragma unroll
@@ -785,11 +765,9 @@ __device__ void find_non_finite_scaled_impl(const u64* segs, const u64* chunks, 
                         bits[j] = __float_as_uint(__fmul_rn(fabsf(Ty<DT>::f(vs[u].get(j))), sc[j]));
                         m = max(m, bits[j]);
                     }
-                    if (m >= 0x7f800000u) {
-                        u64 vi = base + (u64)u * bd;
+                    if (m >= 0x7f800000u)
                         for (int j = V - 1; j >= 0; j--)
                             if (bits[j] >= 0x7f800000u && vi * V + j < mine) mine = vi * V + j;
-                    }
                 }
                 cv += bd;
                 while (cv >= nvr) cv -= nvr;
@@ -2332,7 +2310,7 @@ MAG_ENTRIES(f32_scaled, DT_F32, K_SCALED)
 #define DT_ENTRIES(name, DT)                                                                         \
     extern "C" __global__ void find_non_finite_##name(const u64* segs, const u64* chunks,           \
                                                       u32 nchunks, u64* first) {                     \
-        find_non_finite_impl<DT>(segs, chunks, nchunks, first);                                      \
+        find_non_finite_impl<DT, false>(segs, chunks, nchunks, first);                               \
     }                                                                                                \
     extern "C" __global__ void apply_mask_##name(const u64* segs, const u64* chunks, u32 nchunks,   \
                                                  u64* pruned) {                                      \
@@ -2340,7 +2318,7 @@ MAG_ENTRIES(f32_scaled, DT_F32, K_SCALED)
     }                                                                                                \
     extern "C" __global__ void find_non_finite_scaled_##name(const u64* segs, const u64* chunks,    \
                                                              u32 nchunks, u64* first) {              \
-        find_non_finite_scaled_impl<DT>(segs, chunks, nchunks, first);                               \
+        find_non_finite_impl<DT, true>(segs, chunks, nchunks, first);                                \
     }
 
 DT_ENTRIES(bf16, DT_BF16)

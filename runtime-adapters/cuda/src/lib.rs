@@ -811,26 +811,6 @@ impl Gpu {
         Ok((rows.min(self.sms as u64 * per_sm), threads as u32, smem))
     }
 
-    /// Finite check of scaled magnitudes `|w| * scale[col]` (an overflow counts): the smallest
-    /// flat index per slot into `first` (u64 per slot, initialised to !0). Segments must hold
-    /// rows of whole 16-byte vectors, aligned.
-    pub fn find_non_finite_scaled(
-        &self,
-        dt: Dt,
-        segs: u64,
-        chunks: u64,
-        nchunks: u32,
-        first: u64,
-    ) -> Result<()> {
-        let name = format!("find_non_finite_scaled_{}", dt.name());
-        self.launch(
-            &name,
-            (nchunks as u64).min(self.sms as u64 * 8),
-            256,
-            &[&segs, &chunks, &nchunks, &first],
-        )
-    }
-
     /// Per-row apply of `row_select`'s thresholds (key and tie-cut arrays through `Seg::t` and
     /// `Seg::take`), streaming over chunks of vectors.
     pub fn row_apply(
@@ -1039,16 +1019,20 @@ impl Gpu {
     }
 
     /// The smallest flat index of a non-finite element per slot into `first` (u64 per slot,
-    /// set to !0 before), over chunks of vectors.
+    /// set to !0 before), over chunks of vectors. `scaled`: of the scaled magnitudes
+    /// `|w| * scale[col]` instead (an overflow counts); segments then hold rows of whole 16-byte
+    /// vectors, aligned.
     pub fn find_non_finite(
         &self,
         dt: Dt,
+        scaled: bool,
         segs: u64,
         chunks: u64,
         nchunks: u32,
         first: u64,
     ) -> Result<()> {
-        let name = format!("find_non_finite_{}", dt.name());
+        let what = if scaled { "_scaled" } else { "" };
+        let name = format!("find_non_finite{what}_{}", dt.name());
         self.launch(
             &name,
             (nchunks as u64).min(self.sms as u64 * 8),

@@ -1043,11 +1043,15 @@ pub(crate) fn select_rows(
         let chunks = chunk_table(&units, STREAM_CHUNK);
         let (table, chunks_d) = (seg_table(&segs, device)?, upload(&chunks, device)?);
         let nchunks = (chunks.len() / 3) as u32;
-        if kind == ScoreKind::Scaled {
-            g.find_non_finite_scaled(dt, ptr(&table), ptr(&chunks_d), nchunks, ptr(&check.index))?;
-        } else {
-            g.find_non_finite(dt, ptr(&table), ptr(&chunks_d), nchunks, ptr(&check.index))?;
-        }
+        let scaled = kind == ScoreKind::Scaled;
+        g.find_non_finite(
+            dt,
+            scaled,
+            ptr(&table),
+            ptr(&chunks_d),
+            nchunks,
+            ptr(&check.index),
+        )?;
         for &i in &members {
             sels[i] = Some(RowSel::AtApply { k: ks[i] });
         }
@@ -1090,33 +1094,25 @@ pub(crate) fn select_rows(
                 .map(|&i| (sources[i].dt, sources[i].kind, bucket(&sources[i]))),
         ) {
             let members: Vec<usize> = members.iter().map(|&m| eager[m]).collect();
-            let mut first = 0u64;
-            let segs: Vec<Seg> = members
-                .iter()
-                .map(|&i| {
-                    let Some(RowSel::Thresholds { keys, take, ties }) = &sels[i] else {
-                        unreachable!("made above")
-                    };
-                    let seg = Seg {
-                        first,
-                        k: ks[i],
-                        t: ptr(keys),
-                        take: ptr(take),
-                        mode: ptr(ties),
-                        ..Seg::of(&sources[i], i as u64)
-                    };
-                    first += sources[i].n / sources[i].cols;
-                    seg
-                })
-                .collect();
-            let max_cols = members.iter().map(|&i| sources[i].cols).max().unwrap_or(1);
+            let (segs, rows, max_cols) = row_segments(&members, &sources, |i| {
+                let Some(RowSel::Thresholds { keys, take, ties }) = &sels[i] else {
+                    unreachable!("made above")
+                };
+                Seg {
+                    k: ks[i],
+                    t: ptr(keys),
+                    take: ptr(take),
+                    mode: ptr(ties),
+                    ..Seg::of(&sources[i], i as u64)
+                }
+            });
             let table = seg_table(&segs, device)?;
             g.row_select(
                 dt,
                 kind,
                 ptr(&table),
                 segs.len() as i32,
-                first,
+                rows,
                 max_cols,
                 b < 2,
                 ptr(&check.flag),
@@ -1138,6 +1134,26 @@ pub(crate) fn select_rows(
             .collect(),
         checks,
     ))
+}
+
+/// Segments of whole rows for the row kernels (`seg` gives each member's, `first` is set here
+/// to its first row in the launch): the segments, the launch's rows and its longest row.
+fn row_segments(
+    members: &[usize],
+    sources: &[Source],
+    seg: impl Fn(usize) -> Seg,
+) -> (Vec<Seg>, u64, u64) {
+    let mut first = 0u64;
+    let segs = members
+        .iter()
+        .map(|&i| {
+            let s = Seg { first, ..seg(i) };
+            first += sources[i].n / sources[i].cols;
+            s
+        })
+        .collect();
+    let max_cols = members.iter().map(|&i| sources[i].cols).max().unwrap_or(1);
+    (segs, first, max_cols)
 }
 
 /// The apply kernels' mode: 0 keeps every tie, 1 prunes every tie, 2 prunes the first `take`
@@ -1332,30 +1348,19 @@ fn run_rules(
                         sources[i].cols
                     );
                 }
-                let mut first = 0u64;
-                let segs: Vec<Seg> = members
-                    .iter()
-                    .map(|&i| {
-                        let Rule::PerRow(RowSel::AtApply { k }) = items[i].rule else {
-                            unreachable!("grouped as rows selected at apply")
-                        };
-                        let seg = Seg {
-                            first,
-                            k: *k,
-                            ..base(i)
-                        };
-                        first += sources[i].n / sources[i].cols;
-                        seg
-                    })
-                    .collect();
-                let max_cols = members.iter().map(|&i| sources[i].cols).max().unwrap_or(1);
+                let (segs, rows, max_cols) = row_segments(&members, &sources, |i| {
+                    let Rule::PerRow(RowSel::AtApply { k }) = items[i].rule else {
+                        unreachable!("grouped as rows selected at apply")
+                    };
+                    Seg { k: *k, ..base(i) }
+                });
                 let table = seg_table(&segs, device)?;
                 g.row_prune(
                     dt,
                     kind,
                     ptr(&table),
                     segs.len() as i32,
-                    first,
+                    rows,
                     max_cols,
                     ptr(&pruned),
                 )?;
@@ -1484,6 +1489,7 @@ pub(crate) fn find_non_finite_many(ts: &[&Tensor]) -> Result<Vec<FiniteCheck>> {
         let (table, chunks_d) = (seg_table(&segs, device)?, upload(&chunks, device)?);
         g.find_non_finite(
             dt,
+            false,
             ptr(&table),
             ptr(&chunks_d),
             (chunks.len() / 3) as u32,
