@@ -284,7 +284,14 @@ fn cuda_selections_on_llm_sized_rows_match_the_cpu() {
                 let w = (Tensor::randn([r, c], (Kind::Float, Device::Cpu)) * 0.02).to_kind(kind);
                 let _ = w.get(1).fill_(0.25); // every key of the row ties
                 let _ = w.get(2).fill_(0.0);
-                let _ = w.get(3).narrow(0, 0, c / 2).fill_(-0.01); // half the row ties
+                // Half the row ties.
+                let _ = w.get(3).narrow(0, 0, c / 2).fill_(-0.01);
+                // Three quarters of the row ~1e-30 and one weight 1e30: the selection lies 200
+                // octaves under the row's largest score, below the first level's 32-octave
+                // window, so the kernel starts that row over with full-width levels.
+                let tiny = Tensor::randn([3 * c / 4], (Kind::Float, Device::Cpu)) * 1e-30;
+                w.get(4).narrow(0, 0, 3 * c / 4).copy_(&tiny.to_kind(kind));
+                let _ = w.get(4).get(c - 1).fill_(1e30);
                 (format!("w{i}.weight"), w)
             })
             .collect();
