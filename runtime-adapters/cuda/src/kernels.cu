@@ -1409,8 +1409,8 @@ __device__ u32 warp_tie_cut(const void* w, const float* scale, u64 n, u64 cols, 
 }
 
 // Per-row selection with the row in registers: one block of 32..896 threads per row (the host
-// sizes it so each thread holds at most ROW_REG_V whole vectors), persistent over a contiguous
-// run of rows. The row is read once and its keys computed once, into registers. The first level
+// sizes it so each thread holds at most ROW_REG_V whole vectors), persistent, taking every
+// grid-th row. The row is read once and its keys computed once, into registers. The first level
 // histograms every key into a window of 2048 bins of 1/64 octave below the row's largest key
 // (WIN_SHIFT), so the chosen bin holds ~0.5% of the row; those keys are appended to shared memory,
 // and when there are at most two per thread, ranking each against the others finishes the
