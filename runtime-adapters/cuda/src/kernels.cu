@@ -1423,16 +1423,15 @@ __device__ u32 warp_tie_cut(const void* w, const float* scale, u64 n, u64 cols, 
 // Registers per thread: the keys and a little spill (24 bytes), blocks up to 896 threads.
 #define ROW_REG_MAXNREG 72
 
-// Keys of a vector whose V columns start at `col` of one row (no wrap): no division.
+// The column scales of a vector whose V columns start at `col` of one row (1 unless K_SCALED).
+// `col` is a multiple of V and the host starts scales on 16-byte boundaries
+// (engine::aligned_scale), so they come in whole 16-byte loads.
 template <int DT, int KIND>
-__device__ __forceinline__ void keys_at(const Vec<DT>& v, u32 col, const float* scale, u32* keys, bool& bad) {
+__device__ __forceinline__ void scales_at(u32 col, const float* scale, float* sc) {
     const int V = Ty<DT>::V;
-    float sc[V];
 #pragma unroll
     for (int j = 0; j < V; j++) sc[j] = 1.0f;
-        if (KIND == K_SCALED) {
-        // `col` is a multiple of V and the host starts scales on 16-byte boundaries
-        // (engine::aligned_scale), so the scales come in whole 16-byte loads.
+    if (KIND == K_SCALED) {
 #pragma unroll
         for (int q = 0; q < V / 4; q++) {
             float4 f = __ldg(reinterpret_cast<const float4*>(scale + col + 4 * q));
@@ -1442,6 +1441,14 @@ __device__ __forceinline__ void keys_at(const Vec<DT>& v, u32 col, const float* 
             sc[4 * q + 3] = f.w;
         }
     }
+}
+
+// Keys of a vector whose V columns start at `col` of one row (no wrap): no division.
+template <int DT, int KIND>
+__device__ __forceinline__ void keys_at(const Vec<DT>& v, u32 col, const float* scale, u32* keys, bool& bad) {
+    const int V = Ty<DT>::V;
+    float sc[V];
+    scales_at<DT, KIND>(col, scale, sc);
     if (DT == DT_BF16 && KIND == K_MAG) {
 #pragma unroll
         for (int j = 0; j < V; j++) {
@@ -1541,18 +1548,7 @@ __device__ __forceinline__ void sel_keys(const Vec<DT>& v, u32 col, const float*
         return;
     }
     float sc[V];
-#pragma unroll
-    for (int j = 0; j < V; j++) sc[j] = 1.0f;
-    if (KIND == K_SCALED) {
-#pragma unroll
-        for (int q = 0; q < V / 4; q++) {
-            float4 f = __ldg(reinterpret_cast<const float4*>(scale + col + 4 * q));
-            sc[4 * q] = f.x;
-            sc[4 * q + 1] = f.y;
-            sc[4 * q + 2] = f.z;
-            sc[4 * q + 3] = f.w;
-        }
-    }
+    scales_at<DT, KIND>(col, scale, sc);
     if (DT == DT_BF16) {
         // Both halves of a word become floats with one instruction each (a shift, a mask).
 #pragma unroll
