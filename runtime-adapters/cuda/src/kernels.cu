@@ -1716,19 +1716,11 @@ __device__ void row_select_reg_impl(const u64* segs, int nsegs, u64 total_rows, 
                 cp_async_wait<0>();
                 __syncthreads();
                 if (g + gstep < total_rows) issue(g + gstep, (it & 1) ^ 1);
-#pragma unroll
-                for (int u = 0; u < ROW_REG_V; u++)
-                    if (u < mine) {
-                        uint4 q = rb[(u32)u * bd];
-                        vs[u].w[0] = q.x;
-                        vs[u].w[1] = q.y;
-                        vs[u].w[2] = q.z;
-                        vs[u].w[3] = q.w;
-                        vs[u].valid = V;
-                    }
-            } else if (aligned) {
-                // Whole 16-byte vectors from one row pointer: no per-vector bounds or 64-bit index.
-                const uint4* p = reinterpret_cast<const uint4*>(w) + vfirst + threadIdx.x;
+            }
+            if (FUSED || aligned) {
+                // Whole 16-byte vectors from one row pointer (the shared copy, or the weight):
+                // no per-vector bounds or 64-bit index.
+                const uint4* p = FUSED ? rb : reinterpret_cast<const uint4*>(w) + vfirst + threadIdx.x;
 #pragma unroll
                 for (int u = 0; u < ROW_REG_V; u++)
                     if (u < mine) {
