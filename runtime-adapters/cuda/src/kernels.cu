@@ -1535,8 +1535,11 @@ __device__ __forceinline__ u32 quad_find(u32 b0, u32 nq, u32 bins, u32 run, u32 
 // least KEY_NON_FINITE, the row's largest, so the row's maximum finds them without a test per
 // key. Dense scores (any sign) take key_of and a test per key.
 #define KEY_NON_FINITE 0xff800000u
+// `sc`: the vector's column scales from scales_at (loaded early, so their latency hides behind
+// other work); unused for dense scores, which load their own.
 template <int DT, int KIND>
-__device__ __forceinline__ void sel_keys(const Vec<DT>& v, u32 col, const float* scale, u32* keys, bool& bad) {
+__device__ __forceinline__ void sel_keys(const Vec<DT>& v, u32 col, const float* scale, const float* sc, u32* keys,
+                                         bool& bad) {
     const int V = Ty<DT>::V;
     if (KIND == K_DENSE) {
         keys_at<DT, KIND>(v, col, scale, keys, bad);
@@ -1547,8 +1550,6 @@ __device__ __forceinline__ void sel_keys(const Vec<DT>& v, u32 col, const float*
         for (int j = 0; j < V; j++) keys[j] = (((u32)v.get(j) & 0x7fffu) | 0x8000u) << 16;
         return;
     }
-    float sc[V];
-    scales_at<DT, KIND>(col, scale, sc);
     if (DT == DT_BF16) {
         // Both halves of a word become floats with one instruction each (a shift, a mask).
 #pragma unroll
@@ -1588,7 +1589,7 @@ __device__ __forceinline__ bool sel_key_non_finite(u32 k) {
 // FUSED: select and prune in one pass (the row's keys are still in registers when its threshold
 // is known; the weights come back from L2 to be written), counting the pruned per slot. The
 // caller checked every score finite beforehand, so no write ever needs undoing.
-template <int DT, int KIND, bool FUSED>
+template <int DT, int KIND, bool FUSED, bool FULL>
 __device__ void row_select_reg_impl(const u64* segs, int nsegs, u64 total_rows, u32* bad_flag, u64* bad_index,
                                     u64* pruned) {
     __shared__ u64 shl[40];
@@ -1625,12 +1626,21 @@ __device__ void row_select_reg_impl(const u64* segs, int nsegs, u64 total_rows, 
     // starts the copy of row gg (its own segment cursor, as rows only move forward).
     uint4* rowbuf = reinterpret_cast<uint4*>(row_dyn + ROW_BINS + ROW_CAND);
     const u32 buf_vecs = FUSED ? (dynamic_smem_bytes() / 4 - ROW_BINS - ROW_CAND) / 8 : 0;
+    // The streamed row's segment: its fields are kept, so a row's copy reads no table.
     int pseg = seg;
+    u64 pnext = next_first, pfirst = first, pcols = cols;
+    const uint4* pw = reinterpret_cast<const uint4*>(w);
     auto issue = [&](u64 gg, u32 b) {
-        while (pseg + 1 < nsegs && segs[(u64)(pseg + 1) * SEGW + S_FIRST] <= gg) pseg++;
-        const u64* ps = segs + (u64)pseg * SEGW;
-        const uint4* src = reinterpret_cast<const uint4*>(ps[S_W]) + ((gg - ps[S_FIRST]) * ps[S_COLS]) / V;
-        const u32 pn = (u32)(ps[S_COLS] / V);
+        while (gg >= pnext) {
+            pseg++;
+            const u64* ps = segs + (u64)pseg * SEGW;
+            pnext = pseg + 1 < nsegs ? ps[SEGW + S_FIRST] : ~0ull;
+            pfirst = ps[S_FIRST];
+            pcols = ps[S_COLS];
+            pw = reinterpret_cast<const uint4*>(ps[S_W]);
+        }
+        const uint4* src = pw + ((gg - pfirst) * pcols) / V;
+        const u32 pn = (u32)(pcols / V);
         // Addresses converted once; each step moves both by a block's worth of vectors.
         u64 ga, sa;
         asm("cvta.to.global.u64 %0, %1;" : "=l"(ga) : "l"(src + threadIdx.x));
@@ -1703,12 +1713,21 @@ __device__ void row_select_reg_impl(const u64* segs, int nsegs, u64 total_rows, 
         u64 r = g - first;
         u64 vfirst = (r * cols) / V;
         u32 nvec = (u32)(cols / V);
-        // My vectors are q = threadIdx.x + u * bd for u < mine (a prefix of the u's).
-        int mine = threadIdx.x < nvec ? (int)((nvec - 1 - threadIdx.x) / bd) + 1 : 0;
+        // My vectors are q = threadIdx.x + u * bd for u < mine (a prefix of the u's); FULL: the
+        // host launched blocks of nvec / ROW_REG_V threads, so every thread has ROW_REG_V (no
+        // per-vector branches).
+        const int mine = FULL ? ROW_REG_V : threadIdx.x < nvec ? (int)((nvec - 1 - threadIdx.x) / bd) + 1 : 0;
         u32 keys[K];
         bool bad = false;
         const uint4* rb = rowbuf + (it & 1) * buf_vecs + threadIdx.x;  // my vectors (row_prune)
         {
+            // FULL: the column scales first, their loads in flight while the row arrives (the
+            // other kernels load them vector by vector: held across the wait, they would spill).
+            float sc[K];
+            if (FULL) {
+#pragma unroll
+                for (int u = 0; u < ROW_REG_V; u++) scales_at<DT, KIND>((threadIdx.x + u * bd) * V, scale, sc + u * V);
+            }
             Vec<DT> vs[ROW_REG_V];
             if (FUSED) {
                 // Row g has arrived (every thread's part: the barrier); every thread is done
@@ -1738,7 +1757,10 @@ __device__ void row_select_reg_impl(const u64* segs, int nsegs, u64 total_rows, 
             }
 #pragma unroll
             for (int u = 0; u < ROW_REG_V; u++)
-                if (u < mine) sel_keys<DT, KIND>(vs[u], (threadIdx.x + u * bd) * V, scale, keys + u * V, bad);
+                if (u < mine) {
+                    if (!FULL) scales_at<DT, KIND>((threadIdx.x + u * bd) * V, scale, sc + u * V);
+                    sel_keys<DT, KIND>(vs[u], (threadIdx.x + u * bd) * V, scale, sc + u * V, keys + u * V, bad);
+                }
         }
         // The row's largest key: the top of the first level's window, and a NaN or infinity
         // check for magnitude keys.
@@ -2277,15 +2299,20 @@ FOR_DT_KIND(ENTRIES)
     }                                                                                                \
     extern "C" __global__ void __maxnreg__(ROW_REG_MAXNREG) row_select_reg_##name(const u64* segs, int nsegs, u64 rows,          \
                                                      u32* bad_flag, u64* bad_index) {                \
-        row_select_reg_impl<DT, KIND, false>(segs, nsegs, rows, bad_flag, bad_index, nullptr);       \
+        row_select_reg_impl<DT, KIND, false, false>(segs, nsegs, rows, bad_flag, bad_index, nullptr); \
     }
 
 FOR_DT_KIND(MORE_ENTRIES)
 
+// `_full`: every row of the launch has blockDim.x * ROW_REG_V vectors.
 #define MAG_ENTRIES(name, DT, KIND)                                                                  \
     extern "C" __global__ void __maxnreg__(ROW_REG_MAXNREG) row_prune_reg_##name(const u64* segs, int nsegs, u64 rows, \
                                                                           u64* pruned) {             \
-        row_select_reg_impl<DT, KIND, true>(segs, nsegs, rows, nullptr, nullptr, pruned);            \
+        row_select_reg_impl<DT, KIND, true, false>(segs, nsegs, rows, nullptr, nullptr, pruned);     \
+    }                                                                                                \
+    extern "C" __global__ void __maxnreg__(ROW_REG_MAXNREG) row_prune_reg_full_##name(const u64* segs, int nsegs,     \
+                                                                               u64 rows, u64* pruned) { \
+        row_select_reg_impl<DT, KIND, true, true>(segs, nsegs, rows, nullptr, nullptr, pruned);      \
     }
 
 MAG_ENTRIES(bf16_mag, DT_BF16, K_MAG)

@@ -762,7 +762,9 @@ impl Gpu {
     /// the mask written when `Seg::mask` is set and the weight when `Seg::write`; counts per slot
     /// into `pruned`. Rows must be whole vectors, at most [`ROW_REG_MAX_THREADS`] ×
     /// [`ROW_REG_V`] of them ([`Gpu::row_prune_fits`]), and every score finite (checked before:
-    /// the pass writes as it goes).
+    /// the pass writes as it goes). `same_length`: every row of the launch has `max_cols`
+    /// weights; when they also fill whole warps' registers (a multiple of 32 × [`ROW_REG_V`]
+    /// vectors, as LLM shapes do), a kernel without per-vector bounds takes them.
     #[allow(clippy::too_many_arguments)]
     pub fn row_prune(
         &self,
@@ -772,9 +774,17 @@ impl Gpu {
         nsegs: i32,
         rows: u64,
         max_cols: u64,
+        same_length: bool,
         pruned: u64,
     ) -> Result<()> {
-        let name = format!("row_prune_reg_{}_{}", dt.name(), kind.name());
+        let nvec = max_cols.div_ceil(dt.per_vector());
+        let full = same_length && max_cols % dt.per_vector() == 0 && nvec % (32 * ROW_REG_V) == 0;
+        let name = format!(
+            "row_prune_reg_{}{}_{}",
+            if full { "full_" } else { "" },
+            dt.name(),
+            kind.name()
+        );
         let (grid, threads, smem) = self.row_reg_shape(&name, dt, rows, max_cols, true)?;
         self.launch_smem(&name, grid, threads, smem, &[&segs, &nsegs, &rows, &pruned])
     }

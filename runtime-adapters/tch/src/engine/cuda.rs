@@ -1222,18 +1222,33 @@ fn run_rules(
         ..Seg::of(&sources[i], i as u64)
     };
     #[derive(Clone, Copy, PartialEq)]
+    enum RowLen {
+        Exactly(u64),
+        Short(bool),
+    }
+    #[derive(Clone, Copy, PartialEq)]
     enum What {
         Threshold,
         Rows,
-        /// By row length: blocks are sized by the longest row of a launch.
-        RowsAtApply(bool),
+        /// By row length: blocks are sized by the longest row of a launch, so rows of one
+        /// length go together where that length fills whole warps (see `Gpu::row_prune`), else
+        /// by short (at most 512 vectors) or long.
+        RowsAtApply(RowLen),
         Nm(u64, bool),
     }
     let what = |i: usize| match items[i].rule {
         Rule::Threshold(_) => What::Threshold,
         Rule::PerRow(RowSel::Thresholds { .. }) => What::Rows,
         Rule::PerRow(RowSel::AtApply { .. }) => {
-            What::RowsAtApply(sources[i].cols.div_ceil(sources[i].dt.per_vector()) <= 512)
+            let v = sources[i].dt.per_vector();
+            let nvec = sources[i].cols.div_ceil(v);
+            What::RowsAtApply(
+                if sources[i].cols % v == 0 && nvec % (32 * birdbone_cuda::ROW_REG_V) == 0 {
+                    RowLen::Exactly(nvec)
+                } else {
+                    RowLen::Short(nvec <= 512)
+                },
+            )
         }
         Rule::NM { m, .. } => What::Nm(*m as u64, g.nm_units(&sources[i], *m as u64).1),
     };
@@ -1355,6 +1370,7 @@ fn run_rules(
                     Seg { k: *k, ..base(i) }
                 });
                 let table = seg_table(&segs, device)?;
+                let same_length = members.iter().all(|&i| sources[i].cols == max_cols);
                 g.row_prune(
                     dt,
                     kind,
@@ -1362,6 +1378,7 @@ fn run_rules(
                     segs.len() as i32,
                     rows,
                     max_cols,
+                    same_length,
                     ptr(&pruned),
                 )?;
             }
