@@ -1831,11 +1831,13 @@ __device__ void row_select_reg_impl(const u64* segs, int nsegs, u64 total_rows, 
                         e0 += x == c0;
                     }
             } else if (ncand <= bd) {
-                for (u32 j = 0; j < ncand; j++) {
-                    u32 x = cand[j];
-                    l0 += x < c0;
-                    e0 += x == c0;
-                }
+                // Only the warps that hold a candidate (warp-uniform).
+                if ((u32)warp * 32 < ncand)
+                    for (u32 j = 0; j < ncand; j++) {
+                        u32 x = cand[j];
+                        l0 += x < c0;
+                        e0 += x == c0;
+                    }
             } else {
                 for (u32 j = 0; j < ncand; j++) {
                     u32 x = cand[j];
