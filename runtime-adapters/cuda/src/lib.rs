@@ -777,8 +777,7 @@ impl Gpu {
         same_length: bool,
         pruned: u64,
     ) -> Result<()> {
-        let nvec = max_cols.div_ceil(dt.per_vector());
-        let full = same_length && max_cols % dt.per_vector() == 0 && nvec % (32 * ROW_REG_V) == 0;
+        let full = same_length && Self::row_fills_warps(dt, max_cols);
         let name = format!(
             "row_prune_reg_{}{}_{}",
             if full { "full_" } else { "" },
@@ -787,6 +786,13 @@ impl Gpu {
         );
         let (grid, threads, smem) = self.row_reg_shape(&name, dt, rows, max_cols, true)?;
         self.launch_smem(&name, grid, threads, smem, &[&segs, &nsegs, &rows, &pruned])
+    }
+
+    /// Whether rows of `cols` weights give every thread of [`Gpu::row_prune`]'s whole-warp
+    /// blocks exactly [`ROW_REG_V`] vectors (the kernel without per-vector bounds).
+    pub fn row_fills_warps(dt: Dt, cols: u64) -> bool {
+        let v = dt.per_vector();
+        cols % v == 0 && (cols / v) % (32 * ROW_REG_V) == 0
     }
 
     /// Whether [`Gpu::row_prune`] takes rows of `src`.

@@ -1240,15 +1240,12 @@ fn run_rules(
         Rule::Threshold(_) => What::Threshold,
         Rule::PerRow(RowSel::Thresholds { .. }) => What::Rows,
         Rule::PerRow(RowSel::AtApply { .. }) => {
-            let v = sources[i].dt.per_vector();
-            let nvec = sources[i].cols.div_ceil(v);
-            What::RowsAtApply(
-                if sources[i].cols % v == 0 && nvec % (32 * birdbone_cuda::ROW_REG_V) == 0 {
-                    RowLen::Exactly(nvec)
-                } else {
-                    RowLen::Short(nvec <= 512)
-                },
-            )
+            let (dt, cols) = (sources[i].dt, sources[i].cols);
+            What::RowsAtApply(if Gpu::row_fills_warps(dt, cols) {
+                RowLen::Exactly(cols)
+            } else {
+                RowLen::Short(cols.div_ceil(dt.per_vector()) <= 512)
+            })
         }
         Rule::NM { m, .. } => What::Nm(*m as u64, g.nm_units(&sources[i], *m as u64).1),
     };
