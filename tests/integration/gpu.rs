@@ -526,3 +526,93 @@ fn cuda_unaligned_column_scales_select_like_aligned_ones() {
         );
     }
 }
+
+/// Many rows per block of the fused per-row kernel, which selects each row from a band around
+/// the threshold of the block's previous row: alike rows (the band holds the threshold), rows
+/// whose scale jumps (it does not: the row is selected without it, and the band widens), and
+/// rows of ties, zeros and half ties among them. CPU = GPU bit for bit, every row exact.
+#[test]
+fn cuda_rows_predicted_from_the_row_before_match_the_cpu() {
+    if !cuda_or_skip("cuda_rows_predicted_from_the_row_before_match_the_cpu") {
+        return;
+    }
+    tch::manual_seed(29);
+    let shapes: [(i64, i64); 2] = [(4096, 4096), (1024, 14336)];
+    let reg = builtin_registry();
+    for kind in [Kind::BFloat16, Kind::Float] {
+        let cpu: Vec<(String, Tensor)> = shapes
+            .iter()
+            .enumerate()
+            .map(|(i, &(r, c))| {
+                let w = Tensor::randn([r, c], (Kind::Float, Device::Cpu)) * 0.02;
+                // The second half of the rows: each at its own scale (e^N(0, 1)).
+                let jump = Tensor::randn([r / 2, 1], (Kind::Float, Device::Cpu)).exp();
+                let scaled = w.narrow(0, r / 2, r / 2) * &jump;
+                w.narrow(0, r / 2, r / 2).copy_(&scaled);
+                for row in (5..r).step_by(97) {
+                    let _ = w.get(row).fill_(0.25);
+                }
+                for row in (7..r).step_by(89) {
+                    let _ = w.get(row).fill_(0.0);
+                }
+                for row in (11..r).step_by(83) {
+                    let _ = w.get(row).narrow(0, 0, c / 2).fill_(-0.01);
+                }
+                (format!("w{i}.weight"), w.to_kind(kind))
+            })
+            .collect();
+        let sq: Vec<Tensor> = shapes
+            .iter()
+            .map(|&(_, c)| (Tensor::randn([c], (Kind::Float, Device::Cpu)) * 2.0).exp())
+            .collect();
+        let (cpu_stats, gpu_stats) = (
+            stats_on(&cpu, &sq, Device::Cpu),
+            stats_on(&cpu, &sq, Device::Cuda(0)),
+        );
+        for (scorer, sparsity) in [("wanda", 0.5), ("magnitude", 0.5), ("wanda", 0.3)] {
+            let cpu_params: Vec<_> = cpu.iter().map(|(n, t)| (n.clone(), t.copy())).collect();
+            let gpu_params = on(&cpu, Device::Cuda(0));
+            let cfg = PassConfig {
+                sparsity,
+                ..Default::default()
+            };
+            let st = settings(&[("scope", "row")]);
+            let mut a = Pruner::new(&reg, scorer, &settings(&[]), "layerwise", &st).unwrap();
+            let mut b = Pruner::new(&reg, scorer, &settings(&[]), "layerwise", &st).unwrap();
+            let inputs = |stats| PassInputs {
+                stats: Some(stats),
+                ..Default::default()
+            };
+            let (cr, cm) = a.run(&cpu_params, &cfg, inputs(&cpu_stats)).unwrap();
+            let (gr, gm) = b.run(&gpu_params, &cfg, inputs(&gpu_stats)).unwrap();
+            let what = format!("{scorer} per row {sparsity} {kind:?}");
+            assert_eq!(cr.pruned, gr.pruned, "{what}: counts differ");
+            for ((name, c), (_, g)) in cpu_params.iter().zip(&gpu_params) {
+                let g_mask = gm.get(name).unwrap();
+                assert!(
+                    identical(
+                        &cm.get(name).unwrap().bits,
+                        &g_mask.bits.to_device(Device::Cpu)
+                    ),
+                    "{what} {name}: masks differ"
+                );
+                assert!(
+                    identical(c, &g.to_device(Device::Cpu)),
+                    "{what} {name}: weights differ"
+                );
+                let want = (sparsity * c.size()[1] as f64).round() as i64;
+                let pruned_per_row = g_mask
+                    .keep()
+                    .unwrap()
+                    .to_device(Device::Cpu)
+                    .logical_not()
+                    .sum_dim_intlist(Some(&[1i64][..]), false, Kind::Int64);
+                assert_eq!(
+                    pruned_per_row.ne(want).sum(Kind::Int64).int64_value(&[]),
+                    0,
+                    "{what} {name}: a row is not exact"
+                );
+            }
+        }
+    }
+}

@@ -1586,12 +1586,64 @@ __device__ __forceinline__ bool sel_key_non_finite(u32 k) {
 // its largest score, and then the row starts over with full-width levels.
 #define WIN_SHIFT 17
 
+// row_prune's band around the previous row's threshold key T: 2^(BAND_LG0 + 1) keys from
+// T - 2^BAND_LG0, in ROW_BINS bins. Keys count 2^23 per octave, so that is T's value +-6 to 12%:
+// several times the spread of a 4096-weight row's median when the rows of a weight share a
+// distribution (1.8% for Gaussian rows); ~10% of a row's keys fall inside. A miss (the row's
+// need-th key outside) doubles the block's band, up to four times as wide.
+#define BAND_LG0 20
+#define BAND_LG_MAX 22
+
+// row_prune's write of a row whose keys are in registers (FUSED, see row_select_reg_impl): keys
+// below T are pruned, and (PARTIAL) ties up to column `cut`, else keys below `lim`. The weights
+// come from the row's shared copy `rb`; returns 16 (f32: 32) per pruned weight. A template, so
+// each row runs the loop of its case (with a run-time flag the compiler may predicate the
+// rare partial-tie test into every row).
+template <int DT, bool PARTIAL>
+__device__ __forceinline__ u32 row_apply_regs(const u32* keys, const uint4* rb, uint4* p, u8* mask, u64 vfirst, u32 bd,
+                                              int mine, u32 T, u32 lim, u32 cut, bool write_w, bool want_mask) {
+    const int V = Ty<DT>::V;
+    u32 zero_bits = 0;
+#pragma unroll
+    for (int u = 0; u < ROW_REG_V; u++)
+        if (u < mine) {
+            const u32* kk = keys + u * V;
+            u32 cb = 0;  // bit j: element j pruned
+            if (PARTIAL) {
+#pragma unroll
+                for (int j = 0; j < V; j++)
+                    cb |= (u32)(kk[j] < T || (kk[j] == T && (threadIdx.x + u * bd) * V + j <= cut)) << j;
+            } else if (want_mask) {
+#pragma unroll
+                for (int j = 0; j < V; j++) cb |= (u32)(kk[j] < lim) << j;
+            }
+            uint4 q = rb[(u32)u * bd];
+            u32 wd[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                u32 m;
+                if (DT == DT_F32) m = (PARTIAL ? (cb >> i & 1) : kk[i] < lim) ? 0u : 0xffffffffu;
+                else if (PARTIAL)
+                    m = ((cb >> (2 * i) & 1) ? 0xffff0000u : 0xffffffffu) &
+                        ((cb >> (2 * i + 1) & 1) ? 0x0000ffffu : 0xffffffffu);
+                else
+                    m = (kk[2 * i] < lim ? 0xffff0000u : 0xffffffffu) &
+                        (kk[2 * i + 1] < lim ? 0x0000ffffu : 0xffffffffu);
+                wd[i] &= m;
+                zero_bits += __popc(~m);
+            }
+            if (write_w) p[(u32)u * bd] = make_uint4(wd[0], wd[1], wd[2], wd[3]);
+            if (want_mask) store_mask_bits<DT>(mask, vfirst + threadIdx.x + u * bd, ~cb, V);
+        }
+    return zero_bits;
+}
+
 // FUSED: select and prune in one pass (the row's keys are still in registers when its threshold
 // is known; the weights come back from L2 to be written), counting the pruned per slot. The
 // caller checked every score finite beforehand, so no write ever needs undoing.
 template <int DT, int KIND, bool FUSED, bool FULL>
 __device__ void row_select_reg_impl(const u64* segs, int nsegs, u64 total_rows, u32* bad_flag, u64* bad_index,
-                                    u64* pruned) {
+                                    u64* pruned, u64* band_stats) {
     __shared__ u64 shl[40];
     __shared__ u32 sh[40];
     __shared__ u32 red[64];
@@ -1695,6 +1747,18 @@ __device__ void row_select_reg_impl(const u64* segs, int nsegs, u64 total_rows, 
         return s_digit;
     };
     clear(ROW_BINS);
+    // row_prune: the threshold key of the block's previous row of this segment (rows of one
+    // weight are alike, so the next row's lies near it; 0 for none), the band's half-width
+    // (2^s_band_lg keys) and, for `band_stats`, the rows that tried a band and those that missed.
+    // In shared memory, not registers (the kernel has none to spare); thread 0 writes them, and
+    // barriers separate its writes from the reads.
+    __shared__ u32 s_pred, s_band_lg, s_band_rows, s_band_misses;
+    if (threadIdx.x == 0) {
+        s_pred = 0;
+        s_band_lg = BAND_LG0;
+        s_band_rows = 0;
+        s_band_misses = 0;
+    }
     u32 it = 0;  // rows done by this block: the row buffer's parity
     for (u64 g = g0; g < total_rows; g += gstep, it++) {
         if (g >= next_first) {
@@ -1709,6 +1773,7 @@ __device__ void row_select_reg_impl(const u64* segs, int nsegs, u64 total_rows, 
             first = s[S_FIRST];
             k = s[S_K];
             aligned = s[S_ALIGNED] != 0;
+            if (FUSED && threadIdx.x == 0) s_pred = 0;
         }
         u64 r = g - first;
         u64 vfirst = (r * cols) / V;
@@ -1763,20 +1828,26 @@ __device__ void row_select_reg_impl(const u64* segs, int nsegs, u64 total_rows, 
                 }
         }
         // The row's largest key: the top of the first level's window, and a NaN or infinity
-        // check for magnitude keys.
+        // check for magnitude keys (row_select; row_prune's caller checked every score, so it
+        // needs the maximum only when the row takes the window).
         u32 kmax = 0;
+        auto row_max = [&]() {
 #pragma unroll
-        for (int u = 0; u < ROW_REG_V; u++)
-            if (u < mine) {
+            for (int u = 0; u < ROW_REG_V; u++)
+                if (u < mine) {
 #pragma unroll
-                for (int j = 0; j < V; j++) kmax = max(kmax, keys[u * V + j]);
-            }
-        for (int d = 16; d > 0; d >>= 1) kmax = max(kmax, __shfl_xor_sync(0xffffffffu, kmax, d));
-        if (lane == 0) red[warp] = kmax;
-        __syncthreads();
-        kmax = 0;
-        for (int i = 0; i < nw; i++) kmax = max(kmax, red[i]);
-        if (KIND != K_DENSE) bad = kmax >= KEY_NON_FINITE;
+                    for (int j = 0; j < V; j++) kmax = max(kmax, keys[u * V + j]);
+                }
+            for (int d = 16; d > 0; d >>= 1) kmax = max(kmax, __shfl_xor_sync(0xffffffffu, kmax, d));
+            if (lane == 0) red[warp] = kmax;
+            __syncthreads();
+            kmax = 0;
+            for (int i = 0; i < nw; i++) kmax = max(kmax, red[i]);
+        };
+        if (!FUSED) {
+            row_max();
+            if (KIND != K_DENSE) bad = kmax >= KEY_NON_FINITE;
+        }
         if (!FUSED && bad) {
             u64 first_bad = ~0ull;
 #pragma unroll
@@ -1866,7 +1937,49 @@ __device__ void row_select_reg_impl(const u64* segs, int nsegs, u64 total_rows, 
             have_key = true;
             return true;
         };
-        if (k > 0) {
+        // row_prune: the first level's bins around the previous row's threshold instead (see
+        // BAND_LG0): when the need-th smallest lands inside, that level needs no maximum (no
+        // reduction, one barrier fewer) and its bin holds a key or two, not dozens. Else the
+        // histogram is cleared and the row takes the window, as without a prediction. Keys
+        // beyond the band count in 32 words at either end, lane by lane: one shared word
+        // for all of them would serialise every warp's atomics.
+        bool chosen = false;  // the first level chose a bin
+        const u32 pred = FUSED && k > 0 ? s_pred : 0u;
+        if (FUSED && pred != 0) {
+            const int band_lg = (int)s_band_lg;
+            const int bsh = band_lg + 1 - ROW_BITS;
+            const int base = (int)(pred >> bsh) - ROW_BINS / 2;
+            const int under = lane, over = ROW_BINS - 32 + lane;
+#pragma unroll
+            for (int u = 0; u < ROW_REG_V; u++)
+                if (u < mine) {
+#pragma unroll
+                    for (int j = 0; j < V; j++)
+                        atomicAdd(&hist[min(max((int)(keys[u * V + j] >> bsh) - base, under), over)], 1u);
+                }
+            __syncthreads();
+            if (threadIdx.x == 0) s_band_rows++;
+            u32 before, count;
+            u32 digit = find(ROW_BINS, need, &before, &count);
+            if (digit >= 32 && digit < ROW_BINS - 32) {
+                prefix = (u32)(base + (int)digit);
+                shift = bsh;
+                need -= before;
+                ties = count;
+                chosen = true;
+            } else {
+                // Missed: a wider band from now on (rows vary more than it allowed).
+                if (threadIdx.x == 0) {
+                    s_band_misses++;
+                    s_band_lg = min(band_lg + 1, BAND_LG_MAX);
+                }
+                clear(ROW_BINS);
+                __syncthreads();
+            }
+        }
+        const bool window = k > 0 && !chosen;
+        if (FUSED && window) row_max();
+        if (window) {
             // First level: a window of bins below the row's largest key (the histogram was
             // cleared before this row).
             int base = (int)(kmax >> WIN_SHIFT) - (ROW_BINS - 1);
@@ -1921,9 +2034,11 @@ __device__ void row_select_reg_impl(const u64* segs, int nsegs, u64 total_rows, 
                 shift = WIN_SHIFT;
                 need -= before;
                 ties = count;
-                narrow();
+                chosen = true;
             }
         }
+        // The first level chose a bin (band or window): its keys to shared memory when few.
+        if (chosen) narrow();
         while (k > 0 && !have_key && shift > lo) {
             int width = min(ROW_BITS, shift - lo);
             shift -= width;
@@ -1974,6 +2089,7 @@ __device__ void row_select_reg_impl(const u64* segs, int nsegs, u64 total_rows, 
         clear(ROW_BINS);
         u32 low_mask = shift >= 32 ? 0xffffffffu : ((1u << shift) - 1u);
         if (!have_key) T = k == 0 ? 0u : (shift >= 32 ? kand : ((prefix << shift) | (kand & low_mask)));
+        if (FUSED && k > 0 && threadIdx.x == 0) s_pred = T;
         u64 take = need;
         // The column of the take-th tie, when only some ties are pruned (found by one thread).
         u32 cut = k == 0 ? 0xffffffffu : (u32)cols;
@@ -2010,38 +2126,9 @@ __device__ void row_select_reg_impl(const u64* segs, int nsegs, u64 total_rows, 
             u8* mask = (u8*)s[S_MASK];
             const bool write_w = s[S_WRITE] != 0, want_mask = mask != nullptr;
             uint4* p = reinterpret_cast<uint4*>(const_cast<void*>(w)) + vfirst + threadIdx.x;
-            u32 zero_bits = 0;  // 16 (f32: 32) per pruned weight
-#pragma unroll
-            for (int u = 0; u < ROW_REG_V; u++)
-                if (u < mine) {
-                    const u32* kk = keys + u * V;
-                    u32 cb = 0;  // bit j: element j pruned
-                    if (partial) {
-#pragma unroll
-                        for (int j = 0; j < V; j++)
-                            cb |= (u32)(kk[j] < T || (kk[j] == T && (threadIdx.x + u * bd) * V + j <= cut)) << j;
-                    } else if (want_mask) {
-#pragma unroll
-                        for (int j = 0; j < V; j++) cb |= (u32)(kk[j] < lim) << j;
-                    }
-                    uint4 q = rb[(u32)u * bd];
-                    u32 wd[4] = {q.x, q.y, q.z, q.w};
-#pragma unroll
-                    for (int i = 0; i < 4; i++) {
-                        u32 m;
-                        if (DT == DT_F32) m = (partial ? (cb >> i & 1) : kk[i] < lim) ? 0u : 0xffffffffu;
-                        else if (partial)
-                            m = ((cb >> (2 * i) & 1) ? 0xffff0000u : 0xffffffffu) &
-                                ((cb >> (2 * i + 1) & 1) ? 0x0000ffffu : 0xffffffffu);
-                        else
-                            m = (kk[2 * i] < lim ? 0xffff0000u : 0xffffffffu) &
-                                (kk[2 * i + 1] < lim ? 0x0000ffffu : 0xffffffffu);
-                        wd[i] &= m;
-                        zero_bits += __popc(~m);
-                    }
-                    if (write_w) p[(u32)u * bd] = make_uint4(wd[0], wd[1], wd[2], wd[3]);
-                    if (want_mask) store_mask_bits<DT>(mask, vfirst + threadIdx.x + u * bd, ~cb, V);
-                }
+            u32 zero_bits =
+                partial ? row_apply_regs<DT, true>(keys, rb, p, mask, vfirst, bd, mine, T, lim, cut, write_w, want_mask)
+                        : row_apply_regs<DT, false>(keys, rb, p, mask, vfirst, bd, mine, T, lim, cut, write_w, want_mask);
             my_pruned += zero_bits >> (DT == DT_F32 ? 5 : 4);
         } else if (threadIdx.x == 0) {
             ((u32*)s[S_T])[r] = k == 0 ? 0u : sel_key_out<KIND>(T);
@@ -2053,6 +2140,10 @@ __device__ void row_select_reg_impl(const u64* segs, int nsegs, u64 total_rows, 
         if (!FUSED) __syncthreads();
     }
     flush();
+    if (FUSED && band_stats && threadIdx.x == 0 && s_band_rows) {
+        atomicAdd(band_stats, (u64)s_band_rows);
+        atomicAdd(band_stats + 1, (u64)s_band_misses);
+    }
 }
 
 // Per-row apply as a stream over chunks of vectors: each element compares with its row's
@@ -2301,7 +2392,7 @@ FOR_DT_KIND(ENTRIES)
     }                                                                                                \
     extern "C" __global__ void __maxnreg__(ROW_REG_MAXNREG) row_select_reg_##name(const u64* segs, int nsegs, u64 rows,          \
                                                      u32* bad_flag, u64* bad_index) {                \
-        row_select_reg_impl<DT, KIND, false, false>(segs, nsegs, rows, bad_flag, bad_index, nullptr); \
+        row_select_reg_impl<DT, KIND, false, false>(segs, nsegs, rows, bad_flag, bad_index, nullptr, nullptr); \
     }
 
 FOR_DT_KIND(MORE_ENTRIES)
@@ -2309,12 +2400,12 @@ FOR_DT_KIND(MORE_ENTRIES)
 // `_full`: every row of the launch has blockDim.x * ROW_REG_V vectors.
 #define MAG_ENTRIES(name, DT, KIND)                                                                  \
     extern "C" __global__ void __maxnreg__(ROW_REG_MAXNREG) row_prune_reg_##name(const u64* segs, int nsegs, u64 rows, \
-                                                                          u64* pruned) {             \
-        row_select_reg_impl<DT, KIND, true, false>(segs, nsegs, rows, nullptr, nullptr, pruned);     \
+                                                                          u64* pruned, u64* band_stats) { \
+        row_select_reg_impl<DT, KIND, true, false>(segs, nsegs, rows, nullptr, nullptr, pruned, band_stats); \
     }                                                                                                \
     extern "C" __global__ void __maxnreg__(ROW_REG_MAXNREG) row_prune_reg_full_##name(const u64* segs, int nsegs,     \
-                                                                               u64 rows, u64* pruned) { \
-        row_select_reg_impl<DT, KIND, true, true>(segs, nsegs, rows, nullptr, nullptr, pruned);      \
+                                                                               u64 rows, u64* pruned, u64* band_stats) { \
+        row_select_reg_impl<DT, KIND, true, true>(segs, nsegs, rows, nullptr, nullptr, pruned, band_stats); \
     }
 
 MAG_ENTRIES(bf16_mag, DT_BF16, K_MAG)

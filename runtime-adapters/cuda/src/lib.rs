@@ -764,7 +764,10 @@ impl Gpu {
     /// [`ROW_REG_V`] of them ([`Gpu::row_prune_fits`]), and every score finite (checked before:
     /// the pass writes as it goes). `same_length`: every row of the launch has `max_cols`
     /// weights; when they also fill whole warps' registers (a multiple of 32 × [`ROW_REG_V`]
-    /// vectors, as LLM shapes do), a kernel without per-vector bounds takes them.
+    /// vectors, as LLM shapes do), a kernel without per-vector bounds takes them. Each row's
+    /// selection starts from a band around the threshold of the block's previous row of the same
+    /// segment; `band_stats` (0 for none, else two u64) receives the rows that tried a band and
+    /// the rows whose threshold lay outside it (they are selected without, exactly the same).
     #[allow(clippy::too_many_arguments)]
     pub fn row_prune(
         &self,
@@ -776,6 +779,7 @@ impl Gpu {
         max_cols: u64,
         same_length: bool,
         pruned: u64,
+        band_stats: u64,
     ) -> Result<()> {
         let full = same_length && Self::row_fills_warps(dt, max_cols);
         let name = format!(
@@ -785,7 +789,13 @@ impl Gpu {
             kind.name()
         );
         let (grid, threads, smem) = self.row_reg_shape(&name, dt, rows, max_cols, true)?;
-        self.launch_smem(&name, grid, threads, smem, &[&segs, &nsegs, &rows, &pruned])
+        self.launch_smem(
+            &name,
+            grid,
+            threads,
+            smem,
+            &[&segs, &nsegs, &rows, &pruned, &band_stats],
+        )
     }
 
     /// Whether rows of `cols` weights give every thread of [`Gpu::row_prune`]'s whole-warp

@@ -1368,6 +1368,11 @@ fn run_rules(
                 });
                 let table = seg_table(&segs, device)?;
                 let same_length = members.iter().all(|&i| sources[i].cols == max_cols);
+                // With BIRDBONE_TRACE=1: how often a row's threshold lay outside the band
+                // predicted from the row before (such rows cost a second histogram).
+                let band_stats = super::tracing()
+                    .then(|| zeros(2, Kind::Int64, device))
+                    .transpose()?;
                 g.row_prune(
                     dt,
                     kind,
@@ -1377,7 +1382,16 @@ fn run_rules(
                     max_cols,
                     same_length,
                     ptr(&pruned),
+                    band_stats.as_ref().map_or(0, ptr),
                 )?;
+                if let Some(b) = &band_stats {
+                    let v = to_host_i64(b)?;
+                    eprintln!(
+                        "trace rows of {max_cols} weights: {} of {rows} selected from a predicted band, {} missed it",
+                        v[0] - v[1],
+                        v[1]
+                    );
+                }
             }
             What::Nm(m, fast) => {
                 let segs: Vec<Seg> = members

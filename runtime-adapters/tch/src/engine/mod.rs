@@ -356,14 +356,19 @@ pub(crate) fn unpack_keep(mask: &Tensor, numel: i64) -> Result<Tensor> {
     Ok(expanded.f_narrow(0, 0, numel)?)
 }
 
+/// Whether BIRDBONE_TRACE=1 asks for per-step times and counters on standard error.
+pub(crate) fn tracing() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("BIRDBONE_TRACE").is_ok_and(|v| v == "1"))
+}
+
 /// Developer timing of the steps of a pass: with `BIRDBONE_TRACE=1` in the environment, each mark
 /// waits for `device` and prints the wall time since the previous mark to stderr. The waits
 /// perturb what they measure a little (a few microseconds each); without the variable a mark
 /// costs one load.
 pub(crate) fn trace(device: Device, label: &str) {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     static LAST: parking_lot::Mutex<Option<std::time::Instant>> = parking_lot::Mutex::new(None);
-    if !*ON.get_or_init(|| std::env::var("BIRDBONE_TRACE").is_ok_and(|v| v == "1")) {
+    if !tracing() {
         return;
     }
     if let Device::Cuda(i) = device {
