@@ -1417,6 +1417,9 @@ __device__ u32 warp_tie_cut(const void* w, const float* scale, u64 n, u64 cols, 
 // selection; else 11-bit levels go on over the copies. In practice: one histogram pass over the
 // row, one append of a few dozen keys, one ranking. A row whose selection falls below the window
 // starts over with 11-bit levels from the bits every key shares (from the OR and AND of its keys).
+// row_prune predicts: after a block's first row of a weight, the first level is a band of finer
+// bins around the previous row's threshold (BAND_LG0), which needs no row maximum and leaves a
+// key or two in the chosen bin; a row whose threshold lies outside takes the window after all.
 // Four vectors a thread (not eight): the kernel is bound by latency, and 72 registers a thread
 // keep 28 warps an SM in flight instead of 16 (measured faster on H100).
 #define ROW_REG_V 4
