@@ -2042,8 +2042,15 @@ __device__ void row_select_reg_impl(const u64* segs, int nsegs, u64 total_rows, 
                 chosen = true;
             }
         }
+        // row_prune, when every key of the chosen bin is pruned (the usual case for a band's bin,
+        // which holds a key or two): the bin's top is as good a threshold as its largest key, so
+        // no copy and no ranking (two barriers fewer). row_select reports the key itself.
+        if (FUSED && chosen && need == ties && shift > 0 && shift < 32 && ((prefix + 1u) >> (32 - shift)) == 0) {
+            T = ((prefix + 1u) << shift) - 1u;
+            have_key = true;
+        }
         // The first level chose a bin (band or window): its keys to shared memory when few.
-        if (chosen) narrow();
+        if (chosen && !have_key) narrow();
         while (k > 0 && !have_key && shift > lo) {
             int width = min(ROW_BITS, shift - lo);
             shift -= width;
