@@ -1120,10 +1120,6 @@ pub(crate) fn select_rows(
             )?;
         }
     }
-    super::trace(
-        device,
-        "rows: selected (or checked, for selection at apply)",
-    );
     let copy = HostCopy::new(check.index);
     let checks = (0..scores.len())
         .map(|i| FiniteCheck::Batch(copy.clone(), i))
