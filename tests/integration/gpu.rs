@@ -23,6 +23,61 @@ fn stats_on(params: &[(String, Tensor)], sq: &[Tensor], device: Device) -> Activ
     s
 }
 
+/// Runs `scorer` + `strategy` (settings `st`) at `sparsity` on a copy of `cpu` and on a CUDA copy,
+/// and asserts the counts, the masks and the weights identical; with `scope=row`, every row exact.
+fn assert_cuda_prunes_like_the_cpu(
+    cpu: &[(String, Tensor)],
+    stats: (&ActivationStats, &ActivationStats),
+    (scorer, strategy, st, sparsity): (&str, &str, &[(&str, &str)], f64),
+    what: &str,
+) {
+    let reg = builtin_registry();
+    let cpu_params: Vec<_> = cpu.iter().map(|(n, t)| (n.clone(), t.copy())).collect();
+    let gpu_params = on(cpu, Device::Cuda(0));
+    let cfg = PassConfig {
+        sparsity,
+        ..Default::default()
+    };
+    let pruner = || Pruner::new(&reg, scorer, &settings(&[]), strategy, &settings(st)).unwrap();
+    let inputs = |stats| PassInputs {
+        stats: Some(stats),
+        ..Default::default()
+    };
+    let (cr, cm) = pruner().run(&cpu_params, &cfg, inputs(stats.0)).unwrap();
+    let (gr, gm) = pruner().run(&gpu_params, &cfg, inputs(stats.1)).unwrap();
+    let what = format!("{scorer} + {strategy} {st:?} {sparsity} {what}");
+    assert_eq!(cr.pruned, gr.pruned, "{what}: counts differ");
+    for ((name, c), (_, g)) in cpu_params.iter().zip(&gpu_params) {
+        let g_mask = gm.get(name).unwrap();
+        assert!(
+            identical(
+                &cm.get(name).unwrap().bits,
+                &g_mask.bits.to_device(Device::Cpu)
+            ),
+            "{what} {name}: masks differ"
+        );
+        assert!(
+            identical(c, &g.to_device(Device::Cpu)),
+            "{what} {name}: weights differ"
+        );
+        if !st.contains(&("scope", "row")) {
+            continue;
+        }
+        let want = (sparsity * c.size()[1] as f64).round() as i64;
+        let pruned_per_row = g_mask
+            .keep()
+            .unwrap()
+            .to_device(Device::Cpu)
+            .logical_not()
+            .sum_dim_intlist(Some(&[1i64][..]), false, Kind::Int64);
+        assert_eq!(
+            pruned_per_row.ne(want).sum(Kind::Int64).int64_value(&[]),
+            0,
+            "{what} {name}: a row is not exact"
+        );
+    }
+}
+
 #[test]
 fn cuda_masks_match_the_cpu_bit_for_bit_and_counts_are_exact() {
     if !cuda_or_skip("cuda_masks_match_the_cpu_bit_for_bit_and_counts_are_exact") {
@@ -275,7 +330,6 @@ fn cuda_selections_on_llm_sized_rows_match_the_cpu() {
     }
     tch::manual_seed(17);
     let shapes: [(i64, i64); 4] = [(48, 4096), (24, 14336), (8, 11008), (6, 20000)];
-    let reg = builtin_registry();
     for kind in [Kind::BFloat16, Kind::Float] {
         let cpu: Vec<(String, Tensor)> = shapes
             .iter()
@@ -303,59 +357,14 @@ fn cuda_selections_on_llm_sized_rows_match_the_cpu() {
             stats_on(&cpu, &sq, Device::Cpu),
             stats_on(&cpu, &sq, Device::Cuda(0)),
         );
-        for (scorer, strategy, st, sparsity) in [
-            ("magnitude", "layerwise", vec![("scope", "row")], 0.5),
-            ("magnitude", "layerwise", vec![("scope", "row")], 0.3),
-            ("wanda", "layerwise", vec![("scope", "row")], 0.5),
-            ("magnitude", "layerwise", vec![], 0.5),
+        for case in [
+            ("magnitude", "layerwise", &[("scope", "row")][..], 0.5),
+            ("magnitude", "layerwise", &[("scope", "row")][..], 0.3),
+            ("wanda", "layerwise", &[("scope", "row")][..], 0.5),
+            ("magnitude", "layerwise", &[][..], 0.5),
         ] {
-            let cpu_params: Vec<_> = cpu.iter().map(|(n, t)| (n.clone(), t.copy())).collect();
-            let gpu_params = on(&cpu, Device::Cuda(0));
-            let cfg = PassConfig {
-                sparsity,
-                ..Default::default()
-            };
-            let mut a =
-                Pruner::new(&reg, scorer, &settings(&[]), strategy, &settings(&st)).unwrap();
-            let mut b =
-                Pruner::new(&reg, scorer, &settings(&[]), strategy, &settings(&st)).unwrap();
-            let inputs = |stats| PassInputs {
-                stats: Some(stats),
-                ..Default::default()
-            };
-            let (cr, cm) = a.run(&cpu_params, &cfg, inputs(&cpu_stats)).unwrap();
-            let (gr, gm) = b.run(&gpu_params, &cfg, inputs(&gpu_stats)).unwrap();
-            let what = format!("{scorer} + {strategy} {st:?} {sparsity} {kind:?}");
-            assert_eq!(cr.pruned, gr.pruned, "{what}: counts differ");
-            for ((name, c), (_, g)) in cpu_params.iter().zip(&gpu_params) {
-                let g_bits = gm.get(name).unwrap().bits.to_device(Device::Cpu);
-                assert!(
-                    identical(&cm.get(name).unwrap().bits, &g_bits),
-                    "{what} {name}: masks differ"
-                );
-                assert!(
-                    identical(c, &g.to_device(Device::Cpu)),
-                    "{what} {name}: weights differ"
-                );
-                if st.is_empty() {
-                    continue;
-                }
-                let cols = c.size()[1];
-                let want = (sparsity * cols as f64).round() as i64;
-                let pruned_per_row = gm
-                    .get(name)
-                    .unwrap()
-                    .keep()
-                    .unwrap()
-                    .to_device(Device::Cpu)
-                    .logical_not()
-                    .sum_dim_intlist(Some(&[1i64][..]), false, Kind::Int64);
-                assert_eq!(
-                    pruned_per_row.ne(want).sum(Kind::Int64).int64_value(&[]),
-                    0,
-                    "{what} {name}: a row is not exact"
-                );
-            }
+            let stats = (&cpu_stats, &gpu_stats);
+            assert_cuda_prunes_like_the_cpu(&cpu, stats, case, &format!("{kind:?}"));
         }
     }
 }
@@ -538,7 +547,6 @@ fn cuda_rows_predicted_from_the_row_before_match_the_cpu() {
     }
     tch::manual_seed(29);
     let shapes: [(i64, i64); 2] = [(4096, 4096), (1024, 14336)];
-    let reg = builtin_registry();
     for kind in [Kind::BFloat16, Kind::Float] {
         let cpu: Vec<(String, Tensor)> = shapes
             .iter()
@@ -570,49 +578,9 @@ fn cuda_rows_predicted_from_the_row_before_match_the_cpu() {
             stats_on(&cpu, &sq, Device::Cuda(0)),
         );
         for (scorer, sparsity) in [("wanda", 0.5), ("magnitude", 0.5), ("wanda", 0.3)] {
-            let cpu_params: Vec<_> = cpu.iter().map(|(n, t)| (n.clone(), t.copy())).collect();
-            let gpu_params = on(&cpu, Device::Cuda(0));
-            let cfg = PassConfig {
-                sparsity,
-                ..Default::default()
-            };
-            let st = settings(&[("scope", "row")]);
-            let mut a = Pruner::new(&reg, scorer, &settings(&[]), "layerwise", &st).unwrap();
-            let mut b = Pruner::new(&reg, scorer, &settings(&[]), "layerwise", &st).unwrap();
-            let inputs = |stats| PassInputs {
-                stats: Some(stats),
-                ..Default::default()
-            };
-            let (cr, cm) = a.run(&cpu_params, &cfg, inputs(&cpu_stats)).unwrap();
-            let (gr, gm) = b.run(&gpu_params, &cfg, inputs(&gpu_stats)).unwrap();
-            let what = format!("{scorer} per row {sparsity} {kind:?}");
-            assert_eq!(cr.pruned, gr.pruned, "{what}: counts differ");
-            for ((name, c), (_, g)) in cpu_params.iter().zip(&gpu_params) {
-                let g_mask = gm.get(name).unwrap();
-                assert!(
-                    identical(
-                        &cm.get(name).unwrap().bits,
-                        &g_mask.bits.to_device(Device::Cpu)
-                    ),
-                    "{what} {name}: masks differ"
-                );
-                assert!(
-                    identical(c, &g.to_device(Device::Cpu)),
-                    "{what} {name}: weights differ"
-                );
-                let want = (sparsity * c.size()[1] as f64).round() as i64;
-                let pruned_per_row = g_mask
-                    .keep()
-                    .unwrap()
-                    .to_device(Device::Cpu)
-                    .logical_not()
-                    .sum_dim_intlist(Some(&[1i64][..]), false, Kind::Int64);
-                assert_eq!(
-                    pruned_per_row.ne(want).sum(Kind::Int64).int64_value(&[]),
-                    0,
-                    "{what} {name}: a row is not exact"
-                );
-            }
+            let case = (scorer, "layerwise", &[("scope", "row")][..], sparsity);
+            let stats = (&cpu_stats, &gpu_stats);
+            assert_cuda_prunes_like_the_cpu(&cpu, stats, case, &format!("{kind:?}"));
         }
     }
 }
