@@ -1758,8 +1758,21 @@ __device__ void row_select_reg_impl(const u64* segs, int nsegs, u64 total_rows, 
     // In shared memory, not registers (the kernel has none to spare); thread 0 writes them, and
     // barriers separate its writes from the reads.
     __shared__ u32 s_pred, s_band_lg, s_band_rows, s_band_misses;
+    // row_prune: the segment's mask pointer and write flag, read once a segment (read per row
+    // from the table, their load's latency stalled every row's write).
+    __shared__ u8* s_mask;
+    __shared__ u32 s_write;
+    // A segment's first band is centred on its hint (S_T: a u32 threshold key the host selected
+    // from one of its rows, 0 for none), so a block's first row of a weight is predicted too.
+    auto seg_start = [&]() {
+        if (!FUSED || threadIdx.x != 0) return;
+        const u32* hint = (const u32*)s[S_T];
+        s_pred = hint ? *hint : 0u;
+        s_mask = (u8*)s[S_MASK];
+        s_write = s[S_WRITE] != 0;
+    };
+    seg_start();
     if (threadIdx.x == 0) {
-        s_pred = 0;
         s_band_lg = BAND_LG0;
         s_band_rows = 0;
         s_band_misses = 0;
@@ -1778,7 +1791,7 @@ __device__ void row_select_reg_impl(const u64* segs, int nsegs, u64 total_rows, 
             first = s[S_FIRST];
             k = s[S_K];
             aligned = s[S_ALIGNED] != 0;
-            if (FUSED && threadIdx.x == 0) s_pred = 0;
+            seg_start();
         }
         u64 r = g - first;
         u64 vfirst = (r * cols) / V;
@@ -2135,8 +2148,8 @@ __device__ void row_select_reg_impl(const u64* segs, int nsegs, u64 total_rows, 
             // this for aligned rows of whole vectors only.
             const bool partial = cut != 0xffffffffu && cut < (u32)cols;
             const u32 lim = cut != 0xffffffffu && !partial ? T + 1 : T;
-            u8* mask = (u8*)s[S_MASK];
-            const bool write_w = s[S_WRITE] != 0, want_mask = mask != nullptr;
+            u8* mask = s_mask;
+            const bool write_w = s_write != 0, want_mask = mask != nullptr;
             uint4* p = reinterpret_cast<uint4*>(const_cast<void*>(w)) + vfirst + threadIdx.x;
             u32 zero_bits =
                 partial ? row_apply_regs<DT, true>(keys, rb, p, mask, vfirst, bd, mine, T, lim, cut, write_w, want_mask)

@@ -1152,6 +1152,63 @@ fn row_segments(
     (segs, first, max_cols)
 }
 
+/// Band hints for `row_prune` over `members` (see `Gpu::row_prune`): the threshold key of one
+/// row of each, its middle one, selected exactly (one block a row, one launch), as u32 words in
+/// member order after `members.len()` u64 words. Without them every block's first row of each weight has no band to start from
+/// (on a 7B model that is 14% of the rows, one in each run of 4 to 15 a block takes).
+fn band_hints(
+    g: &Gpu,
+    dt: Dt,
+    kind: ScoreKind,
+    members: &[usize],
+    sources: &[Source],
+    k_of: impl Fn(usize) -> u64,
+    device: Device,
+) -> Result<Tensor> {
+    let m = members.len() as u64;
+    // One allocation: the select's first-bad indices (!0; unused, as the plan checked every
+    // score), the hint keys, its tie outputs, and its flag.
+    let out = minus_ones((1 + 3 * m) as usize, device)?;
+    let bad_index = ptr(&out);
+    let (keys, take, ties) = (bad_index + 8 * m, bad_index + 12 * m, bad_index + 16 * m);
+    let bad_flag = bad_index + 20 * m;
+    let segs: Vec<Seg> = members
+        .iter()
+        .enumerate()
+        .map(|(j, &i)| {
+            let src = &sources[i];
+            let row = src.n / src.cols / 2;
+            let at = Source {
+                ptr: src.ptr + row * src.cols * (16 / dt.per_vector()),
+                n: src.cols,
+                ..*src
+            };
+            Seg {
+                first: j as u64,
+                k: k_of(i),
+                t: keys + 4 * j as u64,
+                take: take + 4 * j as u64,
+                mode: ties + 4 * j as u64,
+                ..Seg::of(&at, j as u64)
+            }
+        })
+        .collect();
+    let max_cols = members.iter().map(|&i| sources[i].cols).max().unwrap_or(1);
+    let table = seg_table(&segs, device)?;
+    g.row_select(
+        dt,
+        kind,
+        ptr(&table),
+        segs.len() as i32,
+        m,
+        max_cols,
+        true,
+        bad_flag,
+        bad_index,
+    )?;
+    Ok(out)
+}
+
 /// The apply kernels' mode: 0 keeps every tie, 1 prunes every tie, 2 prunes the first `take`
 /// in index order (ranked while applying), 3 prunes ties up to a located flat index.
 fn mode_of(q: &ParamQuota) -> u64 {
@@ -1356,12 +1413,27 @@ fn run_rules(
                         sources[i].cols
                     );
                 }
-                let (segs, rows, max_cols) = row_segments(&members, &sources, |i| {
+                let k_of = |i: usize| {
                     let Rule::PerRow(RowSel::AtApply { k }) = items[i].rule else {
                         unreachable!("grouped as rows selected at apply")
                     };
-                    Seg { k: *k, ..base(i) }
+                    *k
+                };
+                let hints = band_hints(&g, dt, kind, &members, &sources, k_of, device)?;
+                let (segs, rows, max_cols) = row_segments(&members, &sources, |i| Seg {
+                    k: k_of(i),
+                    ..base(i)
                 });
+                // Member j's band hint is u32 word j after the first-bad indices.
+                let hint_at = ptr(&hints) + 8 * members.len() as u64;
+                let segs: Vec<Seg> = segs
+                    .into_iter()
+                    .enumerate()
+                    .map(|(j, s)| Seg {
+                        t: hint_at + 4 * j as u64,
+                        ..s
+                    })
+                    .collect();
                 let table = seg_table(&segs, device)?;
                 let same_length = members.iter().all(|&i| sources[i].cols == max_cols);
                 // With BIRDBONE_TRACE=1: how often a row's threshold lay outside the band
