@@ -30,6 +30,8 @@ rm -rf .device && mkdir -p .device/deps .device/model
 cp "$test_bin" .device/deps/integration
 cp target/release/birdbone target/release/birdbone-bench .device/
 cp target/release/libbirdbone_plugin_*.so .device/
+# The fixture plugin the GPU tests load beside the built-in ones.
+cp target/release/libbirdbone_fixture_plugin_op_chain.so .device/
 # The kernels, compiled here for Hopper, so the GPU machine loads them instead of compiling.
 BIRDBONE_KERNEL_CACHE=.device/kernels target/release/birdbone-bench --precompile sm_90
 strip .device/deps/integration .device/birdbone .device/birdbone-bench .device/*.so

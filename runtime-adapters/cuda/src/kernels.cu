@@ -2281,6 +2281,17 @@ __device__ void row_apply_stream_impl(const u64* segs, const u64* chunks, u32 nc
 // Histogram bookkeeping for the host: totals over slots, one bin of every slot, and counts
 // below a bin per slot.
 
+// out = sqrt(in) for several f32 arrays, a block each: `table` holds {in, out, n} per array.
+// sqrtf is correctly rounded here (NVRTC's default -prec-sqrt=true), as libtorch's sqrt is.
+extern "C" __global__ void sqrt_many_f32(const u64* table, u32 count) {
+    for (u32 e = blockIdx.x; e < count; e += gridDim.x) {
+        const float* in = (const float*)table[3 * e];
+        float* out = (float*)table[3 * e + 1];
+        const u64 n = table[3 * e + 2];
+        for (u64 i = threadIdx.x; i < n; i += blockDim.x) out[i] = sqrtf(in[i]);
+    }
+}
+
 extern "C" __global__ void sum_slots(const u32* hists, u32 slots, u64* total) {
     u32 b = blockIdx.x * blockDim.x + threadIdx.x;
     if (b >= 65536) return;

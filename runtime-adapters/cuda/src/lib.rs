@@ -1045,6 +1045,12 @@ impl Gpu {
         )
     }
 
+    /// `out = sqrtf(in)` (correctly rounded, as libtorch's) for `count` f32 arrays; `table`
+    /// holds `{in, out, n}` u64 words per array. A block per array.
+    pub fn sqrt_many(&self, table: u64, count: u32) -> Result<()> {
+        self.launch("sqrt_many_f32", count as u64, 256, &[&table, &count])
+    }
+
     /// The smallest flat index of a non-finite element per slot into `first` (u64 per slot,
     /// set to !0 before), over chunks of vectors. `scaled`: of the scaled magnitudes
     /// `|w| * scale[col]` instead (an overflow counts); segments then hold rows of whole 16-byte

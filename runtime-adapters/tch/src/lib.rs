@@ -15,6 +15,7 @@
 //! ```
 
 pub mod checkpoint;
+mod deferred;
 pub mod direct;
 mod engine;
 mod error;

@@ -18,13 +18,23 @@ use birdbone_select::key_value;
 use tch::{Kind, Tensor};
 
 use crate::{
+    deferred,
     engine::{self, Scores},
     error::{Error, Result},
     tensors::{self, kind_of, torch_device, Owner},
 };
 
-/// Runs a host callback for a plugin: no autograd, errors and panics turned into values.
+/// Runs a host callback for a plugin: no autograd, errors and panics turned into values. Square
+/// roots deferred by earlier calls run first (see `crate::deferred`).
 pub(crate) fn guard<T>(f: impl FnOnce() -> Result<T>) -> RResult<T, PluginError> {
+    guard_deferring(|| {
+        deferred::flush()?;
+        f()
+    })
+}
+
+/// `guard` for an operation that may itself be deferred (it flushes when it runs now).
+fn guard_deferring<T>(f: impl FnOnce() -> Result<T>) -> RResult<T, PluginError> {
     match catch_unwind(AssertUnwindSafe(|| {
         let _g = tch::no_grad_guard();
         f()
@@ -88,8 +98,14 @@ extern "C" fn unary(
     x: TensorId,
     out: ROption<TensorId>,
 ) -> RResult<api::Tensor, PluginError> {
-    guard(|| {
+    guard_deferring(|| {
         let x = tensors::get(x)?;
+        if op == UnaryOp::Sqrt && out.is_none() {
+            if let Some(y) = deferred::sqrt(&x)? {
+                return new_tensor(y);
+            }
+        }
+        deferred::flush()?;
         let y = match op {
             UnaryOp::Abs => x.f_abs()?,
             UnaryOp::Neg => x.f_neg()?,

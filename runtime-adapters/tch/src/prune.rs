@@ -690,6 +690,7 @@ impl HostPlan<'_> {
         let scores = self.raw_score(p, request)?;
         match &self.params[p as usize].protected {
             Some(rows) if request.granularity == Granularity::Unstructured => {
+                crate::deferred::flush()?;
                 let dense = scores.materialize()?;
                 let cover = rows.f_unsqueeze(1)?.f_expand_as(&dense)?;
                 let _ = dense
@@ -770,9 +771,13 @@ impl HostPlan<'_> {
                 let scale = match column_scale.into_option() {
                     None => None,
                     Some(t) => {
-                        let s = engine::aligned_scale(
-                            &tensors::take(t.id)?.f_to_device(weight.device())?,
-                        )?;
+                        // Left pending when deferred (Wanda's sqrt): the scale is read only
+                        // after the batch of scorer calls, unless it must move.
+                        let s = tensors::take_deferred(t.id)?;
+                        if s.device() != weight.device() {
+                            crate::deferred::flush()?;
+                        }
+                        let s = engine::aligned_scale(&s.f_to_device(weight.device())?)?;
                         let cols = *weight.size().last().unwrap_or(&1);
                         if s.size() != [cols] {
                             return Err(bad(format!(
@@ -874,10 +879,12 @@ impl HostPlan<'_> {
                         params.len()
                     );
                 }
-                let scores: Vec<Scores> = params
-                    .iter()
-                    .map(|&p| self.score(p, ScoreRequest::ELEMENTS))
-                    .collect::<Result<_>>()?;
+                let scores: Vec<Scores> = crate::deferred::batch(|| {
+                    params
+                        .iter()
+                        .map(|&p| self.score(p, ScoreRequest::ELEMENTS))
+                        .collect()
+                })?;
                 if scores.iter().all(|s| matches!(s, Scores::Magnitude { .. })) {
                     // Fused scores cost nothing to hold: every parameter in one batch.
                     let quotas = engine::select_each(&scores, ks).map_err(|(i, e)| match i {
@@ -938,10 +945,12 @@ impl HostPlan<'_> {
                 let mut rows = Vec::with_capacity(params.len());
                 let mut checks = Vec::with_capacity(params.len());
                 for (batch, batch_ks) in params.chunks(ROW_BATCH).zip(ks.chunks(ROW_BATCH)) {
-                    let batch_scores: Vec<Scores> = batch
-                        .iter()
-                        .map(|&p| self.score(p, ScoreRequest::ELEMENTS))
-                        .collect::<Result<_>>()?;
+                    let batch_scores: Vec<Scores> = crate::deferred::batch(|| {
+                        batch
+                            .iter()
+                            .map(|&p| self.score(p, ScoreRequest::ELEMENTS))
+                            .collect()
+                    })?;
                     let started = engine::tracing().then(std::time::Instant::now);
                     let (r, c) =
                         engine::select_rows(&batch_scores, batch_ks).map_err(|(i, e)| match i {

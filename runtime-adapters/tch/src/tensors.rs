@@ -173,8 +173,16 @@ pub(crate) fn release(id: TensorId) -> Result<()> {
     }
 }
 
-/// Takes a tensor a plugin handed over (in a `ScoreOut`, say) out of the store.
+/// Takes a tensor a plugin handed over (in a `ScoreOut`, say) out of the store, with every
+/// deferred square root computed (see `crate::deferred`).
 pub(crate) fn take(id: TensorId) -> Result<Tensor> {
+    crate::deferred::flush()?;
+    take_deferred(id)
+}
+
+/// `take` that leaves deferred square roots pending: for a tensor the host only stores until
+/// the batch of scorer calls ends (a fused score's column scale).
+pub(crate) fn take_deferred(id: TensorId) -> Result<Tensor> {
     let mut map = STORE.map.lock();
     match map.get(&id.0) {
         Some(e) if e.owner == Owner::Plugin => Ok(map.remove(&id.0).expect("present").tensor),

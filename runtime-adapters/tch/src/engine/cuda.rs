@@ -1152,6 +1152,25 @@ fn row_segments(
     (segs, first, max_cols)
 }
 
+pub(crate) fn sqrt_many(pairs: &[(Tensor, Tensor)]) -> Result<()> {
+    let mut devices: Vec<Device> = Vec::new();
+    for (x, _) in pairs {
+        if !devices.contains(&x.device()) {
+            devices.push(x.device());
+        }
+    }
+    for device in devices {
+        let words: Vec<i64> = pairs
+            .iter()
+            .filter(|(x, _)| x.device() == device)
+            .flat_map(|(x, y)| [ptr(x) as i64, ptr(y) as i64, x.numel() as i64])
+            .collect();
+        let table = upload(&words, device)?;
+        gpu(ordinal(device))?.sqrt_many(ptr(&table), (words.len() / 3) as u32)?;
+    }
+    Ok(())
+}
+
 /// Band hints for `row_prune` over `members` (see `Gpu::row_prune`): the threshold key of one
 /// row of each, its middle one, selected exactly (one block a row, one launch), as u32 words in
 /// member order after `members.len()` u64 words. Without them every block's first row of each weight has no band to start from

@@ -195,6 +195,12 @@ pub(crate) fn select_each(
     }
 }
 
+/// `out = sqrt(in)` for each pair (contiguous f32 CUDA tensors of equal length): one launch per
+/// device (see `crate::deferred`).
+pub(crate) fn sqrt_many(pairs: &[(Tensor, Tensor)]) -> Result<()> {
+    cuda::sqrt_many(pairs)
+}
+
 /// Per-row thresholds for pruning `ks[i]` weights of every row of `scores[i]`, with the
 /// finiteness check of the scores read.
 pub(crate) fn select_rows(
