@@ -164,12 +164,12 @@ pub struct Pruner {
     strategy: Component<StrategyBox>,
 }
 
-/// Column scales multiply magnitudes, so they must be finite and non-negative. One batched check
-/// per device for the whole pass (a device round trip per parameter cost more than the
-/// selection itself on a 7B model); the offending parameter is looked up only on failure.
 /// Parameters per batch of a per-row selection (see `HostPlan::select`).
 const ROW_BATCH: usize = 32;
 
+/// Column scales multiply magnitudes, so they must be finite and non-negative. One batched check
+/// per device for the whole pass (a device round trip per parameter cost more than the
+/// selection itself on a 7B model); the offending parameter is looked up only on failure.
 fn check_scales(params: &[PlanParam], scales: &[(u32, Tensor)]) -> Result<()> {
     let bad_at = |s: &Tensor| -> Result<Option<u64>> {
         let bad = s
