@@ -1472,7 +1472,7 @@ __device__ __forceinline__ void keys_at(const Vec<DT>& v, u32 col, const float* 
 #define ROW_BITS 11
 #define ROW_BINS (1 << ROW_BITS)
 // Candidates a row select copies out at most (a chosen bin holds a few dozen keys).
-#define ROW_CAND 512
+#define ROW_CAND 256
 // The row select's dynamic shared memory: ROW_BINS histogram words, ROW_CAND candidates, then
 // (row_prune) two row buffers of 16-byte vectors filling the rest.
 // Indexed directly (not through a generic pointer), so accesses compile to plain shared loads.

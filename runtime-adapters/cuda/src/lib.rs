@@ -201,10 +201,10 @@ const TILE_U: u64 = 8;
 /// Bins of a band histogram (as `BAND_MAX` in the kernels).
 pub const BAND_MAX: usize = 4096;
 /// Dynamic shared memory of a register-resident row kernel for rows of `nvec` vectors: a
-/// 2048-bin histogram, 512 candidate keys (ROW_BINS, ROW_CAND in the kernels) and, for
+/// 2048-bin histogram, 256 candidate keys (ROW_BINS, ROW_CAND in the kernels) and, for
 /// `row_prune`, two row buffers (one row streams in while the other is selected).
 fn row_reg_smem(nvec: u64, row_buffers: bool) -> u32 {
-    ((2048 + 512) * 4 + if row_buffers { 2 * nvec * 16 } else { 0 }) as u32
+    ((2048 + 256) * 4 + if row_buffers { 2 * nvec * 16 } else { 0 }) as u32
 }
 
 /// Shared memory of a warp-per-row select block: eight warps with a 2048-bin histogram each.
