@@ -98,7 +98,10 @@ pub struct KthValue {
 
 /// The host's tensor operations, for plugins that compute scores or masks of their own. Every
 /// function works on CPU and CUDA tensors and runs on the tensors' device (on libtorch's
-/// current stream for that device); none copies a weight.
+/// current stream for that device); none copies a weight. Each result is ready for every later
+/// host operation. Within a batch of scorer calls the host may run the square roots of small
+/// CUDA tensors (`unary` `Sqrt` without `out`) together, later: a plugin that reads a result's
+/// memory with device code of its own calls any host operation first.
 ///
 /// Arguments are ids of tensors the caller may use: borrowed inputs of the current call or
 /// tensors it owns. Results are new tensors owned by the caller. Functions that write (`out`
