@@ -5,12 +5,12 @@
 //!
 //! A deferred result is a fresh tensor nothing has read yet. Every other host operation, every
 //! hand-over of a tensor other than a fused score's column scale ([`crate::tensors::take`]),
-//! and the end of the batch run the pending roots first, so no reader sees one unwritten: the
-//! order on the device is the order a plugin asked for them.
+//! and the end of the batch run the calling thread's pending roots first, so no reader on that
+//! thread sees one unwritten: the order on the device is the order a plugin asked for them.
+//! (A scorer runs on the thread that plans, and calls the host from it.)
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 
-use parking_lot::Mutex;
 use tch::{Kind, Tensor};
 
 use crate::{engine, error::Result};
@@ -19,12 +19,13 @@ use crate::{engine, error::Result};
 /// input channel); larger ones gain nothing from sharing a launch.
 const MAX_ELEMENTS: i64 = 1 << 18;
 
-/// (input, output) pairs not yet computed, in the order they were asked for.
-static PENDING: Mutex<Vec<(Tensor, Tensor)>> = Mutex::new(Vec::new());
-
 thread_local! {
     /// Whether this thread is inside [`batch`].
     static OPEN: Cell<bool> = const { Cell::new(false) };
+    /// (input, output) pairs not yet computed, in the order they were asked for. Per thread:
+    /// libtorch's current stream is per thread, and the roots must run on the stream of the
+    /// thread that asked for them, before that thread uses them.
+    static PENDING: RefCell<Vec<(Tensor, Tensor)>> = const { RefCell::new(Vec::new()) };
 }
 
 /// Runs `f` (a batch of scorer calls) with deferral on for this thread, then runs whatever it
@@ -53,21 +54,22 @@ pub(crate) fn sqrt(x: &Tensor) -> Result<Option<Tensor>> {
     }
     // The input may itself be a pending result: those run first (one launch runs its entries
     // side by side, so a chain would read an unwritten input).
-    if PENDING
-        .lock()
-        .iter()
-        .any(|(_, out)| out.data_ptr() == x.data_ptr())
-    {
+    let chained = PENDING.with(|p| {
+        p.borrow()
+            .iter()
+            .any(|(_, out)| out.data_ptr() == x.data_ptr())
+    });
+    if chained {
         flush()?;
     }
     let y = x.f_empty_like()?;
-    PENDING.lock().push((x.shallow_clone(), y.shallow_clone()));
+    PENDING.with(|p| p.borrow_mut().push((x.shallow_clone(), y.shallow_clone())));
     Ok(Some(y))
 }
 
-/// Computes every pending result now (a no-op when none is pending).
+/// Computes every result this thread left pending, now (a no-op when none is).
 pub(crate) fn flush() -> Result<()> {
-    let pending = std::mem::take(&mut *PENDING.lock());
+    let pending = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
     if pending.is_empty() {
         return Ok(());
     }
