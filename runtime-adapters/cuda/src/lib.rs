@@ -771,8 +771,9 @@ impl Gpu {
     /// vectors, as LLM shapes do), a kernel without per-vector bounds takes them. Each row's
     /// selection starts from a band around the threshold of the block's previous row of the same
     /// segment, a block's first row of a segment from the segment's hint (`Seg::t`: a pointer to
-    /// a u32 threshold key of one of its rows, or 0 for none); `band_stats` (0 for none, else two u64) receives the rows that tried a band and
-    /// the rows whose threshold lay outside it (they are selected without, exactly the same).
+    /// a u32 threshold key of one of its rows, or 0 for none); `band_stats` (0 for none, else two
+    /// u64) receives the rows that tried a band and the rows whose threshold lay outside it (they
+    /// are selected without, exactly the same).
     #[allow(clippy::too_many_arguments)]
     pub fn row_prune(
         &self,

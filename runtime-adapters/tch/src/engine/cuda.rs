@@ -1173,8 +1173,9 @@ pub(crate) fn sqrt_many(pairs: &[(Tensor, Tensor)]) -> Result<()> {
 
 /// Band hints for `row_prune` over `members` (see `Gpu::row_prune`): the threshold key of one
 /// row of each, its middle one, selected exactly (one block a row, one launch), as u32 words in
-/// member order after `members.len()` u64 words. Without them every block's first row of each weight has no band to start from
-/// (on a 7B model that is 14% of the rows, one in each run of 4 to 15 a block takes).
+/// member order after `members.len()` u64 words. Without them every block's first row of each
+/// weight has no band to start from (on a 7B model that is 14% of the rows, one in each run of
+/// 4 to 15 a block takes).
 fn band_hints(
     g: &Gpu,
     dt: Dt,
