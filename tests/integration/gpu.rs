@@ -23,6 +23,19 @@ fn stats_on(params: &[(String, Tensor)], sq: &[Tensor], device: Device) -> Activ
     s
 }
 
+/// Random activation statistics for `params`, the same on the CPU and on CUDA: squared norms
+/// e^(2 N(0, 1)) per input column, so column scales span a wide range.
+fn random_stats(params: &[(String, Tensor)]) -> (ActivationStats, ActivationStats) {
+    let sq: Vec<Tensor> = params
+        .iter()
+        .map(|(_, w)| (Tensor::randn([w.size()[1]], (Kind::Float, Device::Cpu)) * 2.0).exp())
+        .collect();
+    (
+        stats_on(params, &sq, Device::Cpu),
+        stats_on(params, &sq, Device::Cuda(0)),
+    )
+}
+
 /// Runs `scorer` + `strategy` (settings `st`) at `sparsity` on a copy of `cpu` and on a CUDA copy,
 /// and asserts the counts, the masks and the weights identical; with `scope=row`, every row exact.
 fn assert_cuda_prunes_like_the_cpu(
@@ -255,14 +268,7 @@ fn cuda_wanda_scores_select_like_the_cpu() {
     }
     let cpu = real_weights(Kind::BFloat16);
     tch::manual_seed(3);
-    let sq: Vec<Tensor> = cpu
-        .iter()
-        .map(|(_, w)| (Tensor::randn([w.size()[1]], (Kind::Float, Device::Cpu)) * 2.0).exp())
-        .collect();
-    let (cpu_stats, gpu_stats) = (
-        stats_on(&cpu, &sq, Device::Cpu),
-        stats_on(&cpu, &sq, Device::Cuda(0)),
-    );
+    let (cpu_stats, gpu_stats) = random_stats(&cpu);
     // `op-chain` scores by host operations that read each other's results (a root of a root,
     // a root of a tensor then overwritten): on CUDA the host defers square roots within a batch
     // of scorer calls, and the masks match the CPU's only if it keeps their order.
@@ -362,14 +368,7 @@ fn cuda_selections_on_llm_sized_rows_match_the_cpu() {
                 (format!("w{i}.weight"), w)
             })
             .collect();
-        let sq: Vec<Tensor> = shapes
-            .iter()
-            .map(|&(_, c)| (Tensor::randn([c], (Kind::Float, Device::Cpu)) * 2.0).exp())
-            .collect();
-        let (cpu_stats, gpu_stats) = (
-            stats_on(&cpu, &sq, Device::Cpu),
-            stats_on(&cpu, &sq, Device::Cuda(0)),
-        );
+        let (cpu_stats, gpu_stats) = random_stats(&cpu);
         for case in [
             ("magnitude", "layerwise", &[("scope", "row")][..], 0.5),
             ("magnitude", "layerwise", &[("scope", "row")][..], 0.3),
@@ -582,14 +581,7 @@ fn cuda_rows_predicted_from_the_row_before_match_the_cpu() {
                 (format!("w{i}.weight"), w.to_kind(kind))
             })
             .collect();
-        let sq: Vec<Tensor> = shapes
-            .iter()
-            .map(|&(_, c)| (Tensor::randn([c], (Kind::Float, Device::Cpu)) * 2.0).exp())
-            .collect();
-        let (cpu_stats, gpu_stats) = (
-            stats_on(&cpu, &sq, Device::Cpu),
-            stats_on(&cpu, &sq, Device::Cuda(0)),
-        );
+        let (cpu_stats, gpu_stats) = random_stats(&cpu);
         for (scorer, sparsity) in [("wanda", 0.5), ("magnitude", 0.5), ("wanda", 0.3)] {
             let case = (scorer, "layerwise", &[("scope", "row")][..], sparsity);
             let stats = (&cpu_stats, &gpu_stats);
