@@ -686,6 +686,17 @@ impl HostPlan<'_> {
     }
 
     /// The scorer's scores of parameter `p`, with protected rows lifted above every other score.
+    /// Element scores of `params`, as one batch of scorer calls: square roots the scorer asks
+    /// for run together at its end (see `crate::deferred`).
+    fn score_batch(&mut self, params: &[u32]) -> Result<Vec<Scores>> {
+        crate::deferred::batch(|| {
+            params
+                .iter()
+                .map(|&p| self.score(p, ScoreRequest::ELEMENTS))
+                .collect()
+        })
+    }
+
     fn score(&mut self, p: u32, request: ScoreRequest) -> Result<Scores> {
         let scores = self.raw_score(p, request)?;
         match &self.params[p as usize].protected {
@@ -879,12 +890,7 @@ impl HostPlan<'_> {
                         params.len()
                     );
                 }
-                let scores: Vec<Scores> = crate::deferred::batch(|| {
-                    params
-                        .iter()
-                        .map(|&p| self.score(p, ScoreRequest::ELEMENTS))
-                        .collect()
-                })?;
+                let scores: Vec<Scores> = self.score_batch(params)?;
                 if scores.iter().all(|s| matches!(s, Scores::Magnitude { .. })) {
                     // Fused scores cost nothing to hold: every parameter in one batch.
                     let quotas = engine::select_each(&scores, ks).map_err(|(i, e)| match i {
@@ -945,12 +951,7 @@ impl HostPlan<'_> {
                 let mut rows = Vec::with_capacity(params.len());
                 let mut checks = Vec::with_capacity(params.len());
                 for (batch, batch_ks) in params.chunks(ROW_BATCH).zip(ks.chunks(ROW_BATCH)) {
-                    let batch_scores: Vec<Scores> = crate::deferred::batch(|| {
-                        batch
-                            .iter()
-                            .map(|&p| self.score(p, ScoreRequest::ELEMENTS))
-                            .collect()
-                    })?;
+                    let batch_scores: Vec<Scores> = self.score_batch(batch)?;
                     let started = engine::tracing().then(std::time::Instant::now);
                     let (r, c) =
                         engine::select_rows(&batch_scores, batch_ks).map_err(|(i, e)| match i {
