@@ -157,52 +157,64 @@ fn cuda_nan_weight_is_an_error_and_the_model_is_untouched() {
         return;
     }
     let params = on(&real_weights(Kind::BFloat16), Device::Cuda(0));
-    {
-        let _g = tch::no_grad_guard();
-        let _ = params[params.len() / 2]
-            .1
-            .get(3)
-            .get(7)
-            .fill_(f64::INFINITY);
-    }
-    let before = snapshot(&params);
-    for (strategy, st, nm) in [
-        ("global", vec![], None),
-        ("layerwise", vec![("scope", "row")], None),
-        ("nm", vec![], Some((2, 4))),
-    ] {
-        let reg = builtin_registry();
-        let mut pruner =
-            Pruner::new(&reg, "magnitude", &settings(&[]), strategy, &settings(&st)).unwrap();
-        let err = pruner
-            .run(
-                &params,
-                &PassConfig {
-                    nm,
-                    ..Default::default()
-                },
-                Default::default(),
-            )
-            .err()
-            .expect("must fail");
+    // The middle parameter, and one whose vectors of eight fill whole chunks that 2 048 threads
+    // divide evenly (the band pass's loop without per-vector bounds).
+    let whole = params
+        .iter()
+        .position(|(_, w)| w.numel() % (8 * 2048) == 0)
+        .expect("a parameter of whole chunks");
+    for at in [params.len() / 2, whole] {
+        let name = &params[at].0;
+        let cols = params[at].1.size()[1];
+        let clean = params[at].1.get(3).get(7).copy();
+        {
+            let _g = tch::no_grad_guard();
+            let _ = params[at].1.get(3).get(7).fill_(f64::INFINITY);
+        }
+        let before = snapshot(&params);
+        let expected = (3 * cols + 7) as u64;
+        for (strategy, st, nm) in [
+            ("global", vec![], None),
+            ("layerwise", vec![], None),
+            ("layerwise", vec![("scope", "row")], None),
+            ("nm", vec![], Some((2, 4))),
+        ] {
+            let reg = builtin_registry();
+            let mut pruner =
+                Pruner::new(&reg, "magnitude", &settings(&[]), strategy, &settings(&st)).unwrap();
+            let err = pruner
+                .run(
+                    &params,
+                    &PassConfig {
+                        nm,
+                        ..Default::default()
+                    },
+                    Default::default(),
+                )
+                .err()
+                .expect("must fail");
+            assert!(
+                matches!(&err, Error::NonFinite { param, index, .. } if param == name && *index == expected),
+                "{strategy} {st:?}, {name}: {err}"
+            );
+            assert_untouched(&params, &before);
+        }
+        // Wanda per row: the rows are selected while they are written, so the plan's finiteness
+        // check of the scaled scores is what keeps the model untouched.
+        let sq: Vec<Tensor> = params
+            .iter()
+            .map(|(_, w)| Tensor::ones([w.size()[1]], (Kind::Float, Device::Cpu)))
+            .collect();
+        let err =
+            wanda_rows(&params, &stats_on(&params, &sq, Device::Cuda(0))).expect_err("must fail");
         assert!(
-            matches!(&err, Error::NonFinite { param, .. } if *param == params[params.len() / 2].0),
-            "{strategy}: {err}"
+            matches!(&err, Error::NonFinite { param, what: "score", index } if param == name && *index == expected),
+            "wanda, {name}: {err}"
         );
         assert_untouched(&params, &before);
+        let _g = tch::no_grad_guard();
+        let _ = params[at].1.get(3).get(7).copy_(&clean);
     }
-    // Wanda per row: the rows are selected while they are written, so the plan's finiteness
-    // check of the scaled scores is what keeps the model untouched.
-    let sq: Vec<Tensor> = params
-        .iter()
-        .map(|(_, w)| Tensor::ones([w.size()[1]], (Kind::Float, Device::Cpu)))
-        .collect();
-    let err = wanda_rows(&params, &stats_on(&params, &sq, Device::Cuda(0))).expect_err("must fail");
-    assert!(
-        matches!(&err, Error::NonFinite { param, what: "score", .. } if *param == params[params.len() / 2].0),
-        "wanda: {err}"
-    );
-    assert_untouched(&params, &before);
 }
 
 /// Wanda (activation norms) with layer-wise per-row selection at 50%.
