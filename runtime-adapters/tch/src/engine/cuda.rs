@@ -390,7 +390,60 @@ fn band_select(
         )?;
         Ok(b)
     };
-    let both = to_host_many(&[&bins(&r_lo).map_err(e)?, &bins(&r_hi).map_err(e)?]).map_err(e)?;
+    let (lo_bins, hi_bins) = (bins(&r_lo).map_err(e)?, bins(&r_hi).map_err(e)?);
+    // The tables of the pass and of the resolve need no band: they are built and uploaded while
+    // the device finds it, before the read-back waits.
+    let nseg = sources.len();
+    let scope_of: Vec<usize> = (0..nseg)
+        .map(|i| {
+            scopes
+                .iter()
+                .position(|r| r.contains(&i))
+                .expect("every source in a scope")
+        })
+        .collect();
+    let segs: Vec<Seg> = sources
+        .iter()
+        .enumerate()
+        .map(|(i, s)| Seg {
+            scope: scope_of[i] as u64,
+            ..Seg::of(s, i as u64)
+        })
+        .collect();
+    let units: Vec<u64> = sources
+        .iter()
+        .map(|s| s.n.div_ceil(dt.per_vector()))
+        .collect();
+    let chunks = chunk_table(&units, STREAM_CHUNK);
+    let (t, c) = (
+        seg_table(&segs, device).map_err(e)?,
+        upload(&chunks, device).map_err(e)?,
+    );
+    let mut first_seg: Vec<i64> = scopes.iter().map(|r| r.start as i64).collect();
+    first_seg.push(nseg as i64);
+    let first_d = upload(&first_seg, device)
+        .map_err(e)?
+        .f_to_kind(Kind::Int)
+        .map_err(|x| e(x.into()))?;
+    let ks_i: Vec<i64> = ks.iter().map(|&k| k as i64).collect();
+    let ks_d = upload(&ks_i, device).map_err(e)?;
+    let out_bin = zeros(nq as i64, Kind::Int, device).map_err(e)?;
+    let (seg_below, seg_ties) = (
+        zeros(nseg as i64, Kind::Int64, device).map_err(e)?,
+        zeros(nseg as i64, Kind::Int64, device).map_err(e)?,
+    );
+    let band = zeros((nseg * BAND_MAX) as i64, Kind::Int, device).map_err(e)?;
+    let below = zeros(nseg as i64, Kind::Int64, device).map_err(e)?;
+    let check = Checked::new(nseg, device).map_err(e)?;
+    let nchunks = chunks.len() / 3;
+    let mut first_chunk = vec![usize::MAX; nseg];
+    let mut chunk_count = vec![0usize; nseg];
+    for c in 0..nchunks {
+        let sg = chunks[3 * c] as usize;
+        first_chunk[sg] = first_chunk[sg].min(c);
+        chunk_count[sg] += 1;
+    }
+    let both = to_host_many(&[&lo_bins, &hi_bins]).map_err(e)?;
     let (lo_bins, hi_bins) = (&both[0], &both[1]);
     super::trace(device, "band: band chosen");
     let floor = if kind == ScoreKind::Magnitude {
@@ -418,32 +471,6 @@ fn band_select(
         width[q] = h - l + 1;
     }
     // 3. One pass over everything.
-    let nseg = sources.len();
-    let scope_of: Vec<usize> = (0..nseg)
-        .map(|i| {
-            scopes
-                .iter()
-                .position(|r| r.contains(&i))
-                .expect("every source in a scope")
-        })
-        .collect();
-    let segs: Vec<Seg> = sources
-        .iter()
-        .enumerate()
-        .map(|(i, s)| Seg {
-            scope: scope_of[i] as u64,
-            ..Seg::of(s, i as u64)
-        })
-        .collect();
-    let units: Vec<u64> = sources
-        .iter()
-        .map(|s| s.n.div_ceil(dt.per_vector()))
-        .collect();
-    let chunks = chunk_table(&units, STREAM_CHUNK);
-    let (t, c) = (
-        seg_table(&segs, device).map_err(e)?,
-        upload(&chunks, device).map_err(e)?,
-    );
     let (lo_d, width_d) = (
         upload(&lo, device)
             .map_err(e)?
@@ -454,13 +481,9 @@ fn band_select(
             .f_to_kind(Kind::Int)
             .map_err(|x| e(x.into()))?,
     );
-    let band = zeros((nseg * BAND_MAX) as i64, Kind::Int, device).map_err(e)?;
-    let below = zeros(nseg as i64, Kind::Int64, device).map_err(e)?;
-    let check = Checked::new(nseg, device).map_err(e)?;
     // Per-chunk band counts, so the apply needs no ordered pass to split a threshold bin: the
     // counts say which chunk holds a parameter's last pruned tie, and one scan of that chunk
     // finds it. Bands are a few bins wide in practice; a very wide one goes without.
-    let nchunks = chunks.len() / 3;
     let stride = width.iter().copied().max().unwrap_or(1) as usize;
     let band_chunks = if nchunks * stride * 4 <= 64 << 20 {
         Some(zeros((nchunks * stride) as i64, Kind::Int, device).map_err(e)?)
@@ -485,19 +508,6 @@ fn band_select(
     .map_err(|x| e(x.into()))?;
     super::trace(device, "band: pass");
     // 4. Resolve every scope on the device; read back a few numbers per parameter.
-    let mut first_seg: Vec<i64> = scopes.iter().map(|r| r.start as i64).collect();
-    first_seg.push(nseg as i64);
-    let first_d = upload(&first_seg, device)
-        .map_err(e)?
-        .f_to_kind(Kind::Int)
-        .map_err(|x| e(x.into()))?;
-    let ks_i: Vec<i64> = ks.iter().map(|&k| k as i64).collect();
-    let ks_d = upload(&ks_i, device).map_err(e)?;
-    let out_bin = zeros(nq as i64, Kind::Int, device).map_err(e)?;
-    let (seg_below, seg_ties) = (
-        zeros(nseg as i64, Kind::Int64, device).map_err(e)?,
-        zeros(nseg as i64, Kind::Int64, device).map_err(e)?,
-    );
     g.band_resolve(
         nq as u32,
         ptr(&band),
@@ -543,13 +553,6 @@ fn band_select(
     super::trace(device, "band: resolved");
     // 5. Where only some of a parameter's ties go, find the last one now.
     if let Some(bc) = &band_chunks {
-        let mut first_chunk = vec![usize::MAX; nseg];
-        let mut chunk_count = vec![0usize; nseg];
-        for c in 0..nchunks {
-            let sg = chunks[3 * c] as usize;
-            first_chunk[sg] = first_chunk[sg].min(c);
-            chunk_count[sg] += 1;
-        }
         let partial: Vec<usize> = (0..nseg)
             .filter(|&i| quotas[i].take > 0 && quotas[i].take < quotas[i].ties)
             .collect();
