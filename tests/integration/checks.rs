@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use birdbone_tch::{checkpoint, MaskSet, ParamFilter, PassConfig, Pruner};
+use birdbone_tch::{checkpoint, Error, MaskSet, ParamFilter, PassConfig, Pruner};
 use birdbone_tests::*;
 use tch::{Device, Kind, Tensor};
 
@@ -35,6 +35,40 @@ pub fn assert_untouched(params: &[(String, Tensor)], before: &[Tensor]) {
     for ((name, t), b) in params.iter().zip(before) {
         assert!(identical(t, b), "{name} changed although the pass failed");
     }
+}
+
+/// Runs `magnitude` with each magnitude strategy (global, layer-wise per tensor and per row, 2:4)
+/// over `params`, which hold a non-finite weight: each pass must fail and leave the weights as
+/// `before`. Returns each strategy's label and error.
+pub fn failing_magnitude_passes(
+    params: &[(String, Tensor)],
+    before: &[Tensor],
+) -> Vec<(String, Error)> {
+    let strategies: [(&str, &[(&str, &str)], _); 4] = [
+        ("global", &[], None),
+        ("layerwise", &[], None),
+        ("layerwise", &[("scope", "row")], None),
+        ("nm", &[], Some((2, 4))),
+    ];
+    strategies
+        .into_iter()
+        .map(|(strategy, st, nm)| {
+            let label = format!("{strategy} {st:?}");
+            let reg = builtin_registry();
+            let mut pruner =
+                Pruner::new(&reg, "magnitude", &settings(&[]), strategy, &settings(st)).unwrap();
+            let cfg = PassConfig {
+                nm,
+                ..Default::default()
+            };
+            let err = pruner
+                .run(params, &cfg, Default::default())
+                .err()
+                .unwrap_or_else(|| panic!("{label} accepted a non-finite weight"));
+            assert_untouched(params, before);
+            (label, err)
+        })
+        .collect()
 }
 
 pub enum Scope {

@@ -173,31 +173,11 @@ fn cuda_nan_weight_is_an_error_and_the_model_is_untouched() {
         }
         let before = snapshot(&params);
         let expected = (3 * cols + 7) as u64;
-        for (strategy, st, nm) in [
-            ("global", vec![], None),
-            ("layerwise", vec![], None),
-            ("layerwise", vec![("scope", "row")], None),
-            ("nm", vec![], Some((2, 4))),
-        ] {
-            let reg = builtin_registry();
-            let mut pruner =
-                Pruner::new(&reg, "magnitude", &settings(&[]), strategy, &settings(&st)).unwrap();
-            let err = pruner
-                .run(
-                    &params,
-                    &PassConfig {
-                        nm,
-                        ..Default::default()
-                    },
-                    Default::default(),
-                )
-                .err()
-                .expect("must fail");
+        for (label, err) in failing_magnitude_passes(&params, &before) {
             assert!(
                 matches!(&err, Error::NonFinite { param, index, .. } if param == name && *index == expected),
-                "{strategy} {st:?}, {name}: {err}"
+                "{label}, {name}: {err}"
             );
-            assert_untouched(&params, &before);
         }
         // Wanda per row: the rows are selected while they are written, so the plan's finiteness
         // check of the scaled scores is what keeps the model untouched.

@@ -130,31 +130,16 @@ fn a_nan_weight_fails_every_strategy_and_changes_nothing() {
         let _ = params[victim].1.get(100).get(5).fill_(f64::NAN);
     }
     let before = snapshot(&params);
-    for (strategy, st, nm) in [
-        ("global", vec![], None),
-        ("layerwise", vec![], None),
-        ("layerwise", vec![("scope", "row")], None),
-        ("nm", vec![], Some((2, 4))),
-    ] {
-        let reg = builtin_registry();
-        let mut pruner =
-            Pruner::new(&reg, "magnitude", &settings(&[]), strategy, &settings(&st)).unwrap();
-        let cfg = PassConfig {
-            nm,
-            ..Default::default()
-        };
-        let err = pruner
-            .run(&params, &cfg, Default::default())
-            .err()
-            .unwrap_or_else(|| panic!("{strategy} accepted a NaN"));
+    let expected = (100 * params[victim].1.size()[1] + 5) as u64;
+    for (label, err) in failing_magnitude_passes(&params, &before) {
         match &err {
-            Error::NonFinite { param, .. } => {
-                assert_eq!(param, "model.layers.7.mlp.up_proj.weight", "{strategy}")
+            Error::NonFinite { param, index, .. } => {
+                assert_eq!(param, "model.layers.7.mlp.up_proj.weight", "{label}");
+                assert_eq!(*index, expected, "{label}");
             }
-            other => panic!("{strategy}: unexpected error {other}"),
+            other => panic!("{label}: unexpected error {other}"),
         }
         assert!(err.to_string().contains("the model was not changed"));
-        assert_untouched(&params, &before);
     }
 }
 

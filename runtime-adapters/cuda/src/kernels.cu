@@ -962,20 +962,20 @@ __device__ void band_pass_impl(const u64* segs, const u64* chunks, u32 nchunks, 
         } else {
             for (u64 base = v0 + threadIdx.x; base < v0 + nv; base += NB * blockDim.x) {
                 Vec<DT> vs[NB];
-    #pragma unroll
+#pragma unroll
                 for (int u = 0; u < NB; u++) {
                     u64 vi = base + (u64)u * blockDim.x;
                     if (vi < v0 + nv) load_vec<DT>(w, vi, n, aligned, vs[u]);
                     else vs[u].valid = 0;
                 }
-    #pragma unroll
+#pragma unroll
                 for (int u = 0; u < NB; u++) {
                     if (vs[u].valid == 0) continue;
                     u64 vi = base + (u64)u * blockDim.x;
                     bool b = false;
-                                    if (DT == DT_BF16 && KIND == K_MAG && vs[u].valid == V && lo >= 0x8000u) {
+                    if (DT == DT_BF16 && KIND == K_MAG && vs[u].valid == V && lo >= 0x8000u) {
                         u32 dl[4], inb[4], ge = 0, badw = 0, any = 0;
-    #pragma unroll
+#pragma unroll
                         for (int q = 0; q < 4; q++) {
                             u32 y = vs[u].w[q] | 0x80008000u;
                             dl[q] = y - lo2;
@@ -987,14 +987,14 @@ __device__ void band_pass_impl(const u64* segs, const u64* chunks, u32 nchunks, 
                         }
                         fast_seen += V;
                         fast_ge += (ge & 0xffffu) + (ge >> 16);
-                                            // ~1% of elements fall in the band: one branch per vector, then a loop over
+                        // ~1% of elements fall in the band: one branch per vector, then a loop over
                         // the in-band lanes only (word q's lanes as bits 15 - q and 31 - q).
                         if (any) band_count_lanes(sh, inb, dl);
                         b = (badw & 0x80008000u) != 0;
                     } else {
                         u32 keys[V];
                         keys_of<DT, KIND>(vs[u], vi, scale, cols, keys, b);
-    #pragma unroll
+#pragma unroll
                         for (int e = 0; e < V; e++) {
                             if (e < vs[u].valid) {
                                 u32 hi = keys[e] >> 16;
