@@ -606,7 +606,9 @@ pub(crate) struct CudaGlobal {
     params: usize,
     n: u64,
     fit16: bool,
-    high: Tensor,
+    /// The full histograms (a 256 KiB slot per parameter), allocated only when the band path is
+    /// not taken: it needs none.
+    high: Option<Tensor>,
     low: Option<Tensor>,
     his: Option<Tensor>,
     check: Checked,
@@ -628,7 +630,7 @@ pub(crate) fn global_selector(ordinal: usize, k: u64, params: usize) -> Result<B
         params,
         n: 0,
         fit16: true,
-        high: zeros((params * BINS) as i64, Kind::Int, device)?,
+        high: None,
         low: None,
         his: None,
         check: Checked::new(params, device)?,
@@ -649,7 +651,13 @@ impl CudaGlobal {
             .collect::<Result<_>>()?;
         self.launch(&sources, low)
     }
-    fn launch(&self, sources: &[(usize, Source)], low: bool) -> Result<()> {
+    fn high(&mut self) -> Result<Tensor> {
+        if self.high.is_none() {
+            self.high = Some(zeros((self.params * BINS) as i64, Kind::Int, self.device)?);
+        }
+        Ok(self.high.as_ref().expect("allocated above").shallow_clone())
+    }
+    fn launch(&mut self, sources: &[(usize, Source)], low: bool) -> Result<()> {
         if sources.is_empty() {
             return Ok(());
         }
@@ -663,11 +671,12 @@ impl CudaGlobal {
                 Pass::Low { his },
             )
         } else {
+            let high = self.high()?;
             launch_hist(
                 &self.g,
                 self.device,
                 sources,
-                &self.high,
+                &high,
                 Pass::High {
                     bad_flag: &self.check.flag,
                     bad_index: &self.check.index,
@@ -794,7 +803,8 @@ impl GlobalSel for CudaGlobal {
         if self.k == 0 {
             return Ok(false);
         }
-        let total = self.totals(&self.high)?;
+        let high = self.high()?;
+        let total = self.totals(&high)?;
         let (hi, before) = find_bin(&total, self.k);
         self.hi = Some((hi, before));
         if self.fit16 {
@@ -834,15 +844,16 @@ impl GlobalSel for CudaGlobal {
                 params,
             });
         };
+        let high = self.high()?;
         let (threshold, below, ties) = if self.low.is_none() {
-            let (at, below) = self.slot_counts(&self.high, hi)?;
+            let (at, below) = self.slot_counts(&high, hi)?;
             ((hi as u32) << 16, below, at)
         } else {
             self.flush(true)?;
             let low = self.low.as_ref().expect("set");
             let (lo, _) = find_bin(&self.totals(low)?, self.k - before_hi);
             let (at, below_lo) = self.slot_counts(low, lo)?;
-            let (_, below_hi) = self.slot_counts(&self.high, hi)?;
+            let (_, below_hi) = self.slot_counts(&high, hi)?;
             (
                 ((hi as u32) << 16) | lo as u32,
                 below_hi.iter().zip(&below_lo).map(|(a, b)| a + b).collect(),
