@@ -382,7 +382,10 @@ impl Pruner {
             selections: Vec::new(),
             decisions: (0..plan_params.len()).map(|_| None).collect(),
             checks: Vec::new(),
-            weights_to_check: Vec::new(),
+            weight_checks: engine::WeightChecks::new(
+                plan_params.len(),
+                plan_params.iter().map(|p| p.info.numel).sum(),
+            ),
             scales_to_check: Vec::new(),
             fused: (0..plan_params.len()).map(|_| None).collect(),
             error: None,
@@ -409,14 +412,11 @@ impl Pruner {
         }
         // Finiteness checks launched on the device during planning are read here, all at once,
         // before anything is written.
-        let to_check = std::mem::take(&mut ctx.weights_to_check);
-        let weights: Vec<&Tensor> = to_check
-            .iter()
-            .map(|&p| &plan_params[p as usize].weight)
-            .collect();
+        let weight_checks =
+            std::mem::replace(&mut ctx.weight_checks, engine::WeightChecks::new(0, 0));
         let mut checks = std::mem::take(&mut ctx.checks);
         check_scales(&plan_params, &std::mem::take(&mut ctx.scales_to_check))?;
-        for (&p, c) in to_check.iter().zip(engine::find_non_finite(&weights)?) {
+        for (p, c) in weight_checks.finish()? {
             checks.push((p, "weight", c));
         }
         for (p, what, check) in checks {
@@ -661,8 +661,9 @@ struct HostPlan<'a> {
     decisions: Vec<Option<Planned>>,
     /// Finiteness checks still running on the device: (parameter, what, check).
     checks: Vec<(u32, &'static str, FiniteCheck)>,
-    /// Weights whose finiteness is checked in one batch at the end of planning.
-    weights_to_check: Vec<u32>,
+    /// Weights whose finiteness is checked before anything is written (launched in batches on
+    /// CUDA while the strategy decides, read at the end of planning).
+    weight_checks: engine::WeightChecks,
     /// Column scales returned by the scorer, validated in one batch at the end of planning
     /// (one check per parameter would cost a device round trip each).
     scales_to_check: Vec<(u32, Tensor)>,
@@ -846,12 +847,11 @@ impl HostPlan<'_> {
         }
     }
 
-    /// Queues a finiteness check of a weight; all queued checks run in one batch at the end of
-    /// planning.
+    /// Queues a finiteness check of a weight, read at the end of planning.
     fn check_weight_finite(&mut self, p: u32) -> Result<()> {
         self.param(p)?;
-        self.weights_to_check.push(p);
-        Ok(())
+        let params = self.params;
+        self.weight_checks.queue(p, &params[p as usize].weight)
     }
 
     /// Fails now when the answer is known, else reads it at the end of planning.

@@ -93,7 +93,7 @@ fn zeros(n: i64, kind: Kind, device: Device) -> Result<Tensor> {
     Ok(Tensor::f_zeros([n.max(1)], (kind, device))?)
 }
 
-fn minus_ones(n: usize, device: Device) -> Result<Tensor> {
+pub(crate) fn minus_ones(n: usize, device: Device) -> Result<Tensor> {
     Ok(Tensor::f_full(
         [n.max(1) as i64],
         -1i64,
@@ -1589,13 +1589,21 @@ pub(crate) fn prune_many(
 }
 
 pub(crate) fn find_non_finite_many(ts: &[&Tensor]) -> Result<Vec<FiniteCheck>> {
+    let first = minus_ones(ts.len(), ts[0].device())?;
+    let slots: Vec<usize> = (0..ts.len()).collect();
+    find_non_finite_into(ts, &slots, &first)?;
+    Ok(finite_checks(first, ts.len()))
+}
+
+/// Slot `slots[i]` of `first` (i64, -1 where finite) gets the smallest flat index of a
+/// non-finite element of `ts[i]`, on the device's stream; nothing is read back.
+pub(crate) fn find_non_finite_into(ts: &[&Tensor], slots: &[usize], first: &Tensor) -> Result<()> {
     let device = ts[0].device();
     let g = gpu(ordinal(device))?;
     let data: Vec<Tensor> = ts
         .iter()
         .map(|t| t.f_contiguous())
         .collect::<Result<_, _>>()?;
-    let first = minus_ones(ts.len(), device)?;
     let dts: Vec<Dt> = data
         .iter()
         .map(|t| dt_of(t.kind()))
@@ -1607,7 +1615,7 @@ pub(crate) fn find_non_finite_many(ts: &[&Tensor]) -> Result<Vec<FiniteCheck>> {
                 w: ptr(&data[i]),
                 n: data[i].numel() as u64,
                 aligned: ptr(&data[i]) % 16 == 0,
-                slot: i as u64,
+                slot: slots[i] as u64,
                 ..Default::default()
             })
             .collect();
@@ -1623,14 +1631,19 @@ pub(crate) fn find_non_finite_many(ts: &[&Tensor]) -> Result<Vec<FiniteCheck>> {
             ptr(&table),
             ptr(&chunks_d),
             (chunks.len() / 3) as u32,
-            ptr(&first),
+            ptr(first),
         )?;
     }
     super::trace(device, "finiteness checked");
+    Ok(())
+}
+
+/// The checks of slots `0..slots` of `first`, read back together on the first `get`.
+pub(crate) fn finite_checks(first: Tensor, slots: usize) -> Vec<FiniteCheck> {
     let copy = HostCopy::new(first);
-    Ok((0..ts.len())
+    (0..slots)
         .map(|i| FiniteCheck::Batch(copy.clone(), i))
-        .collect())
+        .collect()
 }
 
 pub(crate) fn apply_masks(items: &[(&Tensor, &Tensor)]) -> Result<Vec<Count>> {

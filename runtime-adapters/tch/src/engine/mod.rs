@@ -244,6 +244,89 @@ pub(crate) fn find_non_finite(ts: &[&Tensor]) -> Result<Vec<FiniteCheck>> {
     }
 }
 
+/// Finiteness checks of the weights a strategy's decisions need checked before anything is
+/// written. On CUDA they go to the device in batches while the strategy is still deciding (the
+/// device reads the first weights while the host works through the rest), all into one buffer
+/// that is read back once; elsewhere they run when the plan ends.
+pub(crate) struct WeightChecks {
+    /// Elements per launch: an eighth of the pass, so the first launch comes early.
+    batch: u64,
+    slots: usize,
+    /// The device of the batches and their buffer (one i64 per parameter, -1 where finite).
+    cuda: Option<(Device, Tensor)>,
+    queued: Vec<(u32, Tensor)>,
+    queued_elements: u64,
+    launched: Vec<u32>,
+    /// Weights on another device than the batches': checked at the end, as one call.
+    rest: Vec<(u32, Tensor)>,
+}
+
+impl WeightChecks {
+    /// For a pass over `slots` parameters of `elements` weights in all.
+    pub fn new(slots: usize, elements: u64) -> WeightChecks {
+        WeightChecks {
+            batch: (elements / 8).max(1),
+            slots,
+            cuda: None,
+            queued: Vec::new(),
+            queued_elements: 0,
+            launched: Vec::new(),
+            rest: Vec::new(),
+        }
+    }
+
+    /// Queues parameter `p`'s weight `w`.
+    pub fn queue(&mut self, p: u32, w: &Tensor) -> Result<()> {
+        let device = w.device();
+        if self.cuda.is_none() && device.is_cuda() {
+            self.cuda = Some((device, cuda::minus_ones(self.slots, device)?));
+        }
+        if self.cuda.as_ref().map(|(d, _)| *d) != Some(device) {
+            self.rest.push((p, w.shallow_clone()));
+            return Ok(());
+        }
+        self.queued_elements += w.numel() as u64;
+        self.queued.push((p, w.shallow_clone()));
+        if self.queued_elements >= self.batch {
+            self.launch()?;
+        }
+        Ok(())
+    }
+
+    fn launch(&mut self) -> Result<()> {
+        let Some((_, first)) = &self.cuda else {
+            return Ok(());
+        };
+        if self.queued.is_empty() {
+            return Ok(());
+        }
+        let ts: Vec<&Tensor> = self.queued.iter().map(|(_, t)| t).collect();
+        let slots: Vec<usize> = self.queued.iter().map(|(p, _)| *p as usize).collect();
+        cuda::find_non_finite_into(&ts, &slots, first)?;
+        self.launched.extend(self.queued.drain(..).map(|(p, _)| p));
+        self.queued_elements = 0;
+        Ok(())
+    }
+
+    /// Every queued weight's check, in the order queued (those on another device last).
+    pub fn finish(mut self) -> Result<Vec<(u32, FiniteCheck)>> {
+        self.launch()?;
+        let mut out = Vec::with_capacity(self.launched.len() + self.rest.len());
+        if let Some((_, first)) = self.cuda.take() {
+            let mut all = cuda::finite_checks(first, self.slots);
+            for &p in &self.launched {
+                let check = std::mem::replace(&mut all[p as usize], FiniteCheck::Ready(None));
+                out.push((p, check));
+            }
+        }
+        let rest: Vec<&Tensor> = self.rest.iter().map(|(_, t)| t).collect();
+        for ((p, _), check) in self.rest.iter().zip(find_non_finite(&rest)?) {
+            out.push((*p, check));
+        }
+        Ok(out)
+    }
+}
+
 /// Zeroes, in place, the weights whose mask bit is 0, for each (weight, mask). Counts them.
 pub(crate) fn apply_masks(items: &[(&Tensor, &Tensor)]) -> Result<Vec<Count>> {
     for (w, m) in items {
