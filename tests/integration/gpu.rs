@@ -373,6 +373,43 @@ fn cuda_selections_on_llm_sized_rows_match_the_cpu() {
     }
 }
 
+/// Wanda scores that tie: one activation norm for every column, so a row's scores tie wherever
+/// its bf16 magnitudes do (dozens of keys at the threshold in a Gaussian row, every key in a
+/// constant or zero row, half the keys in a half-tied row), which the other Wanda tests' random
+/// norms never give. The per-row kernel must then cut the ties by column: CPU = GPU bit for bit,
+/// at row lengths that fill whole warps and at the real model's (576), which do not.
+#[test]
+fn cuda_wanda_rows_of_tied_scores_match_the_cpu() {
+    if !cuda_or_skip("cuda_wanda_rows_of_tied_scores_match_the_cpu") {
+        return;
+    }
+    tch::manual_seed(41);
+    let shapes: [(i64, i64); 3] = [(64, 4096), (16, 14336), (96, 576)];
+    let cpu: Vec<(String, Tensor)> = shapes
+        .iter()
+        .enumerate()
+        .map(|(i, &(r, c))| {
+            let w = Tensor::randn([r, c], (Kind::Float, Device::Cpu)) * 0.02;
+            let _ = w.get(1).fill_(0.25);
+            let _ = w.get(2).fill_(0.0);
+            let _ = w.get(3).narrow(0, 0, c / 2).fill_(-0.01);
+            (format!("w{i}.weight"), w.to_kind(Kind::BFloat16))
+        })
+        .collect();
+    let sq: Vec<Tensor> = cpu
+        .iter()
+        .map(|(_, w)| Tensor::full([w.size()[1]], 4.0, (Kind::Float, Device::Cpu)))
+        .collect();
+    let stats = (
+        &stats_on(&cpu, &sq, Device::Cpu),
+        &stats_on(&cpu, &sq, Device::Cuda(0)),
+    );
+    for sparsity in [0.5, 0.3, 0.9] {
+        let case = ("wanda", "layerwise", &[("scope", "row")][..], sparsity);
+        assert_cuda_prunes_like_the_cpu(&cpu, stats, case, "tied wanda");
+    }
+}
+
 /// The training callback on CUDA with a training-signal plugin and growth plates: after every
 /// AdamW step the pruned weights are zero and the count is the schedule's, exactly.
 #[test]
