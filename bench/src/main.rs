@@ -4,7 +4,8 @@
 //!
 //! Each path runs through the plugins (the product) and directly on the host's machinery (to
 //! measure the plugin boundary), several times after a warm-up, on a fresh copy of the weights
-//! each time. The table gives the median, the effective bandwidth of the ideal algorithm (one
+//! each time; the two alternate run by run, so the machine's drift (up to a millisecond within
+//! one call on the H200s measured) reaches both alike instead of biasing their ratio. The table gives the median, the effective bandwidth of the ideal algorithm (one
 //! read to select, one read and write to apply: 6 bytes per bf16 weight) against a device copy
 //! measured in the same run, and an exactness check.
 //!
@@ -255,6 +256,9 @@ fn main() -> anyhow::Result<()> {
     if !tch::Cuda::is_available() {
         bail!("no CUDA device: this benchmark runs on a GPU machine (scripts/gpu-run.sh bench)");
     }
+    if args.runs == 0 && !args.memory {
+        bail!("--runs must be at least 1 (the table gives medians of the timed runs)");
+    }
     let gpu = birdbone_cuda::gpu(0)?;
     let kb = gpu.kernel_build();
     eprintln!(
@@ -363,10 +367,6 @@ fn main() -> anyhow::Result<()> {
             Ok(ms)
         };
         run_plugin().with_context(|| format!("warm-up of {}", path.name))?;
-        let plugin: Vec<f64> = (0..args.runs)
-            .map(|_| run_plugin())
-            .collect::<anyhow::Result<_>>()?;
-        let plugin_exact = exact(&params, path.check);
         let direct_path = match path.name {
             "global" | "global-masks" => direct::DirectPath::GlobalMagnitude,
             "wanda-row" => direct::DirectPath::PerRowScaled(&sq_norms),
@@ -391,9 +391,15 @@ fn main() -> anyhow::Result<()> {
             Ok(t.elapsed().as_secs_f64() * 1e3)
         };
         run_direct()?;
-        let direct: Vec<f64> = (0..args.runs)
-            .map(|_| run_direct())
-            .collect::<anyhow::Result<_>>()?;
+        let (mut plugin, mut direct) = (Vec::new(), Vec::new());
+        let mut plugin_exact = false;
+        for run in 0..args.runs {
+            plugin.push(run_plugin()?);
+            if run + 1 == args.runs {
+                plugin_exact = exact(&params, path.check);
+            }
+            direct.push(run_direct()?);
+        }
         let direct_exact = exact(&params, path.check);
         let plan_ms = median(phases.iter().skip(1).map(|p| p.0).collect());
         let commit_ms = median(phases.iter().skip(1).map(|p| p.1).collect());
