@@ -5,9 +5,10 @@
 //! Each path runs through the plugins (the product) and directly on the host's machinery (to
 //! measure the plugin boundary), several times after a warm-up, on a fresh copy of the weights
 //! each time; the two alternate run by run, so the machine's drift (up to a millisecond within
-//! one call on the H200s measured) reaches both alike instead of biasing their ratio. The table gives the median, the effective bandwidth of the ideal algorithm (one
-//! read to select, one read and write to apply: 6 bytes per bf16 weight) against a device copy
-//! measured in the same run, and an exactness check.
+//! one call on the H200s measured) reaches both alike instead of biasing their ratio. The table
+//! gives the median, the effective bandwidth of the ideal algorithm (one read to select, one
+//! read and write to apply: 6 bytes per bf16 weight) against a device copy measured in the same
+//! run, and an exactness check.
 //!
 //! `--memory` instead measures peak extra device memory per path; run it with
 //! `PYTORCH_NO_CUDA_MEMORY_CACHING=1` so freed memory goes back to the driver, where a polling
