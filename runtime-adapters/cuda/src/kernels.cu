@@ -1023,25 +1023,126 @@ __device__ void band_pass_impl(const u64* segs, const u64* chunks, u32 nchunks, 
             u32 x = sh[i];
             if (x) atomicAdd(&gb[i], x);
             // This block alone owns chunk c: its counts say which chunk holds a given tie.
-            if (band_chunks) band_chunks[(u64)c * chunk_stride + i] = x;
+            if (band_chunks && width <= chunk_stride) band_chunks[(u64)c * chunk_stride + i] = x;
         }
         __syncthreads();
     }
 }
 
+// The chunked kernels' table (3 u64 per chunk: segment, first unit, units) from per-segment
+// counts: starts[s] is segment s's first chunk (nseg + 1 entries, the last the chunk count), units[s]
+// its units, `chunk` the units per chunk. A thread per chunk finds its segment by binary search.
+extern "C" __global__ void expand_chunks(const u64* starts, const u64* units, u32 nseg, u64 chunk, u64* out) {
+    const u64 nchunks = starts[nseg];
+    for (u64 c = (u64)blockIdx.x * blockDim.x + threadIdx.x; c < nchunks; c += (u64)gridDim.x * blockDim.x) {
+        u32 lo = 0, hi = nseg;  // starts[lo] <= c, and starts[hi] > c (or hi == nseg)
+        while (hi - lo > 1) {
+            u32 mid = (lo + hi) / 2;
+            if (starts[mid] <= c) lo = mid;
+            else hi = mid;
+        }
+        u64 first = (c - starts[lo]) * chunk;
+        out[3 * c] = lo;
+        out[3 * c + 1] = first;
+        out[3 * c + 2] = min(chunk, units[lo] - first);
+    }
+}
+
+// Block-wide exclusive scan of one u64 per thread; `total` receives the sum. Uses `sh` (>= 33
+// words). All threads of the block must call it.
+__device__ __forceinline__ u64 block_excl_scan_u64(u64 x, u64* sh, u64* total) {
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+    u64 inc = x;
+#pragma unroll
+    for (int d = 1; d < 32; d <<= 1) {
+        u64 y = __shfl_up_sync(0xffffffffu, inc, d);
+        if (lane >= d) inc += y;
+    }
+    if (lane == 31) sh[warp] = inc;
+    __syncthreads();
+    if (warp == 0) {
+        u64 w = lane < nw ? sh[lane] : 0;
+        u64 wi = w;
+#pragma unroll
+        for (int d = 1; d < 32; d <<= 1) {
+            u64 y = __shfl_up_sync(0xffffffffu, wi, d);
+            if (lane >= d) wi += y;
+        }
+        if (lane < nw) sh[lane] = wi - w;
+        if (lane == 31) sh[32] = wi;
+    }
+    __syncthreads();
+    u64 r = sh[warp] + inc - x;
+    *total = sh[32];
+    __syncthreads();
+    return r;
+}
+
+// Block-wide: the bin of a 65536-bin histogram holding its k-th smallest count (k >= 1), or !0
+// when the histogram holds fewer. All threads of the block must call it.
+__device__ u32 hist_rank_bin(const u32* h, u64 k, u32* sh, u32* found) {
+    u32 per = 65536 / blockDim.x;
+    u32 b0 = threadIdx.x * per;
+    u32 local = range_sum(h + b0, per, per);
+    if (threadIdx.x == 0) *found = 0xffffffffu;
+    u32 total;
+    u32 excl = block_excl_scan(local, sh, &total);  // its barriers order the write above
+    if (excl < k && k <= (u64)excl + local) {
+        u64 run = excl;
+        for (u32 i = 0; i < per; i++) {
+            u32 c = h[b0 + i];
+            if (run + c >= k) {
+                *found = b0 + i;
+                break;
+            }
+            run += c;
+        }
+    }
+    __syncthreads();
+    u32 bin = *found;
+    __syncthreads();
+    return bin;
+}
+
+// Per scope (one block each), its band from its sample histogram (65536 bins of 16-bit keys):
+// the bins of sample ranks ranks[2q] and ranks[2q + 1] (0 and !0: open at that end, the band
+// starting at `floor_key` or ending at 0xffff). A band wider than `band_max` bins (or empty) gets
+// width 0, which the band pass counts nothing into and band_resolve reports as a miss, so the
+// host learns of it with the selection's one read-back instead of waiting for the band first.
+extern "C" __global__ void band_choose(const u32* sample, const u64* ranks, u32 floor_key, u32 band_max,
+                                       u32* band_lo, u32* band_width) {
+    __shared__ u32 sh[40];
+    __shared__ u32 found;
+    u32 q = blockIdx.x;
+    const u32* h = sample + (u64)q * 65536;
+    u64 rl = ranks[2 * q], rh = ranks[2 * q + 1];
+    u32 l = rl == 0 ? floor_key : (hist_rank_bin(h, rl, sh, &found) & 0xffffu);
+    u32 hi = rh == ~0ull ? 0xffffu : (hist_rank_bin(h, rh, sh, &found) & 0xffffu);
+    if (threadIdx.x == 0) {
+        bool ok = hi >= l && hi - l + 1 <= band_max;
+        band_lo[q] = ok ? l : 0u;
+        band_width[q] = ok ? hi - l + 1 : 0u;
+    }
+}
+
 // Per scope (one block each; scope q owns segments first_seg[q] .. first_seg[q+1]): the band bin
 // holding the ks[q]-th smallest, or a miss. out_bin[q] = bin (or 0xffffffff on a miss); per
-// segment: below_total (below the chosen bin) and ties (in it).
+// segment: below_total (below the chosen bin) and ties (in it), and an item for tie_locate
+// (5 u64: segment, first chunk, chunks, bin, take) whose chunks are 0 unless the segment prunes
+// some but not all of its ties (takes go to the scope's segments in order) and the band pass kept
+// per-chunk counts (width <= chunk_stride). seg_chunks: first chunk and chunks per segment.
 extern "C" __global__ void band_resolve(const u32* band, const u64* below, const u32* first_seg, const u32* band_width,
-                                        const u64* ks, u32* out_bin, u64* seg_below, u64* seg_ties) {
+                                        const u64* ks, const u64* seg_chunks, u32 chunk_stride, u32* out_bin,
+                                        u64* seg_below, u64* seg_ties, u64* items) {
     __shared__ u32 total[BAND_MAX];
     __shared__ u32 sh[40];
     __shared__ u64 shl[40];
     __shared__ u32 found_bin;
-    __shared__ u64 below_all_sh;
+    __shared__ u64 below_all_sh, found_before;
     u32 q = blockIdx.x;
     u32 s0 = first_seg[q], s1 = first_seg[q + 1];
     u32 width = band_width[q];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
     for (u32 i = threadIdx.x; i < width; i += blockDim.x) {
         u32 t = 0;
         for (u32 sg = s0; sg < s1; sg++) t += band[(u64)sg * BAND_MAX + i];
@@ -1072,6 +1173,7 @@ extern "C" __global__ void band_resolve(const u32* band, const u64* below, const
             u32 c = total[b0 + i];
             if (run + c >= need) {
                 found_bin = b0 + i;
+                found_before = run;
                 break;
             }
             run += c;
@@ -1080,16 +1182,41 @@ extern "C" __global__ void band_resolve(const u32* band, const u64* below, const
     __syncthreads();
     u32 bin = found_bin;
     if (threadIdx.x == 0) out_bin[q] = bin;
-    if (bin == 0xffffffffu) return;
-    for (u32 sg = s0; sg < s1; sg++) {
+    if (bin == 0xffffffffu) {
+        for (u32 sg = s0 + threadIdx.x; sg < s1; sg += blockDim.x) items[5 * (u64)sg + 2] = 0;
+        return;
+    }
+    // A warp per segment: its counts below the bin and in it.
+    for (u32 sg = s0 + warp; sg < s1; sg += nw) {
         const u32* h = band + (u64)sg * BAND_MAX;
         u64 x = 0;
-        for (u32 i = threadIdx.x; i < bin; i += blockDim.x) x += h[i];
-        u64 t = block_sum_u64(x, shl);
-        if (threadIdx.x == 0) {
-            seg_below[sg] = below[sg] + t;
+        for (u32 i = lane; i < bin; i += 32) x += h[i];
+        for (int d = 16; d > 0; d >>= 1) x += __shfl_down_sync(0xffffffffu, x, d);
+        if (lane == 0) {
+            seg_below[sg] = below[sg] + x;
             seg_ties[sg] = h[bin];
         }
+    }
+    __syncthreads();  // the block's global writes above are visible to it after the barrier
+    // The bin's keys to prune (the rest of the k) go to the scope's segments in order.
+    const u64 left = need - found_before;
+    u64 run = 0;
+    for (u32 base = s0; base < s1; base += blockDim.x) {
+        u32 sg = base + threadIdx.x;
+        u64 t = sg < s1 ? seg_ties[sg] : 0;
+        u64 tot;
+        u64 before = run + block_excl_scan_u64(t, shl, &tot);
+        if (sg < s1) {
+            u64 take = before >= left ? 0 : min(t, left - before);
+            u64* it = items + 5 * (u64)sg;
+            bool locate = take > 0 && take < t && width <= chunk_stride;
+            it[0] = sg;
+            it[1] = seg_chunks[2 * (u64)sg];
+            it[2] = locate ? seg_chunks[2 * (u64)sg + 1] : 0;
+            it[3] = bin;
+            it[4] = take;
+        }
+        run += tot;
     }
 }
 

@@ -256,7 +256,7 @@ impl Pruner {
     pub fn observe(&mut self, params: &[(String, Tensor)]) -> Result<()> {
         let _g = tch::no_grad_guard();
         for (i, (name, w)) in params.iter().enumerate() {
-            let info = param_info(i, name, w)?;
+            let info = param_info(i, name, w, w.device())?;
             let mut lent = Lent::default();
             let g = w.grad();
             let inputs = ScoreInputs {
@@ -311,22 +311,20 @@ impl Pruner {
         let needs = self.scorer.info.capabilities.inputs;
         let mut plan_params = Vec::with_capacity(params.len());
         for (i, (name, weight)) in params.into_iter().enumerate() {
+            let wdev = weight.device();
+            let need = if wdev.is_cuda() {
+                DeviceSet::CUDA
+            } else {
+                DeviceSet::CPU
+            };
             for (c, what) in [
                 (&self.scorer.info, "scorer"),
                 (&self.strategy.info, "strategy"),
             ] {
-                let need = if weight.device().is_cuda() {
-                    DeviceSet::CUDA
-                } else {
-                    DeviceSet::CPU
-                };
                 if !c.capabilities.devices.contains(need) {
                     return Err(Error::Config {
                         component: c.name.to_string(),
-                        message: format!(
-                            "this {what} does not run on {:?} tensors ('{name}')",
-                            weight.device()
-                        ),
+                        message: format!("this {what} does not run on {wdev:?} tensors ('{name}')"),
                     });
                 }
             }
@@ -350,7 +348,7 @@ impl Pruner {
                     ),
                 });
             }
-            let info = param_info(i, &name, &weight)?;
+            let info = param_info(i, &name, &weight, wdev)?;
             let protected = match inputs.protected_rows.and_then(|m| m.get(&name)) {
                 Some(rows) if rows.f_any()?.int64_value(&[]) == 1 => {
                     if weight.dim() != 2 || rows.size() != [weight.size()[0]] {
@@ -373,6 +371,7 @@ impl Pruner {
                 protected,
             });
         }
+        engine::trace(device, "plan: parameters checked");
         let infos: RVec<ParamInfo> = plan_params.iter().map(|p| p.info.clone()).collect();
         let mut ctx = HostPlan {
             params: &plan_params,
@@ -470,19 +469,20 @@ impl Pruner {
     }
 }
 
-fn param_info(index: usize, name: &str, w: &Tensor) -> Result<ParamInfo> {
+fn param_info(index: usize, name: &str, w: &Tensor, device: Device) -> Result<ParamInfo> {
     let dtype = dtype_of(w.kind()).ok_or_else(|| Error::Shape {
         op: "plan",
         message: format!("'{name}' has element type {:?}", w.kind()),
     })?;
+    let shape = w.size();
     Ok(ParamInfo {
         index: index as u32,
         name: name.into(),
         role: role_of(name),
-        shape: w.size().into(),
-        numel: w.numel() as u64,
+        numel: shape.iter().product::<i64>() as u64,
+        shape: shape.into(),
         dtype,
-        device: device_of(w.device()),
+        device: device_of(device),
     })
 }
 
@@ -1003,6 +1003,7 @@ impl HostPlan<'_> {
             );
         }
         let mut sel = engine::global_selector(device, k, params.len())?;
+        engine::trace(device, "global: selector made");
         let named = |this: &Self, sel: &dyn engine::GlobalSel, e: Error| match sel.bad_param() {
             Some(i) => this.name_non_finite(params[i], e),
             None => e,
@@ -1012,6 +1013,7 @@ impl HostPlan<'_> {
             sel.feed_high(i, &s)
                 .map_err(|e| named(self, sel.as_ref(), e))?;
         }
+        engine::trace(device, "global: scores fed");
         if sel
             .needs_low_pass()
             .map_err(|e| named(self, sel.as_ref(), e))?

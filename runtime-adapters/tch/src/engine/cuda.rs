@@ -6,7 +6,7 @@
 use std::sync::{Arc, OnceLock};
 
 use birdbone_cuda::{
-    chunk_table, gpu, Dt, Gpu, ScoreKind, Seg, Source, BAND_MAX, BINS, CHUNK_VECTORS, SEGW,
+    chunk_starts, gpu, Dt, Gpu, ScoreKind, Seg, Source, BAND_MAX, BINS, CHUNK_VECTORS, SEGW,
 };
 use birdbone_select::{mask_bytes, GlobalSelection, ParamQuota};
 use tch::{Device, Kind, Tensor};
@@ -121,27 +121,53 @@ fn seg_table(segs: &[Seg], device: Device) -> Result<Tensor> {
     upload(&words, device)
 }
 
+/// A chunked launch's tables on the device: its segments and their chunks (see
+/// `birdbone_cuda::chunk_starts`), from one upload of the segments and their unit counts; the
+/// chunk table itself is expanded on the device.
+struct Tables {
+    _up: Tensor,
+    _chunks: Tensor,
+    segs: u64,
+    chunks: u64,
+    nchunks: u32,
+}
+
+fn chunked_tables(
+    g: &Gpu,
+    segs: &[Seg],
+    units: &[u64],
+    chunk: u64,
+    device: Device,
+) -> Result<Tables> {
+    let mut up = Staged::default();
+    let segs_at = up.segs(segs);
+    let (starts_at, units_at, nchunks) = up.chunk_counts(units, chunk);
+    let buf = upload(&up.words, device)?;
+    let b = ptr(&buf);
+    let chunks = Tensor::f_empty([(3 * nchunks).max(1) as i64], (Kind::Int64, device))?;
+    if nchunks > 0 {
+        g.expand_chunks(
+            b + starts_at,
+            b + units_at,
+            units.len() as u32,
+            chunk,
+            nchunks,
+            ptr(&chunks),
+        )?;
+    }
+    Ok(Tables {
+        segs: b + segs_at,
+        chunks: ptr(&chunks),
+        nchunks: nchunks as u32,
+        _up: buf,
+        _chunks: chunks,
+    })
+}
+
 fn to_host_i64(t: &Tensor) -> Result<Vec<i64>> {
     Ok(Vec::<i64>::try_from(
         &t.f_to_kind(Kind::Int64)?.f_to_device(Device::Cpu)?,
     )?)
-}
-
-/// Several small device tensors read back in one copy (one wait instead of one per tensor).
-fn to_host_many(ts: &[&Tensor]) -> Result<Vec<Vec<i64>>> {
-    let flat: Vec<Tensor> = ts
-        .iter()
-        .map(|t| t.f_reshape([-1])?.f_to_kind(Kind::Int64))
-        .collect::<Result<_, _>>()?;
-    let all = to_host_i64(&Tensor::f_cat(&flat, 0)?)?;
-    let mut out = Vec::with_capacity(ts.len());
-    let mut at = 0;
-    for t in &flat {
-        let n = t.numel();
-        out.push(all[at..at + n].to_vec());
-        at += n;
-    }
-    Ok(out)
 }
 
 /// Per-item results of a batched launch, read back from the device once.
@@ -204,9 +230,8 @@ fn launch_hist(
         let chunk = CHUNK_VECTORS
             .min(units.iter().sum::<u64>().div_ceil(2 * g.sms() as u64))
             .max(1024);
-        let chunks = chunk_table(&units, chunk);
-        let (segs_d, chunks_d) = (seg_table(&segs, device)?, upload(&chunks, device)?);
-        let nchunks = (chunks.len() / 3) as u32;
+        let t = chunked_tables(g, &segs, &units, chunk, device)?;
+        let nchunks = t.nchunks;
         match pass {
             Pass::High {
                 bad_flag,
@@ -214,22 +239,16 @@ fn launch_hist(
             } => g.hist_high(
                 dt,
                 kind,
-                ptr(&segs_d),
-                ptr(&chunks_d),
+                t.segs,
+                t.chunks,
                 nchunks,
                 ptr(hists),
                 ptr(bad_flag),
                 ptr(bad_index),
             )?,
-            Pass::Low { his } => g.hist_low(
-                dt,
-                kind,
-                ptr(&segs_d),
-                ptr(&chunks_d),
-                nchunks,
-                ptr(his),
-                ptr(hists),
-            )?,
+            Pass::Low { his } => {
+                g.hist_low(dt, kind, t.segs, t.chunks, nchunks, ptr(his), ptr(hists))?
+            }
         }
     }
     Ok(())
@@ -298,11 +317,94 @@ fn non_finite_score(slot: usize, index: u64) -> (Option<usize>, Error) {
     )
 }
 
+/// Host tables staged for one upload: each array starts on a 16-byte boundary of the buffer.
+#[derive(Default)]
+struct Staged {
+    words: Vec<i64>,
+}
+
+impl Staged {
+    fn align(&mut self) -> u64 {
+        if self.words.len() % 2 == 1 {
+            self.words.push(0);
+        }
+        self.words.len() as u64 * 8
+    }
+    /// Appends 64-bit words; returns their byte offset.
+    fn u64s(&mut self, v: &[i64]) -> u64 {
+        let at = self.align();
+        self.words.extend_from_slice(v);
+        at
+    }
+    /// Appends segment descriptors; returns their byte offset.
+    fn segs(&mut self, segs: &[Seg]) -> u64 {
+        let at = self.align();
+        self.words.extend(segs.iter().flat_map(|s| s.words()));
+        at
+    }
+    /// Appends `chunk_starts(units, chunk)` and `units` for `Gpu::expand_chunks`: their byte
+    /// offsets and the number of chunks.
+    fn chunk_counts(&mut self, units: &[u64], chunk: u64) -> (u64, u64, u64) {
+        let starts = chunk_starts(units, chunk);
+        let n = *starts.last().expect("nseg + 1 words") as u64;
+        let starts_at = self.u64s(&starts);
+        let at = self.align();
+        self.words.extend(units.iter().map(|&u| u as i64));
+        (starts_at, at, n)
+    }
+    /// Appends 32-bit words, two to a 64-bit word (little-endian, as the device reads them).
+    fn u32s(&mut self, v: &[u32]) -> u64 {
+        let at = self.align();
+        self.words.extend(
+            v.chunks(2)
+                .map(|p| (p[0] as u64 | (p.get(1).copied().unwrap_or(0) as u64) << 32) as i64),
+        );
+        at
+    }
+}
+
+/// Byte regions of one device buffer, reserved in order on 16-byte boundaries.
+#[derive(Default)]
+struct Layout {
+    bytes: u64,
+}
+
+impl Layout {
+    fn take(&mut self, bytes: u64) -> u64 {
+        let at = self.bytes;
+        self.bytes += bytes.div_ceil(16) * 16;
+        at
+    }
+}
+
+/// Little-endian readers of a downloaded byte region.
+fn read_u32s(b: &[u8], at: u64, n: usize) -> Vec<u32> {
+    b[at as usize..at as usize + 4 * n]
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+        .collect()
+}
+
+fn read_u64s(b: &[u8], at: u64, n: usize) -> Vec<u64> {
+    b[at as usize..at as usize + 8 * n]
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .collect()
+}
+
+/// Band bins the band pass counts per chunk, so a parameter's last pruned tie can be located
+/// (wider bands, rare, leave the ties to be ranked at the apply instead).
+const CHUNK_BAND_BINS: usize = 128;
+
 /// Exact selections over scopes of bf16-keyed sources by band selection (see the kernels): a
 /// sample fixes a narrow band of keys, one memory-bound pass counts below it and histograms inside
 /// it. `scopes[q]` is a range of `sources` selected together, `ks[q]` its count. `Ok(None)` when
 /// the band missed or came out too wide: the caller then runs the full histogram, which gives
 /// the same exact answer, only slower.
+///
+/// Every step runs on the device, one launch after another, from tables uploaded in one copy
+/// into buffers allocated at once; the host waits once, for one read-back at the end (the band
+/// is chosen, the counts resolved and the partial ties located on the device).
 fn band_select(
     g: &Gpu,
     device: Device,
@@ -311,9 +413,13 @@ fn band_select(
     ks: &[u64],
 ) -> Located<Option<Vec<ParamQuota>>> {
     let e = |e: Error| (None, e);
+    let ec = |x: birdbone_cuda::CudaError| (None, Error::from(x));
     let (dt, kind) = (sources[0].dt, sources[0].kind);
     let nq = scopes.len();
-    // 1. A strided sample of every scope: about 2 M keys for one big scope, 128 K per parameter.
+    let nseg = sources.len();
+    super::trace(device, "band: start");
+    // The host's tables. A strided sample of every scope: about 256 K keys for one big scope,
+    // 16 K per scope otherwise.
     let mut sample_segs = Vec::new();
     let mut sample_units = Vec::new();
     let mut m = vec![0u64; nq];
@@ -340,26 +446,9 @@ fn band_select(
             sample_units.push(units);
         }
     }
-    let sample = zeros((nq * BINS) as i64, Kind::Int, device).map_err(e)?;
-    let chunks = chunk_table(&sample_units, 4096);
-    let (t, c) = (
-        seg_table(&sample_segs, device).map_err(e)?,
-        upload(&chunks, device).map_err(e)?,
-    );
-    g.sample_hist(
-        dt,
-        kind,
-        ptr(&t),
-        ptr(&c),
-        (chunks.len() / 3) as u32,
-        ptr(&sample),
-    )
-    .map_err(|x| e(x.into()))?;
-    super::trace(device, "band: sampled");
-    // 2. The band: sample ranks around k, with a margin of six standard deviations.
-    let mut r_lo = vec![0i64; nq];
-    let mut r_hi = vec![0i64; nq];
-    let (mut lo_open, mut hi_open) = (vec![false; nq], vec![false; nq]);
+    // The band's ends: sample ranks around k with a margin of six standard deviations (0 and !0
+    // leave an end open).
+    let mut ranks = Vec::with_capacity(2 * nq);
     for q in 0..nq {
         if ks[q] == 0 || ks[q] >= n[q] {
             return Ok(None); // degenerate: the full histogram handles these
@@ -368,40 +457,15 @@ fn band_select(
         let r = p * m[q] as f64;
         let margin = 6.0 * (m[q] as f64 * p * (1.0 - p)).sqrt() + 32.0;
         let (a, b) = ((r - margin).floor(), (r + margin).ceil());
-        lo_open[q] = a < 1.0;
-        hi_open[q] = b > m[q] as f64;
-        r_lo[q] = a.max(1.0) as i64;
-        r_hi[q] = (b as i64).min(m[q] as i64);
+        ranks.push(if a < 1.0 { 0 } else { a as i64 });
+        ranks.push(if b > m[q] as f64 { -1 } else { b as i64 });
     }
-    let bins = |ranks: &[i64]| -> Result<Tensor> {
-        let ks_d = upload(ranks, device)?;
-        let (b, before, at) = (
-            zeros(nq as i64, Kind::Int, device)?,
-            zeros(nq as i64, Kind::Int64, device)?,
-            zeros(nq as i64, Kind::Int64, device)?,
-        );
-        g.find_slot_bins(
-            ptr(&sample),
-            nq as u32,
-            ptr(&ks_d),
-            ptr(&b),
-            ptr(&before),
-            ptr(&at),
-        )?;
-        Ok(b)
-    };
-    let (lo_bins, hi_bins) = (bins(&r_lo).map_err(e)?, bins(&r_hi).map_err(e)?);
-    // The tables of the pass and of the resolve need no band: they are built and uploaded while
-    // the device finds it, before the read-back waits.
-    let nseg = sources.len();
-    let scope_of: Vec<usize> = (0..nseg)
-        .map(|i| {
-            scopes
-                .iter()
-                .position(|r| r.contains(&i))
-                .expect("every source in a scope")
-        })
+    let scope_of: Vec<usize> = scopes
+        .iter()
+        .enumerate()
+        .flat_map(|(q, r)| r.clone().map(move |_| q))
         .collect();
+    assert_eq!(scope_of.len(), nseg, "scopes cover the sources in order");
     let segs: Vec<Seg> = sources
         .iter()
         .enumerate()
@@ -414,188 +478,215 @@ fn band_select(
         .iter()
         .map(|s| s.n.div_ceil(dt.per_vector()))
         .collect();
-    let chunks = chunk_table(&units, STREAM_CHUNK);
-    let (t, c) = (
-        seg_table(&segs, device).map_err(e)?,
-        upload(&chunks, device).map_err(e)?,
-    );
-    let mut first_seg: Vec<i64> = scopes.iter().map(|r| r.start as i64).collect();
-    first_seg.push(nseg as i64);
-    let first_d = upload(&first_seg, device)
-        .map_err(e)?
-        .f_to_kind(Kind::Int)
-        .map_err(|x| e(x.into()))?;
+    let starts = chunk_starts(&units, STREAM_CHUNK);
+    let nchunks = starts[nseg] as usize;
+    let seg_chunks: Vec<i64> = (0..nseg)
+        .flat_map(|i| [starts[i], starts[i + 1] - starts[i]])
+        .collect();
+    let mut first_seg: Vec<u32> = scopes.iter().map(|r| r.start as u32).collect();
+    first_seg.push(nseg as u32);
     let ks_i: Vec<i64> = ks.iter().map(|&k| k as i64).collect();
-    let ks_d = upload(&ks_i, device).map_err(e)?;
-    let out_bin = zeros(nq as i64, Kind::Int, device).map_err(e)?;
-    let (seg_below, seg_ties) = (
-        zeros(nseg as i64, Kind::Int64, device).map_err(e)?,
-        zeros(nseg as i64, Kind::Int64, device).map_err(e)?,
-    );
-    let band = zeros((nseg * BAND_MAX) as i64, Kind::Int, device).map_err(e)?;
-    let below = zeros(nseg as i64, Kind::Int64, device).map_err(e)?;
-    let check = Checked::new(nseg, device).map_err(e)?;
-    let nchunks = chunks.len() / 3;
-    let mut first_chunk = vec![usize::MAX; nseg];
-    let mut chunk_count = vec![0usize; nseg];
-    for c in 0..nchunks {
-        let sg = chunks[3 * c] as usize;
-        first_chunk[sg] = first_chunk[sg].min(c);
-        chunk_count[sg] += 1;
-    }
-    let both = to_host_many(&[&lo_bins, &hi_bins]).map_err(e)?;
-    let (lo_bins, hi_bins) = (&both[0], &both[1]);
-    super::trace(device, "band: band chosen");
+    let mut up = Staged::default();
+    let sample_segs_at = up.segs(&sample_segs);
+    let (sample_starts_at, sample_units_at, sample_nchunks) = up.chunk_counts(&sample_units, 4096);
+    let ranks_at = up.u64s(&ranks);
+    let segs_at = up.segs(&segs);
+    let (starts_at, units_at, _) = up.chunk_counts(&units, STREAM_CHUNK);
+    let first_seg_at = up.u32s(&first_seg);
+    let ks_at = up.u64s(&ks_i);
+    let seg_chunks_at = up.u64s(&seg_chunks);
+    super::trace(device, "band: tables built");
+    let tables = upload(&up.words, device).map_err(e)?;
+    super::trace(device, "band: tables uploaded");
+    let tb = ptr(&tables);
+    // The device's working memory, zeroed at once; the regions read back come last, together.
+    let mut lay = Layout::default();
+    let sample_at = lay.take((nq * BINS * 4) as u64);
+    let band_at = lay.take((nseg * BAND_MAX * 4) as u64);
+    let below_at = lay.take(nseg as u64 * 8);
+    let items_at = lay.take(nseg as u64 * 40);
+    let sample_chunks_at = lay.take(sample_nchunks * 24);
+    let chunks_at = lay.take(nchunks as u64 * 24);
+    let back_at = lay.bytes;
+    let flag_at = lay.take(8);
+    let index_at = lay.take(nseg as u64 * 8);
+    let out_bin_at = lay.take(nq as u64 * 4);
+    let lo_at = lay.take(nq as u64 * 4);
+    let width_at = lay.take(nq as u64 * 4);
+    let seg_below_at = lay.take(nseg as u64 * 8);
+    let seg_ties_at = lay.take(nseg as u64 * 8);
+    let cuts_at = lay.take(nseg as u64 * 8);
+    let work = zeros((lay.bytes / 8) as i64, Kind::Int64, device).map_err(e)?;
+    let _ = work
+        .f_narrow(0, (index_at / 8) as i64, nseg as i64)
+        .and_then(|mut t| t.f_fill_(-1))
+        .map_err(|x| e(x.into()))?;
+    let wb = ptr(&work);
+    g.expand_chunks(
+        tb + sample_starts_at,
+        tb + sample_units_at,
+        sample_units.len() as u32,
+        4096,
+        sample_nchunks,
+        wb + sample_chunks_at,
+    )
+    .map_err(ec)?;
+    g.expand_chunks(
+        tb + starts_at,
+        tb + units_at,
+        nseg as u32,
+        STREAM_CHUNK,
+        nchunks as u64,
+        wb + chunks_at,
+    )
+    .map_err(ec)?;
+    super::trace(device, "band: work zeroed, chunks expanded");
+    // Per-chunk band counts, so the apply needs no ordered pass to split a threshold bin: the
+    // counts say which chunk holds a parameter's last pruned tie, and one scan of that chunk
+    // finds it. Written before they are read; no zeroing.
+    let band_chunks = if nchunks * CHUNK_BAND_BINS * 4 <= 64 << 20 {
+        Some(
+            Tensor::f_empty([(nchunks * CHUNK_BAND_BINS) as i64], (Kind::Int, device))
+                .map_err(|x| e(x.into()))?,
+        )
+    } else {
+        None
+    };
+    let (bc, stride) = band_chunks
+        .as_ref()
+        .map_or((0, 0), |t| (ptr(t), CHUNK_BAND_BINS as u32));
+    // 1. The sample, 2. the band from it.
+    g.sample_hist(
+        dt,
+        kind,
+        tb + sample_segs_at,
+        wb + sample_chunks_at,
+        sample_nchunks as u32,
+        wb + sample_at,
+    )
+    .map_err(ec)?;
+    super::trace(device, "band: sample launched");
     let floor = if kind == ScoreKind::Magnitude {
         0x8000
     } else {
         0
     };
-    let mut lo = vec![0i64; nq];
-    let mut width = vec![0i64; nq];
-    for q in 0..nq {
-        let l = if lo_open[q] {
-            floor
-        } else {
-            lo_bins[q] & 0xffff
-        };
-        let h = if hi_open[q] {
-            0xffff
-        } else {
-            hi_bins[q] & 0xffff
-        };
-        if h < l || h - l + 1 > BAND_MAX as i64 {
-            return Ok(None);
-        }
-        lo[q] = l;
-        width[q] = h - l + 1;
-    }
+    g.band_choose(
+        nq as u32,
+        wb + sample_at,
+        tb + ranks_at,
+        floor,
+        BAND_MAX as u32,
+        wb + lo_at,
+        wb + width_at,
+    )
+    .map_err(ec)?;
+    super::trace(device, "band: choose launched");
     // 3. One pass over everything.
-    let (lo_d, width_d) = (
-        upload(&lo, device)
-            .map_err(e)?
-            .f_to_kind(Kind::Int)
-            .map_err(|x| e(x.into()))?,
-        upload(&width, device)
-            .map_err(e)?
-            .f_to_kind(Kind::Int)
-            .map_err(|x| e(x.into()))?,
-    );
-    // Per-chunk band counts, so the apply needs no ordered pass to split a threshold bin: the
-    // counts say which chunk holds a parameter's last pruned tie, and one scan of that chunk
-    // finds it. Bands are a few bins wide in practice; a very wide one goes without.
-    let stride = width.iter().copied().max().unwrap_or(1) as usize;
-    let band_chunks = if nchunks * stride * 4 <= 64 << 20 {
-        Some(zeros((nchunks * stride) as i64, Kind::Int, device).map_err(e)?)
-    } else {
-        None
-    };
     g.band_pass(
         dt,
         kind,
-        ptr(&t),
-        ptr(&c),
-        (chunks.len() / 3) as u32,
-        ptr(&lo_d),
-        ptr(&width_d),
-        ptr(&band),
-        ptr(&below),
-        ptr(&check.flag),
-        ptr(&check.index),
-        band_chunks.as_ref().map_or(0, ptr),
-        stride as u32,
+        tb + segs_at,
+        wb + chunks_at,
+        nchunks as u32,
+        wb + lo_at,
+        wb + width_at,
+        wb + band_at,
+        wb + below_at,
+        wb + flag_at,
+        wb + index_at,
+        bc,
+        stride,
     )
-    .map_err(|x| e(x.into()))?;
-    super::trace(device, "band: pass");
-    // 4. Resolve every scope on the device; read back a few numbers per parameter.
+    .map_err(ec)?;
+    super::trace(device, "band: pass launched");
+    // 4. Every scope resolved, 5. the last pruned tie of each parameter that takes some but not
+    // all of its ties located.
     g.band_resolve(
         nq as u32,
-        ptr(&band),
-        ptr(&below),
-        ptr(&first_d),
-        ptr(&width_d),
-        ptr(&ks_d),
-        ptr(&out_bin),
-        ptr(&seg_below),
-        ptr(&seg_ties),
+        wb + band_at,
+        wb + below_at,
+        tb + first_seg_at,
+        wb + width_at,
+        tb + ks_at,
+        tb + seg_chunks_at,
+        stride,
+        wb + out_bin_at,
+        wb + seg_below_at,
+        wb + seg_ties_at,
+        wb + items_at,
     )
-    .map_err(|x| e(x.into()))?;
-    let mut back = to_host_many(&[&check.flag, &check.index, &out_bin, &seg_below, &seg_ties])
-        .map_err(e)?
-        .into_iter();
-    let mut next = || back.next().expect("five arrays read back");
-    let (flag, index, out_bin, seg_below, seg_ties) = (next(), next(), next(), next(), next());
-    if flag[0] != 0 {
+    .map_err(ec)?;
+    if bc != 0 {
+        g.tie_locate(
+            dt,
+            kind,
+            tb + segs_at,
+            wb + chunks_at,
+            wb + items_at,
+            nseg as u32,
+            bc,
+            stride,
+            wb + lo_at,
+            wb + cuts_at,
+        )
+        .map_err(ec)?;
+    }
+    super::trace(device, "band: launched");
+    let mut back = vec![0u8; (lay.bytes - back_at) as usize];
+    g.download(wb + back_at, &mut back).map_err(ec)?;
+    super::trace(device, "band: read back");
+    let at = |x: u64| x - back_at;
+    let flag = read_u32s(&back, at(flag_at), 1)[0];
+    let index: Vec<i64> = read_u64s(&back, at(index_at), nseg)
+        .into_iter()
+        .map(|v| v as i64)
+        .collect();
+    let out_bin = read_u32s(&back, at(out_bin_at), nq);
+    let lo = read_u32s(&back, at(lo_at), nq);
+    let width = read_u32s(&back, at(width_at), nq);
+    let seg_below = read_u64s(&back, at(seg_below_at), nseg);
+    let seg_ties = read_u64s(&back, at(seg_ties_at), nseg);
+    let cuts = read_u64s(&back, at(cuts_at), nseg);
+    if flag != 0 {
         if let Some((slot, index)) = Checked::first_in(&index) {
             return Err(non_finite_score(slot, index));
         }
     }
-    if out_bin.iter().any(|&b| b as u32 == u32::MAX) {
+    // A band that missed the k-th key, or came out too wide (width 0).
+    if out_bin.contains(&u32::MAX) {
         return Ok(None);
     }
     let mut quotas = Vec::with_capacity(nseg);
     for (q, r) in scopes.iter().enumerate() {
-        let threshold = ((lo[q] as u32) + out_bin[q] as u32) << 16;
-        let mut remaining = ks[q] - r.clone().map(|i| seg_below[i] as u64).sum::<u64>();
+        let threshold = (lo[q] + out_bin[q]) << 16;
+        let located = bc != 0 && width[q] as usize <= CHUNK_BAND_BINS;
+        let mut remaining = ks[q] - r.clone().map(|i| seg_below[i]).sum::<u64>();
         for i in r.clone() {
-            let take = (seg_ties[i] as u64).min(remaining);
+            let take = seg_ties[i].min(remaining);
             remaining -= take;
+            let partial = take > 0 && take < seg_ties[i];
+            let tie_cut = match (partial && located, cuts[i]) {
+                (false, _) => None,
+                (true, u64::MAX) => {
+                    return Err((
+                        Some(i),
+                        Error::Invalid("the tie locator missed a tie the band pass counted".into()),
+                    ))
+                }
+                (true, cut) => Some(cut),
+            };
             quotas.push(ParamQuota {
                 threshold,
-                below: seg_below[i] as u64,
-                ties: seg_ties[i] as u64,
+                below: seg_below[i],
+                ties: seg_ties[i],
                 take,
-                tie_cut: None,
+                tie_cut,
             });
         }
         debug_assert_eq!(remaining, 0);
     }
     super::trace(device, "band: resolved");
-    // 5. Where only some of a parameter's ties go, find the last one now.
-    if let Some(bc) = &band_chunks {
-        let partial: Vec<usize> = (0..nseg)
-            .filter(|&i| quotas[i].take > 0 && quotas[i].take < quotas[i].ties)
-            .collect();
-        if !partial.is_empty() {
-            let items: Vec<i64> = partial
-                .iter()
-                .flat_map(|&i| {
-                    [
-                        i as i64,
-                        first_chunk[i] as i64,
-                        chunk_count[i] as i64,
-                        out_bin[scope_of[i]],
-                        quotas[i].take as i64,
-                    ]
-                })
-                .collect();
-            let items_d = upload(&items, device).map_err(e)?;
-            let out = zeros(partial.len() as i64, Kind::Int64, device).map_err(e)?;
-            g.tie_locate(
-                dt,
-                kind,
-                ptr(&t),
-                ptr(&c),
-                ptr(&items_d),
-                partial.len() as u32,
-                ptr(bc),
-                stride as u32,
-                ptr(&lo_d),
-                ptr(&out),
-            )
-            .map_err(|x| e(x.into()))?;
-            for (&i, cut) in partial.iter().zip(to_host_i64(&out).map_err(e)?) {
-                if cut < 0 {
-                    return Err((
-                        Some(i),
-                        Error::Invalid("the tie locator missed a tie the band pass counted".into()),
-                    ));
-                }
-                quotas[i].tie_cut = Some(cut as u64);
-            }
-        }
-    }
-    super::trace(device, "band: ties located");
     Ok(Some(quotas))
 }
 
@@ -611,7 +702,8 @@ pub(crate) struct CudaGlobal {
     high: Option<Tensor>,
     low: Option<Tensor>,
     his: Option<Tensor>,
-    check: Checked,
+    /// Finiteness of the full histogram pass (allocated with it: the band path checks its own).
+    check: Option<Checked>,
     pending: Vec<(usize, Scores)>,
     hi: Option<(usize, u64)>,
     bad: Option<usize>,
@@ -633,7 +725,7 @@ pub(crate) fn global_selector(ordinal: usize, k: u64, params: usize) -> Result<B
         high: None,
         low: None,
         his: None,
-        check: Checked::new(params, device)?,
+        check: None,
         pending: Vec::new(),
         hi: None,
         bad: None,
@@ -672,14 +764,18 @@ impl CudaGlobal {
             )
         } else {
             let high = self.high()?;
+            if self.check.is_none() {
+                self.check = Some(Checked::new(self.params, self.device)?);
+            }
+            let check = self.check.as_ref().expect("set above");
             launch_hist(
                 &self.g,
                 self.device,
                 sources,
                 &high,
                 Pass::High {
-                    bad_flag: &self.check.flag,
-                    bad_index: &self.check.index,
+                    bad_flag: &check.flag,
+                    bad_index: &check.index,
                 },
             )
         }
@@ -789,7 +885,13 @@ impl GlobalSel for CudaGlobal {
             }
         }
         self.flush(false)?;
-        if let Some((p, index)) = self.check.first_bad()? {
+        if let Some((p, index)) = self
+            .check
+            .as_ref()
+            .map(Checked::first_bad)
+            .transpose()?
+            .flatten()
+        {
             self.bad = Some(p);
             return Err(Error::NonFinite {
                 what: "score",
@@ -1023,6 +1125,7 @@ pub(crate) fn select_rows(
     ks: &[u64],
 ) -> Result<(Vec<RowSel>, Vec<FiniteCheck>)> {
     let device = scores[0].device();
+    super::trace(device, "rows: start");
     let g = gpu(ordinal(device))?;
     let readable: Vec<Scores> = scores.iter().map(readable).collect::<Result<_>>()?;
     let sources: Vec<Source> = readable.iter().map(source).collect::<Result<_>>()?;
@@ -1054,18 +1157,9 @@ pub(crate) fn select_rows(
             .iter()
             .map(|&i| sources[i].n / dt.per_vector())
             .collect();
-        let chunks = chunk_table(&units, STREAM_CHUNK);
-        let (table, chunks_d) = (seg_table(&segs, device)?, upload(&chunks, device)?);
-        let nchunks = (chunks.len() / 3) as u32;
+        let t = chunked_tables(&g, &segs, &units, STREAM_CHUNK, device)?;
         let scaled = kind == ScoreKind::Scaled;
-        g.find_non_finite(
-            dt,
-            scaled,
-            ptr(&table),
-            ptr(&chunks_d),
-            nchunks,
-            ptr(&check.index),
-        )?;
+        g.find_non_finite(dt, scaled, t.segs, t.chunks, t.nchunks, ptr(&check.index))?;
         for &i in &members {
             sels[i] = Some(RowSel::AtApply { k: ks[i] });
         }
@@ -1134,6 +1228,7 @@ pub(crate) fn select_rows(
             )?;
         }
     }
+    super::trace(device, "rows: launched");
     let copy = HostCopy::new(check.index);
     let checks = (0..scores.len())
         .map(|i| FiniteCheck::Batch(copy.clone(), i))
@@ -1273,6 +1368,7 @@ fn run_rules(
     want_mask: bool,
 ) -> Result<Vec<(Option<Tensor>, Count)>> {
     let device = items[0].scores.device();
+    super::trace(device, "rules: start");
     let g = gpu(ordinal(device))?;
     let sources: Vec<Source> = items
         .iter()
@@ -1302,7 +1398,9 @@ fn run_rules(
         );
         off += len;
     }
+    super::trace(device, "rules: sources and masks");
     let pruned = zeros(items.len() as i64, Kind::Int64, device)?;
+    super::trace(device, "rules: counts zeroed");
     let base = |i: usize| Seg {
         mask: masks[i].as_ref().map_or(0, ptr),
         write,
@@ -1367,16 +1465,9 @@ fn run_rules(
                         .iter()
                         .map(|&i| sources[i].n.div_ceil(dt.per_vector()))
                         .collect();
-                    let chunks = chunk_table(&units, STREAM_CHUNK);
-                    let (table, chunks_d) = (seg_table(&segs, device)?, upload(&chunks, device)?);
-                    g.apply_stream(
-                        dt,
-                        kind,
-                        ptr(&table),
-                        ptr(&chunks_d),
-                        (chunks.len() / 3) as u32,
-                        ptr(&pruned),
-                    )?;
+                    let t = chunked_tables(&g, &segs, &units, STREAM_CHUNK, device)?;
+                    super::trace(device, "rules: stream tables built");
+                    g.apply_stream(dt, kind, t.segs, t.chunks, t.nchunks, ptr(&pruned))?;
                 }
                 if !ranked.is_empty() {
                     let mut first = 0u64;
@@ -1429,16 +1520,8 @@ fn run_rules(
                     .iter()
                     .map(|&i| sources[i].n.div_ceil(dt.per_vector()))
                     .collect();
-                let chunks = chunk_table(&units, STREAM_CHUNK);
-                let (table, chunks_d) = (seg_table(&segs, device)?, upload(&chunks, device)?);
-                g.row_apply(
-                    dt,
-                    kind,
-                    ptr(&table),
-                    ptr(&chunks_d),
-                    (chunks.len() / 3) as u32,
-                    ptr(&pruned),
-                )?;
+                let t = chunked_tables(&g, &segs, &units, STREAM_CHUNK, device)?;
+                g.row_apply(dt, kind, t.segs, t.chunks, t.nchunks, ptr(&pruned))?;
             }
             What::RowsAtApply(_) => {
                 if let Some(&i) = members.iter().find(|&&i| !Gpu::row_prune_fits(&sources[i])) {
@@ -1513,21 +1596,12 @@ fn run_rules(
                     .iter()
                     .map(|&i| g.nm_units(&sources[i], m).0)
                     .collect();
-                let chunks = chunk_table(&units, STREAM_CHUNK);
-                let (table, chunks_d) = (seg_table(&segs, device)?, upload(&chunks, device)?);
-                g.nm(
-                    dt,
-                    kind,
-                    m,
-                    fast,
-                    ptr(&table),
-                    ptr(&chunks_d),
-                    (chunks.len() / 3) as u32,
-                    ptr(&pruned),
-                )?;
+                let t = chunked_tables(&g, &segs, &units, STREAM_CHUNK, device)?;
+                g.nm(dt, kind, m, fast, t.segs, t.chunks, t.nchunks, ptr(&pruned))?;
             }
         }
     }
+    super::trace(device, "rules: launched");
     let copy = HostCopy::new(pruned);
     Ok(masks
         .into_iter()
@@ -1623,16 +1697,8 @@ pub(crate) fn find_non_finite_into(ts: &[&Tensor], slots: &[usize], first: &Tens
             .iter()
             .map(|&i| (data[i].numel() as u64).div_ceil(dt.per_vector()))
             .collect();
-        let chunks = chunk_table(&units, STREAM_CHUNK);
-        let (table, chunks_d) = (seg_table(&segs, device)?, upload(&chunks, device)?);
-        g.find_non_finite(
-            dt,
-            false,
-            ptr(&table),
-            ptr(&chunks_d),
-            (chunks.len() / 3) as u32,
-            ptr(first),
-        )?;
+        let t = chunked_tables(&g, &segs, &units, STREAM_CHUNK, device)?;
+        g.find_non_finite(dt, false, t.segs, t.chunks, t.nchunks, ptr(first))?;
     }
     super::trace(device, "finiteness checked");
     Ok(())
@@ -1677,15 +1743,8 @@ pub(crate) fn apply_masks(items: &[(&Tensor, &Tensor)]) -> Result<Vec<Count>> {
             .iter()
             .map(|&j| (items[contiguous[j]].0.numel() as u64).div_ceil(dt.per_vector()))
             .collect();
-        let chunks = chunk_table(&units, STREAM_CHUNK);
-        let (table, chunks_d) = (seg_table(&segs, device)?, upload(&chunks, device)?);
-        g.apply_mask(
-            dt,
-            ptr(&table),
-            ptr(&chunks_d),
-            (chunks.len() / 3) as u32,
-            ptr(&pruned),
-        )?;
+        let t = chunked_tables(&g, &segs, &units, STREAM_CHUNK, device)?;
+        g.apply_mask(dt, t.segs, t.chunks, t.nchunks, ptr(&pruned))?;
     }
     let copy = HostCopy::new(pruned);
     for &i in &contiguous {

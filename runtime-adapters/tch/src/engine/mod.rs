@@ -451,12 +451,50 @@ pub(crate) fn tracing() -> bool {
     *ON.get_or_init(|| std::env::var("BIRDBONE_TRACE").is_ok_and(|v| v == "1"))
 }
 
-/// Developer timing of the steps of a pass: with `BIRDBONE_TRACE=1` in the environment, each mark
+/// Whether BIRDBONE_TRACE=timeline asks for a timeline of each pass (see `trace`).
+fn timeline() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("BIRDBONE_TRACE").is_ok_and(|v| v == "timeline"))
+}
+
+/// A timeline mark: its label, when the host passed it, and (on a GPU) an event recorded then.
+type Mark = (String, std::time::Instant, Option<birdbone_cuda::Mark>);
+
+/// Developer timing of the steps of a pass. With `BIRDBONE_TRACE=1` in the environment, each mark
 /// waits for `device` and prints the wall time since the previous mark to stderr. The waits
-/// perturb what they measure a little (a few microseconds each); without the variable a mark
-/// costs one load.
+/// perturb what they measure a little (a few microseconds each). With `BIRDBONE_TRACE=timeline`
+/// nothing waits: each mark notes the host's time and records an event on the device's stream,
+/// and the pass's last mark ("commit: masks and report") prints both clocks for every mark, so
+/// the gaps where the device waited on the host show. Without the variable a mark costs one load.
 pub(crate) fn trace(device: Device, label: &str) {
     static LAST: parking_lot::Mutex<Option<std::time::Instant>> = parking_lot::Mutex::new(None);
+    static MARKS: parking_lot::Mutex<Vec<Mark>> = parking_lot::Mutex::new(Vec::new());
+    if timeline() {
+        let event = match device {
+            Device::Cuda(i) => birdbone_cuda::gpu(i).ok().and_then(|g| g.mark().ok()),
+            _ => None,
+        };
+        let mut marks = MARKS.lock();
+        if label == "(before the plan)" {
+            marks.clear();
+        }
+        marks.push((label.to_string(), std::time::Instant::now(), event));
+        if label == "commit: masks and report" {
+            let (t0, e0) = (marks[0].1, marks[0].2.as_ref());
+            eprintln!("timeline (ms since the first mark): host / device");
+            for (l, t, e) in marks.iter() {
+                let dev = match (e0, e) {
+                    (Some(a), Some(b)) => {
+                        a.ms_until(b).map_or("?".to_string(), |x| format!("{x:.3}"))
+                    }
+                    _ => "-".to_string(),
+                };
+                eprintln!("  {:8.3} / {dev:>8}  {l}", (*t - t0).as_secs_f64() * 1e3);
+            }
+            marks.clear();
+        }
+        return;
+    }
     if !tracing() {
         return;
     }
