@@ -1079,23 +1079,32 @@ __device__ __forceinline__ u64 block_excl_scan_u64(u64 x, u64* sh, u64* total) {
 }
 
 // Block-wide: the bin of a 65536-bin histogram holding its k-th smallest count (k >= 1), or !0
-// when the histogram holds fewer. All threads of the block must call it.
+// when the histogram holds fewer. Each thread sums a contiguous run of bins in 16-byte loads (all
+// in flight at once: this sits between the sample and the band pass, on the device's critical
+// path). All threads of the block must call it; blockDim.x divides 16384.
 __device__ u32 hist_rank_bin(const u32* h, u64 k, u32* sh, u32* found) {
-    u32 per = 65536 / blockDim.x;
-    u32 b0 = threadIdx.x * per;
-    u32 local = range_sum(h + b0, per, per);
+    const u32 per4 = 16384 / blockDim.x;
+    const uint4* h4 = reinterpret_cast<const uint4*>(h) + threadIdx.x * per4;
+    u32 local = 0;
+#pragma unroll 16
+    for (u32 i = 0; i < per4; i++) {
+        uint4 v = __ldg(h4 + i);
+        local += v.x + v.y + v.z + v.w;
+    }
     if (threadIdx.x == 0) *found = 0xffffffffu;
     u32 total;
     u32 excl = block_excl_scan(local, sh, &total);  // its barriers order the write above
     if (excl < k && k <= (u64)excl + local) {
         u64 run = excl;
-        for (u32 i = 0; i < per; i++) {
-            u32 c = h[b0 + i];
-            if (run + c >= k) {
-                *found = b0 + i;
+        for (u32 i = 0; i < per4; i++) {
+            uint4 v = __ldg(h4 + i);
+            u32 c[4] = {v.x, v.y, v.z, v.w};
+            u32 j = 0;
+            for (; j < 4 && run + c[j] < k; j++) run += c[j];
+            if (j < 4) {
+                *found = (threadIdx.x * per4 + i) * 4 + j;
                 break;
             }
-            run += c;
         }
     }
     __syncthreads();
@@ -1143,10 +1152,13 @@ extern "C" __global__ void band_resolve(const u32* band, const u64* below, const
     u32 s0 = first_seg[q], s1 = first_seg[q + 1];
     u32 width = band_width[q];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    for (u32 i = threadIdx.x; i < width; i += blockDim.x) {
+    // The scope's band histogram: a warp per bin, its lanes over the segments (loads in
+    // parallel, not a chain of one per segment).
+    for (u32 i = warp; i < width; i += nw) {
         u32 t = 0;
-        for (u32 sg = s0; sg < s1; sg++) t += band[(u64)sg * BAND_MAX + i];
-        total[i] = t;
+        for (u32 sg = s0 + lane; sg < s1; sg += 32) t += band[(u64)sg * BAND_MAX + i];
+        for (int d = 16; d > 0; d >>= 1) t += __shfl_down_sync(0xffffffffu, t, d);
+        if (lane == 0) total[i] = t;
     }
     u64 bl = 0;
     for (u32 sg = s0 + threadIdx.x; sg < s1; sg += blockDim.x) bl += below[sg];
@@ -1261,32 +1273,40 @@ __device__ void tie_locate_impl(const u64* segs, const u64* chunks, const u64* i
     }
     __syncthreads();
     if (s_chunk != ~0ull) {
+        // Each thread counts the ties in a contiguous run of the chunk's vectors (its loads all
+        // in flight), one scan names the run holding the rank-th, and that run's thread finds it.
         u64 chunk = s_chunk, rank = s_rank;
         u64 v0 = chunks[3 * chunk + 1], nv = chunks[3 * chunk + 2];
-        u64 seen = 0;
-        for (u64 base = v0; base < v0 + nv; base += blockDim.x) {
-            u64 vi = base + threadIdx.x;
+        u64 per = (nv + blockDim.x - 1) / blockDim.x;
+        u64 a = v0 + min(nv, (u64)threadIdx.x * per), b = v0 + min(nv, (u64)(threadIdx.x + 1) * per);
+        u32 t = 0;
+#pragma unroll 8
+        for (u64 vi = a; vi < b; vi++) {
             Vec<DT> v;
-            v.valid = 0;
             u32 keys[V];
-            u32 t = 0;
-            if (vi < v0 + nv) {
-                load_vec<DT>(w, vi, n, aligned, v);
-                bool b = false;
-                keys_of<DT, KIND>(v, vi, scale, cols, keys, b);
+            bool bb = false;
+            load_vec<DT>(w, vi, n, aligned, v);
+            keys_of<DT, KIND>(v, vi, scale, cols, keys, bb);
 #pragma unroll
-                for (int j = 0; j < V; j++) t += (j < v.valid && keys[j] == T);
-            }
-            u32 tot;
-            u32 ex = block_excl_scan(t, sh, &tot);
-            if (seen + ex < rank && rank <= seen + ex + t) {
-                u64 r = seen + ex;
+            for (int j = 0; j < V; j++) t += (j < v.valid && keys[j] == T);
+        }
+        u32 tot;
+        u32 ex = block_excl_scan(t, sh, &tot);
+        if (ex < rank && rank <= (u64)ex + t) {
+            // No early exit, so the run's loads stay in flight together.
+            u64 r = ex, f = ~0ull;
+#pragma unroll 8
+            for (u64 vi = a; vi < b; vi++) {
+                Vec<DT> v;
+                u32 keys[V];
+                bool bb = false;
+                load_vec<DT>(w, vi, n, aligned, v);
+                keys_of<DT, KIND>(v, vi, scale, cols, keys, bb);
 #pragma unroll
                 for (int j = 0; j < V; j++)
-                    if (j < v.valid && keys[j] == T && ++r == rank) s_found = vi * V + j;
+                    if (j < v.valid && keys[j] == T && ++r == rank) f = vi * V + j;
             }
-            seen += tot;
-            if (seen >= rank) break;  // uniform: every thread holds the same `seen`
+            s_found = f;
         }
     }
     __syncthreads();

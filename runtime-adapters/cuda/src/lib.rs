@@ -1034,7 +1034,7 @@ impl Gpu {
         self.launch(
             "band_choose",
             nscopes as u64,
-            256,
+            1024,
             &[&sample, &ranks, &floor_key, &band_max, &lo, &width],
         )
     }

@@ -1052,9 +1052,12 @@ impl HostPlan<'_> {
             Decision::Keep => Planned::Keep,
             Decision::Apply { selection } => {
                 let (rule, what) = match self.selections.get(selection as usize) {
+                    // Strategies mostly select parameters in order: try p's own place first.
                     Some(SelRecord::Threshold { params, quotas }) => match params
-                        .iter()
-                        .position(|&q| q == p)
+                        .get(p as usize)
+                        .filter(|&&q| q == p)
+                        .map(|_| p as usize)
+                        .or_else(|| params.iter().position(|&q| q == p))
                     {
                         Some(i) => (Rule::Threshold(quotas[i]), format!("selection {selection}")),
                         None => crate::bail!("selection {selection} does not cover '{name}'"),
