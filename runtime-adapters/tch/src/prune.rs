@@ -681,20 +681,18 @@ impl HostPlan<'_> {
     /// Element scores of `params`, as one batch of scorer calls: square roots the scorer asks
     /// for run together at its end (see `crate::deferred`).
     fn score_batch(&mut self, params: &[u32]) -> Result<Vec<Scores>> {
-        let scores = crate::deferred::batch(|| {
+        crate::deferred::batch(|| {
             params
                 .iter()
                 .map(|&p| self.score(p, ScoreRequest::ELEMENTS))
                 .collect()
-        })?;
-        self.launch_scale_checks()?;
-        Ok(scores)
+        })
     }
 
     /// Queues on the device the check of the column scales taken since the last call (finite
-    /// and non-negative), so the end of planning reads one flag per group instead of waiting
-    /// for these kernels then (the device is still busy with the plan's other checks when they
-    /// are queued during planning).
+    /// and non-negative): one flag per device, read at the end of planning. (Queued once, at
+    /// that end: each queueing costs the host several launches, and queued per batch of scorer
+    /// calls they delayed the next batch's checks.)
     fn launch_scale_checks(&mut self) -> Result<()> {
         let new = &self.scales_to_check[self.scales_launched..];
         let mut devices: Vec<Device> = Vec::new();
