@@ -1118,11 +1118,14 @@ __device__ u32 hist_rank_bin(const u32* h, u64 k, u32* sh, u32* found) {
 // starting at `floor_key` or ending at 0xffff). A band wider than `band_max` bins (or empty) gets
 // width 0, which the band pass counts nothing into and band_resolve reports as a miss, so the
 // host learns of it with the selection's one read-back instead of waiting for the band first.
+// Block 0 also sets the band pass's `nseg` first-bad indices to !0 (a launch the host saves).
 extern "C" __global__ void band_choose(const u32* sample, const u64* ranks, u32 floor_key, u32 band_max,
-                                       u32* band_lo, u32* band_width) {
+                                       u32* band_lo, u32* band_width, u64* bad_index, u32 nseg) {
     __shared__ u32 sh[40];
     __shared__ u32 found;
     u32 q = blockIdx.x;
+    if (q == 0)
+        for (u32 i = threadIdx.x; i < nseg; i += blockDim.x) bad_index[i] = ~0ull;
     const u32* h = sample + (u64)q * 65536;
     u64 rl = ranks[2 * q], rh = ranks[2 * q + 1];
     u32 l = rl == 0 ? floor_key : (hist_rank_bin(h, rl, sh, &found) & 0xffffu);
@@ -1232,17 +1235,48 @@ extern "C" __global__ void band_resolve(const u32* band, const u64* below, const
     }
 }
 
-// Per located segment (one block each): the flat index of its take-th key equal to the threshold
-// T = (band_lo[scope] + bin) << 16. The band pass's per-chunk counts name the chunk; one ordered
-// scan of that chunk finds the element. items: 5 u64 each {segment, first chunk, chunks, bin,
-// take}; out: u64 per item (!0 if not found, which the host treats as an error).
+// Ties of key T in vectors [a, b) of a segment: their count, and (when `rank` > 0) the flat
+// index of the rank-th of them in index order (!0 when there are fewer). No early exit, so a
+// thread's loads are all in flight together.
+template <int DT, int KIND>
+__device__ __forceinline__ u32 ties_in(const void* w, const float* scale, u64 n, u64 cols, bool aligned, u64 a, u64 b,
+                                       u32 T, u64 rank, u64* found) {
+    const int V = Ty<DT>::V;
+    u32 t = 0;
+#pragma unroll 8
+    for (u64 vi = a; vi < b; vi++) {
+        Vec<DT> v;
+        u32 keys[V];
+        bool bb = false;
+        load_vec<DT>(w, vi, n, aligned, v);
+        keys_of<DT, KIND>(v, vi, scale, cols, keys, bb);
+#pragma unroll
+        for (int j = 0; j < V; j++)
+            if (j < v.valid && keys[j] == T && ++t == rank) *found = vi * V + j;
+    }
+    return t;
+}
+
+// Blocks per tie_locate item: each counts the ties in one part of the located chunk (a few
+// vectors a thread, so one round of loads), and the item's last block to finish finds the part
+// holding the rank-th and the element in it. (One block scanning the whole 1 MiB chunk took
+// 70 us, on the device's critical path between the band pass and the read-back.)
+#define TIE_PARTS 16
+
+// Per located segment (TIE_PARTS blocks each): the flat index of its take-th key equal to the
+// threshold T = (band_lo[scope] + bin) << 16. The band pass's per-chunk counts name the chunk.
+// items: 5 u64 each {segment, first chunk, chunks (0: nothing to locate), bin, take}; out: u64
+// per item (!0 if not found, which the host treats as an error for a located item); parts:
+// TIE_PARTS u32 per item and done: u32 per item, both zeroed.
 template <int DT, int KIND>
 __device__ void tie_locate_impl(const u64* segs, const u64* chunks, const u64* items, const u32* band_chunks,
-                                u32 chunk_stride, const u32* band_lo, u64* out) {
+                                u32 chunk_stride, const u32* band_lo, u64* out, u32* parts, u32* done) {
     __shared__ u32 sh[40];
-    __shared__ u64 s_chunk, s_rank, s_found;
-    const int V = Ty<DT>::V;
-    const u64* it = items + 5 * (u64)blockIdx.x;
+    __shared__ u64 s_chunk, s_rank, s_found, s_part_rank;
+    __shared__ u32 s_last, s_part;
+    const u64 item = blockIdx.x / TIE_PARTS;
+    const u32 part = blockIdx.x % TIE_PARTS;
+    const u64* it = items + 5 * item;
     const u64* s = segs + SEGW * it[0];
     const void* w = (const void*)s[S_W];
     const float* scale = (const float*)s[S_SCALE];
@@ -1272,45 +1306,60 @@ __device__ void tie_locate_impl(const u64* segs, const u64* chunks, const u64* i
         }
     }
     __syncthreads();
-    if (s_chunk != ~0ull) {
-        // Each thread counts the ties in a contiguous run of the chunk's vectors (its loads all
-        // in flight), one scan names the run holding the rank-th, and that run's thread finds it.
-        u64 chunk = s_chunk, rank = s_rank;
-        u64 v0 = chunks[3 * chunk + 1], nv = chunks[3 * chunk + 2];
-        u64 per = (nv + blockDim.x - 1) / blockDim.x;
-        u64 a = v0 + min(nv, (u64)threadIdx.x * per), b = v0 + min(nv, (u64)(threadIdx.x + 1) * per);
-        u32 t = 0;
-#pragma unroll 8
-        for (u64 vi = a; vi < b; vi++) {
-            Vec<DT> v;
-            u32 keys[V];
-            bool bb = false;
-            load_vec<DT>(w, vi, n, aligned, v);
-            keys_of<DT, KIND>(v, vi, scale, cols, keys, bb);
-#pragma unroll
-            for (int j = 0; j < V; j++) t += (j < v.valid && keys[j] == T);
-        }
-        u32 tot;
-        u32 ex = block_excl_scan(t, sh, &tot);
-        if (ex < rank && rank <= (u64)ex + t) {
-            // No early exit, so the run's loads stay in flight together.
-            u64 r = ex, f = ~0ull;
-#pragma unroll 8
-            for (u64 vi = a; vi < b; vi++) {
-                Vec<DT> v;
-                u32 keys[V];
-                bool bb = false;
-                load_vec<DT>(w, vi, n, aligned, v);
-                keys_of<DT, KIND>(v, vi, scale, cols, keys, bb);
-#pragma unroll
-                for (int j = 0; j < V; j++)
-                    if (j < v.valid && keys[j] == T && ++r == rank) f = vi * V + j;
+    if (s_chunk == ~0ull) {
+        if (part == 0 && threadIdx.x == 0) out[item] = ~0ull;
+        return;
+    }
+    const u64 chunk = s_chunk, rank = s_rank;
+    const u64 v0 = chunks[3 * chunk + 1], nv = chunks[3 * chunk + 2];
+    const u64 pp = (nv + TIE_PARTS - 1) / TIE_PARTS;
+    // Thread runs of part p: [a, b).
+    auto run = [&](u32 p, u64* a, u64* b) {
+        u64 pa = min(nv, (u64)p * pp), pb = min(nv, (u64)(p + 1) * pp);
+        u64 per = (pb - pa + blockDim.x - 1) / blockDim.x;
+        *a = v0 + min(pb, pa + (u64)threadIdx.x * per);
+        *b = v0 + min(pb, pa + (u64)(threadIdx.x + 1) * per);
+    };
+    u64 a, b, unused;
+    run(part, &a, &b);
+    u32 tot;
+    block_excl_scan(ties_in<DT, KIND>(w, scale, n, cols, aligned, a, b, T, 0, &unused), sh, &tot);
+    if (threadIdx.x == 0) {
+        parts[item * TIE_PARTS + part] = tot;
+        __threadfence();
+        s_last = atomicAdd(done + item, 1u) == TIE_PARTS - 1;
+    }
+    __syncthreads();
+    if (!s_last) return;
+    // The item's last block: every part's count is visible (each was fenced before its ticket).
+    __threadfence();
+    if (threadIdx.x == 0) {
+        u64 seen = 0;
+        s_part = TIE_PARTS;
+        for (u32 p = 0; p < TIE_PARTS; p++) {
+            u32 c = ((volatile u32*)parts)[item * TIE_PARTS + p];
+            if (seen + c >= rank) {
+                s_part = p;
+                s_part_rank = rank - seen;
+                break;
             }
+            seen += c;
+        }
+    }
+    __syncthreads();
+    if (s_part < TIE_PARTS) {
+        run(s_part, &a, &b);
+        u64 r = s_part_rank;
+        u32 t = ties_in<DT, KIND>(w, scale, n, cols, aligned, a, b, T, 0, &unused);
+        u32 ex = block_excl_scan(t, sh, &tot);
+        if (ex < r && r <= (u64)ex + t) {
+            u64 f = ~0ull;
+            ties_in<DT, KIND>(w, scale, n, cols, aligned, a, b, T, r - ex, &f);
             s_found = f;
         }
     }
     __syncthreads();
-    if (threadIdx.x == 0) out[blockIdx.x] = s_found;
+    if (threadIdx.x == 0) out[item] = s_found;
 }
 
 // Threshold apply for segments that need no tie ranks (mode 0 or 1): a plain streaming pass over
@@ -2608,8 +2657,10 @@ FOR_DT_KIND(ENTRIES)
     }                                                                                                \
     extern "C" __global__ void tie_locate_##name(const u64* segs, const u64* chunks,                \
                                                  const u64* items, const u32* band_chunks,           \
-                                                 u32 chunk_stride, const u32* lo, u64* out) {        \
-        tie_locate_impl<DT, KIND>(segs, chunks, items, band_chunks, chunk_stride, lo, out);          \
+                                                 u32 chunk_stride, const u32* lo, u64* out,          \
+                                                 u32* parts, u32* done) {                            \
+        tie_locate_impl<DT, KIND>(segs, chunks, items, band_chunks, chunk_stride, lo, out, parts,    \
+                                  done);                                                             \
     }                                                                                                \
     extern "C" __global__ void apply_stream_##name(const u64* segs, const u64* chunks, u32 nchunks, \
                                                    u64* pruned) {                                    \

@@ -198,6 +198,9 @@ pub const CHUNK_VECTORS: u64 = 1 << 18;
 pub const BINS: usize = 65536;
 /// Vectors per thread in an apply tile.
 const TILE_U: u64 = 8;
+/// Blocks per `tie_locate` item (as `TIE_PARTS` in the kernels).
+pub const TIE_PARTS: u64 = 16;
+
 /// Bins of a band histogram (as `BAND_MAX` in the kernels).
 pub const BAND_MAX: usize = 4096;
 /// Dynamic shared memory of a register-resident row kernel for rows of `nvec` vectors: a
@@ -963,9 +966,11 @@ impl Gpu {
         )
     }
 
-    /// Per item (5 u64: segment, first chunk, chunks, band bin, take), the flat index of the
-    /// segment's take-th key equal to the bin's threshold, from the band pass's per-chunk counts
-    /// (`band_chunks`, `chunk_stride` words per chunk) and one ordered scan of one chunk.
+    /// Per item (5 u64: segment, first chunk, chunks, band bin, take; chunks 0: nothing to
+    /// locate), the flat index of the segment's take-th key equal to the bin's threshold, from
+    /// the band pass's per-chunk counts (`band_chunks`, `chunk_stride` words per chunk) and one
+    /// scan of one chunk by `TIE_PARTS` blocks. `parts` (`TIE_PARTS` u32 per item) and `done`
+    /// (u32 per item) must be zeroed.
     #[allow(clippy::too_many_arguments)]
     pub fn tie_locate(
         &self,
@@ -979,12 +984,14 @@ impl Gpu {
         chunk_stride: u32,
         lo: u64,
         out: u64,
+        parts: u64,
+        done: u64,
     ) -> Result<()> {
         let name = format!("tie_locate_{}_{}", dt.name(), kind.name());
         self.launch(
             &name,
-            nitems as u64,
-            1024,
+            nitems as u64 * TIE_PARTS,
+            512,
             &[
                 &segs,
                 &chunks,
@@ -993,6 +1000,8 @@ impl Gpu {
                 &chunk_stride,
                 &lo,
                 &out,
+                &parts,
+                &done,
             ],
         )
     }
@@ -1020,6 +1029,7 @@ impl Gpu {
     /// Per scope, its band from its 65536-bin sample histogram: the bins of two sample ranks
     /// (`ranks`: 2 u64 per scope; 0 and !0 leave that end open, at `floor_key` and 0xffff) into
     /// `lo` and `width` (u32 per scope); width 0 when the band is empty or wider than `band_max`.
+    /// Also sets `nseg` u64 first-bad indices at `bad_index` to !0 for the band pass.
     #[allow(clippy::too_many_arguments)]
     pub fn band_choose(
         &self,
@@ -1030,12 +1040,16 @@ impl Gpu {
         band_max: u32,
         lo: u64,
         width: u64,
+        bad_index: u64,
+        nseg: u32,
     ) -> Result<()> {
         self.launch(
             "band_choose",
             nscopes as u64,
             1024,
-            &[&sample, &ranks, &floor_key, &band_max, &lo, &width],
+            &[
+                &sample, &ranks, &floor_key, &band_max, &lo, &width, &bad_index, &nseg,
+            ],
         )
     }
 

@@ -7,6 +7,7 @@ use std::sync::{Arc, OnceLock};
 
 use birdbone_cuda::{
     chunk_starts, gpu, Dt, Gpu, ScoreKind, Seg, Source, BAND_MAX, BINS, CHUNK_VECTORS, SEGW,
+    TIE_PARTS,
 };
 use birdbone_select::{mask_bytes, GlobalSelection, ParamQuota};
 use tch::{Device, Kind, Tensor};
@@ -505,8 +506,15 @@ fn band_select(
     let band_at = lay.take((nseg * BAND_MAX * 4) as u64);
     let below_at = lay.take(nseg as u64 * 8);
     let items_at = lay.take(nseg as u64 * 40);
+    let parts_at = lay.take(nseg as u64 * TIE_PARTS * 4);
+    let done_at = lay.take(nseg as u64 * 4);
     let sample_chunks_at = lay.take(sample_nchunks * 24);
     let chunks_at = lay.take(nchunks as u64 * 24);
+    // Per-chunk band counts, so the apply needs no ordered pass to split a threshold bin: the
+    // counts say which chunk holds a parameter's last pruned tie, and one scan of that chunk
+    // finds it (a 7B model: 13 K chunks, 6.5 MiB).
+    let band_chunks_at = (nchunks * CHUNK_BAND_BINS * 4 <= 64 << 20)
+        .then(|| lay.take((nchunks * CHUNK_BAND_BINS * 4) as u64));
     let back_at = lay.bytes;
     let flag_at = lay.take(8);
     let index_at = lay.take(nseg as u64 * 8);
@@ -517,10 +525,6 @@ fn band_select(
     let seg_ties_at = lay.take(nseg as u64 * 8);
     let cuts_at = lay.take(nseg as u64 * 8);
     let work = zeros((lay.bytes / 8) as i64, Kind::Int64, device).map_err(e)?;
-    let _ = work
-        .f_narrow(0, (index_at / 8) as i64, nseg as i64)
-        .and_then(|mut t| t.f_fill_(-1))
-        .map_err(|x| e(x.into()))?;
     let wb = ptr(&work);
     g.expand_chunks(
         tb + sample_starts_at,
@@ -541,20 +545,7 @@ fn band_select(
     )
     .map_err(ec)?;
     super::trace(device, "band: work zeroed, chunks expanded");
-    // Per-chunk band counts, so the apply needs no ordered pass to split a threshold bin: the
-    // counts say which chunk holds a parameter's last pruned tie, and one scan of that chunk
-    // finds it. Written before they are read; no zeroing.
-    let band_chunks = if nchunks * CHUNK_BAND_BINS * 4 <= 64 << 20 {
-        Some(
-            Tensor::f_empty([(nchunks * CHUNK_BAND_BINS) as i64], (Kind::Int, device))
-                .map_err(|x| e(x.into()))?,
-        )
-    } else {
-        None
-    };
-    let (bc, stride) = band_chunks
-        .as_ref()
-        .map_or((0, 0), |t| (ptr(t), CHUNK_BAND_BINS as u32));
+    let (bc, stride) = band_chunks_at.map_or((0, 0), |at| (wb + at, CHUNK_BAND_BINS as u32));
     // 1. The sample, 2. the band from it.
     g.sample_hist(
         dt,
@@ -579,6 +570,8 @@ fn band_select(
         BAND_MAX as u32,
         wb + lo_at,
         wb + width_at,
+        wb + index_at,
+        nseg as u32,
     )
     .map_err(ec)?;
     super::trace(device, "band: choose launched");
@@ -617,6 +610,7 @@ fn band_select(
         wb + items_at,
     )
     .map_err(ec)?;
+    super::trace(device, "band: resolve launched");
     if bc != 0 {
         g.tie_locate(
             dt,
@@ -629,6 +623,8 @@ fn band_select(
             stride,
             wb + lo_at,
             wb + cuts_at,
+            wb + parts_at,
+            wb + done_at,
         )
         .map_err(ec)?;
     }
