@@ -1061,7 +1061,9 @@ impl HostPlan<'_> {
     }
 
     fn decide(&mut self, p: u32, decision: Decision) -> Result<()> {
-        let name = self.param(p)?.name.clone();
+        self.param(p)?;
+        let params = self.params;
+        let name = &params[p as usize].name;
         if self.decisions[p as usize].is_some() {
             crate::bail!("parameter '{name}' was already decided");
         }

@@ -700,7 +700,9 @@ pub(crate) struct CudaGlobal {
     his: Option<Tensor>,
     /// Finiteness of the full histogram pass (allocated with it: the band path checks its own).
     check: Option<Checked>,
-    pending: Vec<(usize, Scores)>,
+    /// Fused scores held for one launch, with their sources (computed once: each costs a few
+    /// libtorch calls).
+    pending: Vec<(usize, Scores, Source)>,
     hi: Option<(usize, u64)>,
     bad: Option<usize>,
     /// Set when a dense source was launched at once (the band path needs every source held).
@@ -733,10 +735,7 @@ pub(crate) fn global_selector(ordinal: usize, k: u64, params: usize) -> Result<B
 impl CudaGlobal {
     fn flush(&mut self, low: bool) -> Result<()> {
         let pending = std::mem::take(&mut self.pending);
-        let sources: Vec<(usize, Source)> = pending
-            .iter()
-            .map(|(p, s)| Ok((*p, source(s)?)))
-            .collect::<Result<_>>()?;
+        let sources: Vec<(usize, Source)> = pending.iter().map(|(p, _, src)| (*p, *src)).collect();
         self.launch(&sources, low)
     }
     fn high(&mut self) -> Result<Tensor> {
@@ -778,15 +777,15 @@ impl CudaGlobal {
     }
     fn feed(&mut self, p: usize, scores: &Scores, low: bool) -> Result<()> {
         let s = readable(scores)?;
+        let src = source(&s)?;
         if !low {
-            let src = source(&s)?;
             self.n += src.n;
             self.fit16 &= keys_fit_16(&src);
         }
         match s {
             // Fused scores cost nothing to hold: batch them into one launch.
             s @ Scores::Magnitude { .. } => {
-                self.pending.push((p, s));
+                self.pending.push((p, s, src));
                 Ok(())
             }
             // Dense scores are launched now and may be dropped right after: the kernels run
@@ -829,17 +828,13 @@ impl GlobalSel for CudaGlobal {
 
     fn needs_low_pass(&mut self) -> Result<bool> {
         if !self.streamed && !self.pending.is_empty() {
-            let sources: Vec<Source> = self
-                .pending
-                .iter()
-                .map(|(_, s)| source(s))
-                .collect::<Result<_>>()?;
+            let sources: Vec<Source> = self.pending.iter().map(|(_, _, src)| *src).collect();
             if sources.iter().all(keys_fit_16)
                 && sources
                     .iter()
                     .all(|s| (s.dt, s.kind) == (sources[0].dt, sources[0].kind))
             {
-                let order: Vec<usize> = self.pending.iter().map(|(p, _)| *p).collect();
+                let order: Vec<usize> = self.pending.iter().map(|(p, _, _)| *p).collect();
                 match band_select(
                     &self.g,
                     self.device,
