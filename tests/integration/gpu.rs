@@ -410,6 +410,38 @@ fn cuda_wanda_rows_of_tied_scores_match_the_cpu() {
     }
 }
 
+/// Magnitudes spread over 240 octaves (bf16 holds them all) in small tensors. Per tensor (1 024
+/// weights a scope, all of them sampled), the band the sample gives spans about 50 octaves, more
+/// 16-bit keys than the band pass can histogram (4 096): the device finds that while choosing the
+/// band, reports it with the pass's read-back, and the selection runs again over the full
+/// histograms. Globally (2 048 weights, a row of ties near the middle) the band fits, just (about
+/// 28 octaves), and is taken (`BIRDBONE_TRACE=1` shows one band resolved). CPU = GPU bit for bit.
+#[test]
+fn cuda_selections_over_a_too_wide_band_match_the_cpu() {
+    if !cuda_or_skip("cuda_selections_over_a_too_wide_band_match_the_cpu") {
+        return;
+    }
+    tch::manual_seed(23);
+    let cpu: Vec<(String, Tensor)> = [(32i64, 32i64), (16, 64)]
+        .iter()
+        .enumerate()
+        .map(|(i, &(r, c))| {
+            let octaves = Tensor::rand([r, c], (Kind::Float, Device::Cpu)) * 240.0 - 120.0;
+            let sign = Tensor::randn([r, c], (Kind::Float, Device::Cpu)).sign();
+            let w = (octaves.exp2() * sign).to_kind(Kind::BFloat16);
+            let _ = w.get(1).fill_(0.5); // a row of ties
+            (format!("w{i}.weight"), w)
+        })
+        .collect();
+    let (cpu_stats, gpu_stats) = random_stats(&cpu);
+    for case in [
+        ("magnitude", "global", &[][..], 0.5),
+        ("magnitude", "layerwise", &[][..], 0.5),
+    ] {
+        assert_cuda_prunes_like_the_cpu(&cpu, (&cpu_stats, &gpu_stats), case, "too wide a band");
+    }
+}
+
 /// The training callback on CUDA with a training-signal plugin and growth plates: after every
 /// AdamW step the pruned weights are zero and the count is the schedule's, exactly.
 #[test]
