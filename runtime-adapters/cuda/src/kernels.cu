@@ -258,31 +258,32 @@ __device__ __forceinline__ u32 warp_excl_scan(u32 x, u32* total) {
     return inc - x;
 }
 
-// Block-wide exclusive scan of one u32 per thread; `total` receives the sum. Uses `sh` (>= 33
-// words). All threads of the block must call it.
-__device__ __forceinline__ u32 block_excl_scan(u32 x, u32* sh, u32* total) {
+// Block-wide exclusive scan of one u32 or u64 per thread; `total` receives the sum. Uses `sh`
+// (>= 33 words). All threads of the block must call it.
+template <typename T>
+__device__ __forceinline__ T block_excl_scan(T x, T* sh, T* total) {
     int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
-    u32 inc = x;
+    T inc = x;
 #pragma unroll
     for (int d = 1; d < 32; d <<= 1) {
-        u32 y = __shfl_up_sync(0xffffffffu, inc, d);
+        T y = __shfl_up_sync(0xffffffffu, inc, d);
         if (lane >= d) inc += y;
     }
     if (lane == 31) sh[warp] = inc;
     __syncthreads();
     if (warp == 0) {
-        u32 w = lane < nw ? sh[lane] : 0;
-        u32 wi = w;
+        T w = lane < nw ? sh[lane] : 0;
+        T wi = w;
 #pragma unroll
         for (int d = 1; d < 32; d <<= 1) {
-            u32 y = __shfl_up_sync(0xffffffffu, wi, d);
+            T y = __shfl_up_sync(0xffffffffu, wi, d);
             if (lane >= d) wi += y;
         }
         if (lane < nw) sh[lane] = wi - w;
         if (lane == 31) sh[32] = wi;
     }
     __syncthreads();
-    u32 r = sh[warp] + inc - x;
+    T r = sh[warp] + inc - x;
     *total = sh[32];
     __syncthreads();
     return r;
@@ -1048,36 +1049,6 @@ extern "C" __global__ void expand_chunks(const u64* starts, const u64* units, u3
     }
 }
 
-// Block-wide exclusive scan of one u64 per thread; `total` receives the sum. Uses `sh` (>= 33
-// words). All threads of the block must call it.
-__device__ __forceinline__ u64 block_excl_scan_u64(u64 x, u64* sh, u64* total) {
-    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
-    u64 inc = x;
-#pragma unroll
-    for (int d = 1; d < 32; d <<= 1) {
-        u64 y = __shfl_up_sync(0xffffffffu, inc, d);
-        if (lane >= d) inc += y;
-    }
-    if (lane == 31) sh[warp] = inc;
-    __syncthreads();
-    if (warp == 0) {
-        u64 w = lane < nw ? sh[lane] : 0;
-        u64 wi = w;
-#pragma unroll
-        for (int d = 1; d < 32; d <<= 1) {
-            u64 y = __shfl_up_sync(0xffffffffu, wi, d);
-            if (lane >= d) wi += y;
-        }
-        if (lane < nw) sh[lane] = wi - w;
-        if (lane == 31) sh[32] = wi;
-    }
-    __syncthreads();
-    u64 r = sh[warp] + inc - x;
-    *total = sh[32];
-    __syncthreads();
-    return r;
-}
-
 // Block-wide: the bin of a 65536-bin histogram holding its k-th smallest count (k >= 1), or !0
 // when the histogram holds fewer. Each thread sums a contiguous run of bins in 16-byte loads (all
 // in flight at once: this sits between the sample and the band pass, on the device's critical
@@ -1220,7 +1191,7 @@ extern "C" __global__ void band_resolve(const u32* band, const u64* below, const
         u32 sg = base + threadIdx.x;
         u64 t = sg < s1 ? seg_ties[sg] : 0;
         u64 tot;
-        u64 before = run + block_excl_scan_u64(t, shl, &tot);
+        u64 before = run + block_excl_scan(t, shl, &tot);
         if (sg < s1) {
             u64 take = before >= left ? 0 : min(t, left - before);
             u64* it = items + 5 * (u64)sg;
