@@ -170,20 +170,44 @@ const ROW_BATCH: usize = 32;
 /// Column scales multiply magnitudes, so they must be finite and non-negative. One batched check
 /// per device for the whole pass (a device round trip per parameter cost more than the
 /// selection itself on a 7B model); the offending parameter is looked up only on failure.
-/// Names the first bad column scale (after `launch_scale_checks` flagged one).
 fn check_scales(params: &[PlanParam], scales: &[(u32, Tensor)]) -> Result<()> {
-    for (p, s) in scales {
+    let bad_at = |s: &Tensor| -> Result<Option<u64>> {
         let bad = s
             .f_isfinite()?
             .f_logical_and(&s.f_ge(0.0)?)?
             .f_logical_not()?;
         let at = bad.f_nonzero()?;
-        if at.size()[0] > 0 {
-            return Err(Error::NonFinite {
-                what: "column scale (activation norms, which must be finite and non-negative)",
-                param: params[*p as usize].name.clone(),
-                index: at.int64_value(&[0, 0]) as u64,
-            });
+        Ok((at.size()[0] > 0).then(|| at.int64_value(&[0, 0]) as u64))
+    };
+    let mut devices: Vec<Device> = Vec::new();
+    for (_, s) in scales {
+        if !devices.contains(&s.device()) {
+            devices.push(s.device());
+        }
+    }
+    for device in devices {
+        let group: Vec<&(u32, Tensor)> = scales
+            .iter()
+            .filter(|(_, s)| s.device() == device)
+            .collect();
+        let all = Tensor::f_cat(&group.iter().map(|(_, s)| s).collect::<Vec<_>>(), 0)?;
+        let all_ok = all
+            .f_isfinite()?
+            .f_logical_and(&all.f_ge(0.0)?)?
+            .f_all()?
+            .int64_value(&[])
+            == 1;
+        if all_ok {
+            continue;
+        }
+        for (p, s) in group {
+            if let Some(index) = bad_at(s)? {
+                return Err(Error::NonFinite {
+                    what: "column scale (activation norms, which must be finite and non-negative)",
+                    param: params[*p as usize].name.clone(),
+                    index,
+                });
+            }
         }
     }
     Ok(())
@@ -362,8 +386,6 @@ impl Pruner {
                 plan_params.iter().map(|p| p.info.numel).sum(),
             ),
             scales_to_check: Vec::new(),
-            scale_flags: Vec::new(),
-            scales_launched: 0,
             fused: (0..plan_params.len()).map(|_| None).collect(),
             error: None,
             host_time: Default::default(),
@@ -392,16 +414,7 @@ impl Pruner {
         let weight_checks =
             std::mem::replace(&mut ctx.weight_checks, engine::WeightChecks::new(0, 0));
         let mut checks = std::mem::take(&mut ctx.checks);
-        ctx.launch_scale_checks()?;
-        let scales_ok = ctx
-            .scale_flags
-            .iter()
-            .map(|f| Ok(f.f_int64_value(&[])? == 1))
-            .collect::<Result<Vec<bool>>>()?;
-        if scales_ok.contains(&false) {
-            check_scales(&plan_params, &std::mem::take(&mut ctx.scales_to_check))?;
-            crate::bail!("a column scale was flagged as non-finite or negative, then not found");
-        }
+        check_scales(&plan_params, &std::mem::take(&mut ctx.scales_to_check))?;
         for (p, c) in weight_checks.finish()? {
             checks.push((p, "weight", c));
         }
@@ -654,10 +667,6 @@ struct HostPlan<'a> {
     /// Column scales returned by the scorer, validated in one batch at the end of planning
     /// (one check per parameter would cost a device round trip each).
     scales_to_check: Vec<(u32, Tensor)>,
-    /// Device flags, one per group of `scales_to_check` launched (see `launch_scale_checks`);
-    /// `scales_launched` of them are covered.
-    scale_flags: Vec<Tensor>,
-    scales_launched: usize,
     /// Fused scores per parameter, kept from the first call: they cost nothing to hold, and a
     /// second scorer call would cost host operations and launches per parameter.
     fused: Vec<Option<Scores>>,
@@ -687,32 +696,6 @@ impl HostPlan<'_> {
                 .map(|&p| self.score(p, ScoreRequest::ELEMENTS))
                 .collect()
         })
-    }
-
-    /// Queues on the device the check of the column scales taken since the last call (finite
-    /// and non-negative): one flag per device, read at the end of planning. (Queued once, at
-    /// that end: each queueing costs the host several launches, and queued per batch of scorer
-    /// calls they delayed the next batch's checks.)
-    fn launch_scale_checks(&mut self) -> Result<()> {
-        let new = &self.scales_to_check[self.scales_launched..];
-        let mut devices: Vec<Device> = Vec::new();
-        for (_, s) in new {
-            if !devices.contains(&s.device()) {
-                devices.push(s.device());
-            }
-        }
-        for device in devices {
-            let group: Vec<&Tensor> = new
-                .iter()
-                .filter(|(_, s)| s.device() == device)
-                .map(|(_, s)| s)
-                .collect();
-            let all = Tensor::f_cat(&group, 0)?;
-            self.scale_flags
-                .push(all.f_isfinite()?.f_logical_and(&all.f_ge(0.0)?)?.f_all()?);
-        }
-        self.scales_launched = self.scales_to_check.len();
-        Ok(())
     }
 
     fn score(&mut self, p: u32, request: ScoreRequest) -> Result<Scores> {
@@ -1062,8 +1045,8 @@ impl HostPlan<'_> {
 
     fn decide(&mut self, p: u32, decision: Decision) -> Result<()> {
         self.param(p)?;
-        let params = self.params;
-        let name = &params[p as usize].name;
+        let plan_params = self.params;
+        let name = &plan_params[p as usize].name;
         if self.decisions[p as usize].is_some() {
             crate::bail!("parameter '{name}' was already decided");
         }

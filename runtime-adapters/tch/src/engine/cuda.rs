@@ -399,7 +399,8 @@ const CHUNK_BAND_BINS: usize = 128;
 
 /// Exact selections over scopes of bf16-keyed sources by band selection (see the kernels): a
 /// sample fixes a narrow band of keys, one memory-bound pass counts below it and histograms inside
-/// it. `scopes[q]` is a range of `sources` selected together, `ks[q]` its count. `Ok(None)` when
+/// it. `scopes[q]` is a range of `sources` selected together (the ranges in order, covering every
+/// source), `ks[q]` its count. `Ok(None)` when
 /// the band missed or came out too wide: the caller then runs the full histogram, which gives
 /// the same exact answer, only slower.
 ///

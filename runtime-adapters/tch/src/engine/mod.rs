@@ -475,7 +475,8 @@ pub(crate) fn trace(device: Device, label: &str) {
             _ => None,
         };
         let mut marks = MARKS.lock();
-        if label == "(before the plan)" {
+        // A pass starts afresh; marks of work outside passes (direct calls) do not pile up.
+        if label == "(before the plan)" || marks.len() >= 1000 {
             marks.clear();
         }
         marks.push((label.to_string(), std::time::Instant::now(), event));
