@@ -1050,10 +1050,10 @@ extern "C" __global__ void expand_chunks(const u64* starts, const u64* units, u3
 }
 
 // Block-wide: the bin of a 65536-bin histogram holding its k-th smallest count (k >= 1), or !0
-// when the histogram holds fewer. Each thread sums a contiguous run of bins in 16-byte loads (all
+// when the histogram holds fewer (`before`: the count below that bin). Each thread sums a contiguous run of bins in 16-byte loads (all
 // in flight at once: this sits between the sample and the band pass, on the device's critical
 // path). All threads of the block must call it; blockDim.x divides 16384.
-__device__ u32 hist_rank_bin(const u32* h, u64 k, u32* sh, u32* found) {
+__device__ u32 hist_rank_bin(const u32* h, u64 k, u32* sh, u32* found, u64* before) {
     const u32 per4 = 16384 / blockDim.x;
     const uint4* h4 = reinterpret_cast<const uint4*>(h) + threadIdx.x * per4;
     u32 local = 0;
@@ -1074,6 +1074,7 @@ __device__ u32 hist_rank_bin(const u32* h, u64 k, u32* sh, u32* found) {
             for (; j < 4 && run + c[j] < k; j++) run += c[j];
             if (j < 4) {
                 *found = (threadIdx.x * per4 + i) * 4 + j;
+                *before = run;
                 break;
             }
         }
@@ -1094,13 +1095,14 @@ extern "C" __global__ void band_choose(const u32* sample, const u64* ranks, u32 
                                        u32* band_lo, u32* band_width, u64* bad_index, u32 nseg) {
     __shared__ u32 sh[40];
     __shared__ u32 found;
+    __shared__ u64 below;
     u32 q = blockIdx.x;
     if (q == 0)
         for (u32 i = threadIdx.x; i < nseg; i += blockDim.x) bad_index[i] = ~0ull;
     const u32* h = sample + (u64)q * 65536;
     u64 rl = ranks[2 * q], rh = ranks[2 * q + 1];
-    u32 l = rl == 0 ? floor_key : (hist_rank_bin(h, rl, sh, &found) & 0xffffu);
-    u32 hi = rh == ~0ull ? 0xffffu : (hist_rank_bin(h, rh, sh, &found) & 0xffffu);
+    u32 l = rl == 0 ? floor_key : (hist_rank_bin(h, rl, sh, &found, &below) & 0xffffu);
+    u32 hi = rh == ~0ull ? 0xffffu : (hist_rank_bin(h, rh, sh, &found, &below) & 0xffffu);
     if (threadIdx.x == 0) {
         bool ok = hi >= l && hi - l + 1 <= band_max;
         band_lo[q] = ok ? l : 0u;
@@ -1113,9 +1115,10 @@ extern "C" __global__ void band_choose(const u32* sample, const u64* ranks, u32 
 // segment: below_total (below the chosen bin) and ties (in it), and an item for tie_locate
 // (5 u64: segment, first chunk, chunks, bin, take) whose chunks are 0 unless the segment prunes
 // some but not all of its ties (takes go to the scope's segments in order) and the band pass kept
-// per-chunk counts (width <= chunk_stride). seg_chunks: first chunk and chunks per segment.
+// per-chunk counts (width <= chunk_stride). chunk_starts: each segment's first chunk, then the
+// chunk count (`chunk_starts` on the host, as for expand_chunks).
 extern "C" __global__ void band_resolve(const u32* band, const u64* below, const u32* first_seg, const u32* band_width,
-                                        const u64* ks, const u64* seg_chunks, u32 chunk_stride, u32* out_bin,
+                                        const u64* ks, const u64* chunk_starts, u32 chunk_stride, u32* out_bin,
                                         u64* seg_below, u64* seg_ties, u64* items) {
     __shared__ u32 total[BAND_MAX];
     __shared__ u32 sh[40];
@@ -1197,8 +1200,8 @@ extern "C" __global__ void band_resolve(const u32* band, const u64* below, const
             u64* it = items + 5 * (u64)sg;
             bool locate = take > 0 && take < t && width <= chunk_stride;
             it[0] = sg;
-            it[1] = seg_chunks[2 * (u64)sg];
-            it[2] = locate ? seg_chunks[2 * (u64)sg + 1] : 0;
+            it[1] = chunk_starts[sg];
+            it[2] = locate ? chunk_starts[sg + 1] - chunk_starts[sg] : 0;
             it[3] = bin;
             it[4] = take;
         }
@@ -2550,31 +2553,12 @@ extern "C" __global__ void find_slot_bins(const u32* hists, u32 slots, const u64
         }
         return;
     }
-    u32 per = 65536 / blockDim.x;
-    u32 b0 = threadIdx.x * per;
-    u64 local = 0;
-    local = (u64)range_sum(h + b0, per, per);
-    // 64-bit exclusive scan from two 32-bit scans would overflow for huge slots; slots hold at most
-    // 2^32 - 1 elements (checked by the host), so 32 bits suffice.
-    u32 total;
-    u32 excl = block_excl_scan((u32)local, sh, &total);
-    if (excl < k && k <= (u64)excl + local) {
-        u64 run = excl;
-        for (u32 i = 0; i < per; i++) {
-            u32 c = h[b0 + i];
-            if (run + c >= k) {
-                found_bin = b0 + i;
-                found_before = run;
-                break;
-            }
-            run += c;
-        }
-    }
-    __syncthreads();
+    // Slots hold at most 2^32 - 1 elements (checked by the host), so 32-bit counts suffice.
+    u32 bin = hist_rank_bin(h, k, sh, &found_bin, &found_before);
     if (threadIdx.x == 0) {
-        bins[s] = found_bin;
-        before[s] = found_before;
-        at[s] = h[found_bin];
+        bins[s] = bin;
+        before[s] = bin == 0xffffffffu ? 0 : found_before;
+        at[s] = bin == 0xffffffffu ? 0 : h[bin];
     }
 }
 

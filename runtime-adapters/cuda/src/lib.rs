@@ -1055,7 +1055,7 @@ impl Gpu {
 
     /// Per scope, the band bin of its k-th smallest key (or !0 on a miss) and, per segment, the
     /// counts below that bin and in it, and a `tie_locate` item (whose chunks are 0 when the
-    /// segment needs no locating; `seg_chunks`: first chunk and chunks per segment).
+    /// segment needs no locating; `chunk_starts`: as for `expand_chunks`).
     #[allow(clippy::too_many_arguments)]
     pub fn band_resolve(
         &self,
@@ -1065,7 +1065,7 @@ impl Gpu {
         first_seg: u64,
         width: u64,
         ks: u64,
-        seg_chunks: u64,
+        chunk_starts: u64,
         chunk_stride: u32,
         out_bin: u64,
         seg_below: u64,
@@ -1082,7 +1082,7 @@ impl Gpu {
                 &first_seg,
                 &width,
                 &ks,
-                &seg_chunks,
+                &chunk_starts,
                 &chunk_stride,
                 &out_bin,
                 &seg_below,

@@ -480,11 +480,6 @@ fn band_select(
         .iter()
         .map(|s| s.n.div_ceil(dt.per_vector()))
         .collect();
-    let starts = chunk_starts(&units, STREAM_CHUNK);
-    let nchunks = starts[nseg] as usize;
-    let seg_chunks: Vec<i64> = (0..nseg)
-        .flat_map(|i| [starts[i], starts[i + 1] - starts[i]])
-        .collect();
     let mut first_seg: Vec<u32> = scopes.iter().map(|r| r.start as u32).collect();
     first_seg.push(nseg as u32);
     let ks_i: Vec<i64> = ks.iter().map(|&k| k as i64).collect();
@@ -493,10 +488,10 @@ fn band_select(
     let (sample_starts_at, sample_units_at, sample_nchunks) = up.chunk_counts(&sample_units, 4096);
     let ranks_at = up.u64s(&ranks);
     let segs_at = up.segs(&segs);
-    let (starts_at, units_at, _) = up.chunk_counts(&units, STREAM_CHUNK);
+    let (starts_at, units_at, nchunks) = up.chunk_counts(&units, STREAM_CHUNK);
+    let nchunks = nchunks as usize;
     let first_seg_at = up.u32s(&first_seg);
     let ks_at = up.u64s(&ks_i);
-    let seg_chunks_at = up.u64s(&seg_chunks);
     super::trace(device, "band: tables built");
     let tables = upload(&up.words, device).map_err(e)?;
     super::trace(device, "band: tables uploaded");
@@ -603,7 +598,7 @@ fn band_select(
         tb + first_seg_at,
         wb + width_at,
         tb + ks_at,
-        tb + seg_chunks_at,
+        tb + starts_at,
         stride,
         wb + out_bin_at,
         wb + seg_below_at,
