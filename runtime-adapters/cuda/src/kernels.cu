@@ -1811,12 +1811,15 @@ __device__ __forceinline__ bool sel_key_non_finite(u32 k) {
 
 // row_prune's band around the previous row's threshold key T: 2^(BAND_LG0 + 1) keys centred on T,
 // in ROW_BINS bins (the 32 at either end count the keys beyond, lane by lane). Keys count 2^23 per
-// octave, so that is T / 1.4 to 1.4 T. On SmolLM2-135M's weights the threshold of 84% of rows
-// lies within it of the row 64 before (40% for +-10%, 99.7% for T / 4 to 4 T). A miss (the
-// row's need-th key outside) doubles the block's band, up to T / 4 to 4 T. Wider costs little
-// but not nothing: on Gaussian 7B-shaped rows the commit took 13.3 ms with +-10%, 13.9 with
-// T / 4 to 4 T (more keys histogrammed into real bins, a few more per chosen bin).
-#define BAND_LG0 22
+// octave, so a block starts at T / 1.09 to 1.09 T. A miss (the row's need-th key outside)
+// doubles the block's band for good, up to T / 4 to 4 T. Narrow is faster while it holds: fewer
+// keys land in real bins (the rest go to the lane-private edge words), so the atomics conflict
+// less and the chosen bin holds fewer keys. On the benchmark's Gaussian 7B-shaped rows the commit
+// took 11.0 to 11.1 ms against 11.6 starting at T / 1.4 to 1.4 T (H200, alternating in one call).
+// Real weights vary more from row to row: on SmolLM2-135M's the threshold of 40% of rows lies
+// within +-10% of the row 64 before, 84% within T / 1.4 to 1.4 T, 99.7% within T / 4 to 4 T, so
+// there a block widens after its first misses (a miss costs one more histogram of the row).
+#define BAND_LG0 20
 #define BAND_LG_MAX 24
 
 // row_prune's write of a row whose keys are in registers (FUSED, see row_select_reg_impl): keys
