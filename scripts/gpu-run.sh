@@ -4,7 +4,8 @@
 #   scripts/gpu-run.sh tests | bench | all
 #   scripts/gpu-run.sh finetune [birdbone-finetune options]   (staged by `stage-gpu.sh finetune`)
 #   scripts/gpu-run.sh exec COMMAND...   (any command in this environment, e.g. a profiler over
-#                                         .device/birdbone-bench; BIRDBONE_TRACE=1 times each step)
+#                                         .device/birdbone-bench; RUST_LOG=birdbone_tch::steps=trace
+#                                         times each step of a pass)
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 TORCH=$(python3 -c 'import torch, os; print(os.path.dirname(torch.__file__))')
@@ -33,8 +34,9 @@ if [ "$what" = bench ] || [ "$what" = all ]; then
   .device/birdbone-bench --plugins .device "${@:2}"
   echo "== peak extra memory"
   PYTORCH_NO_CUDA_MEMORY_CACHING=1 .device/birdbone-bench --plugins .device --memory "${@:2}"
-  if [ -f .device/torch_prune_baseline.py ]; then
-    echo "== PyTorch baseline (same card, same run)"
-    python3 .device/torch_prune_baseline.py 32
-  fi
+  # The copy staged beside the binaries, else the checkout's own.
+  baseline=.device/torch_baseline.py
+  [ -f "$baseline" ] || baseline=bench/torch_baseline.py
+  echo "== PyTorch baseline (same card, same run)"
+  python3 "$baseline" 32
 fi

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds (release) and copies into .device/ what a GPU machine without a Rust toolchain needs to
 # run the GPU tests and the benchmark: the binaries, the plugin libraries, a slice of the real
-# model (3 decoder blocks in bf16), and a copy of the PyTorch baseline script when one is beside
-# the checkout (../shared/baselines). Pass .device to the machine and run scripts/gpu-run.sh.
+# model (3 decoder blocks in bf16), and the PyTorch baseline (bench/torch_baseline.py), which
+# gpu-run.sh bench runs on the same card. Pass .device to the machine and run scripts/gpu-run.sh.
 #
 #   scripts/stage-gpu.sh finetune
 # stages the fine-tuning example instead. The whole real model does not fit one call's 64 MiB, so
@@ -33,7 +33,9 @@ cp target/release/libbirdbone_plugin_*.so .device/
 # The fixture plugin the GPU tests load beside the built-in ones.
 cp target/release/libbirdbone_fixture_plugin_op_chain.so .device/
 # The kernels, compiled here for Hopper, so the GPU machine loads them instead of compiling.
-BIRDBONE_KERNEL_CACHE=.device/kernels target/release/birdbone-bench --precompile sm_90
+# target/kernels keeps them between stagings (a file's name holds its source's hash).
+BIRDBONE_KERNEL_CACHE=target/kernels target/release/birdbone-bench --precompile sm_90
+mkdir -p .device/kernels && cp target/kernels/*-sm_90.cubin .device/kernels/
 strip .device/deps/integration .device/birdbone .device/birdbone-bench .device/*.so
 
 if [ -f .cache/smollm2-135m/model.safetensors ]; then
@@ -46,5 +48,5 @@ save_file(keep, ".device/model/model.safetensors", metadata={"format": "pt"})
 print(f"model slice: {len(keep)} tensors, {sum(v.numel() for v in keep.values())/1e6:.1f} M parameters")
 PY
 fi
-[ -f ../shared/baselines/torch_prune_baseline.py ] && cp ../shared/baselines/torch_prune_baseline.py .device/
+cp bench/torch_baseline.py .device/
 du -sh .device

@@ -243,6 +243,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
+    birdbone_host::init_logging();
     let args = Args::parse();
     if let Some(sm) = &args.precompile {
         let t = Instant::now();

@@ -5,7 +5,7 @@
 use std::{collections::BTreeMap, time::Instant};
 
 use birdbone_llama::{collect_stats, generate_greedy, perplexity};
-use birdbone_tch::{PassConfig, PassInputs, Pruner};
+use birdbone_tch::{ActivationStats, PassConfig, PassInputs, Pruner};
 
 use crate::model_io::Experiment;
 
@@ -51,7 +51,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     );
 
     let calib = x.calibration_windows(&m)?;
-    let (stats, cal) = collect_stats(&m.model, &calib, 4)?;
+    let (sums, cal) = collect_stats(&m.model, &calib, 4)?;
+    let stats = ActivationStats::from(sums);
     println!(
         "\nwarm-up: {} windows of c4.utf8 ({} tokens) through the model in {:.1} s: input statistics for {} Linear weights",
         cal.windows,

@@ -48,6 +48,7 @@ enum Command {
 }
 
 fn main() {
+    birdbone_host::init_logging();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::ImportGguf { file, out_dir } => import(&file, &out_dir),

@@ -1,7 +1,8 @@
 use std::{collections::BTreeMap, path::PathBuf};
 
 use anyhow::Context;
-use birdbone_tch::{checkpoint, ParamFilter, PassConfig, PassInputs, PluginRegistry, Pruner};
+use birdbone_llama::checkpoint;
+use birdbone_tch::{ParamFilter, PassConfig, PassInputs, PluginRegistry, Pruner};
 
 use crate::{
     model_io::{parse_device, parse_kind},

@@ -4,7 +4,7 @@
 use std::{collections::BTreeMap, time::Instant};
 
 use birdbone_llama::{collect_stats, perplexity};
-use birdbone_tch::{ParamFilter, PassConfig, PassInputs, Pruner};
+use birdbone_tch::{selected, ActivationStats, ParamFilter, PassConfig, PassInputs, Pruner};
 use tch::Tensor;
 
 use crate::model_io::Experiment;
@@ -115,9 +115,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let eval = x.eval_windows(&m)?;
     let calib = x.calibration_windows(&m)?;
     eprintln!("calibrating on {} windows of c4.utf8 ...", x.calibration);
-    let (stats, cal) = collect_stats(&m.model, &calib, 4)?;
+    let (sums, cal) = collect_stats(&m.model, &calib, 4)?;
+    let stats = ActivationStats::from(sums);
     let filter = ParamFilter::default();
-    let weights = filter.select(m.model.var_store())?;
+    let weights = selected(m.model.var_store(), &filter)?;
     let pristine: Vec<Tensor> = weights.iter().map(|(_, t)| t.copy()).collect();
     let restore = || {
         let _g = tch::no_grad_guard();

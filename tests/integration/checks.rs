@@ -2,7 +2,8 @@
 
 use std::collections::BTreeMap;
 
-use birdbone_tch::{checkpoint, Error, MaskSet, ParamFilter, PassConfig, Pruner};
+use birdbone_llama::checkpoint;
+use birdbone_tch::{selected, Error, MaskSet, ParamFilter, PassConfig, Pruner};
 use birdbone_tests::*;
 use tch::{Device, Kind, Tensor};
 
@@ -16,7 +17,7 @@ pub fn settings(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 /// The Linear weights of the real model (the default filter's choice), on the CPU.
 pub fn real_weights(kind: Kind) -> Vec<(String, Tensor)> {
     let all = checkpoint::load_dir(&real_model_dir(), Some(kind), Device::Cpu).unwrap();
-    ParamFilter::default().select(&all).unwrap()
+    selected(&all, &ParamFilter::default()).unwrap()
 }
 
 pub fn snapshot(params: &[(String, Tensor)]) -> Vec<Tensor> {

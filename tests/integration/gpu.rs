@@ -1,7 +1,7 @@
 //! CUDA paths, checked against the CPU path bit for bit. They return early where no GPU is
 //! present (CI); scripts/gpu-run.sh runs them on the GPU machine.
 
-use birdbone_tch::{ActivationStats, Error, PassConfig, PassInputs, Pruner};
+use birdbone_tch::{ActivationStats, Error, HostError, PassConfig, PassInputs, Pruner};
 use birdbone_tests::*;
 use tch::{Device, Kind, Tensor};
 
@@ -175,7 +175,7 @@ fn cuda_nan_weight_is_an_error_and_the_model_is_untouched() {
         let expected = (3 * cols + 7) as u64;
         for (label, err) in failing_magnitude_passes(&params, &before) {
             assert!(
-                matches!(&err, Error::NonFinite { param, index, .. } if param == name && *index == expected),
+                matches!(&err, Error::Host(HostError::NonFinite { param, index, .. }) if param == name && *index == expected),
                 "{label}, {name}: {err}"
             );
         }
@@ -188,7 +188,7 @@ fn cuda_nan_weight_is_an_error_and_the_model_is_untouched() {
         let err =
             wanda_rows(&params, &stats_on(&params, &sq, Device::Cuda(0))).expect_err("must fail");
         assert!(
-            matches!(&err, Error::NonFinite { param, what: "score", index } if param == name && *index == expected),
+            matches!(&err, Error::Host(HostError::NonFinite { param, what: "score", index }) if param == name && *index == expected),
             "wanda, {name}: {err}"
         );
         assert_untouched(&params, &before);
@@ -239,7 +239,7 @@ fn cuda_wanda_score_overflow_is_an_error_and_the_model_is_untouched() {
         .expect_err("an infinite score must fail the pass");
     let cols = params[at].1.size()[1] as u64;
     assert!(
-        matches!(&err, Error::NonFinite { param, what: "score", index } if *param == params[at].0 && *index == 5 * cols + 11),
+        matches!(&err, Error::Host(HostError::NonFinite { param, what: "score", index }) if *param == params[at].0 && *index == 5 * cols + 11),
         "{err}"
     );
     assert_untouched(&params, &before);
@@ -248,7 +248,10 @@ fn cuda_wanda_score_overflow_is_an_error_and_the_model_is_untouched() {
     let err = wanda_rows(&cpu, &stats_on(&cpu, &sq, Device::Cpu))
         .expect_err("the CPU path rejects it too");
     assert!(
-        matches!(&err, Error::NonFinite { what: "score", .. }),
+        matches!(
+            &err,
+            Error::Host(HostError::NonFinite { what: "score", .. })
+        ),
         "{err}"
     );
 }
@@ -415,7 +418,7 @@ fn cuda_wanda_rows_of_tied_scores_match_the_cpu() {
 /// 16-bit keys than the band pass can histogram (4 096): the device finds that while choosing the
 /// band, reports it with the pass's read-back, and the selection runs again over the full
 /// histograms. Globally (2 048 weights, a row of ties near the middle) the band fits, just (about
-/// 28 octaves), and is taken (`BIRDBONE_TRACE=1` shows one band resolved). CPU = GPU bit for bit.
+/// 28 octaves), and is taken (step timing, `RUST_LOG=birdbone_tch::steps=trace`, shows one band resolved). CPU = GPU bit for bit.
 #[test]
 fn cuda_selections_over_a_too_wide_band_match_the_cpu() {
     if !cuda_or_skip("cuda_selections_over_a_too_wide_band_match_the_cpu") {

@@ -1,7 +1,7 @@
 use birdbone_llama::{
-    collect_stats, generate_greedy, perplexity, prune_sequential, token_windows, Loaded,
+    collect_stats, for_each_block_sequential, generate_greedy, perplexity, token_windows, Loaded,
 };
-use birdbone_tch::{PassConfig, PassInputs, Pruner};
+use birdbone_tch::{ActivationStats, MaskSet, PassConfig, PassInputs, Pruner};
 use birdbone_tests::*;
 use tch::{Device, Kind, Tensor};
 
@@ -97,7 +97,7 @@ fn pruned_perplexity(
     let m = model();
     let calib = windows(&m, "c4.utf8", 512, 4);
     let eval = windows(&m, "wiki.utf8", 512, 4);
-    let (stats, _) = collect_stats(&m.model, &calib, 2).unwrap();
+    let stats = ActivationStats::from(collect_stats(&m.model, &calib, 2).unwrap().0);
     let reg = builtin_registry();
     let mut pruner = Pruner::new(&reg, scorer, &settings(&[]), strategy, &settings(st)).unwrap();
     let cfg = PassConfig {
@@ -169,7 +169,16 @@ fn sequential_statistics_differ_from_one_pass_and_both_prune_exactly() {
         sparsity: 0.5,
         ..Default::default()
     };
-    let (reports, masks, cal) = prune_sequential(&m.model, &calib, 2, &mut pruner, &cfg).unwrap();
+    let (mut reports, mut masks) = (Vec::new(), MaskSet::new());
+    let cal = for_each_block_sequential(&m.model, &calib, 2, |_, names, sums| {
+        let stats = ActivationStats::from(sums);
+        if let Some((r, mk)) = pruner.run_block(m.model.var_store(), names, &stats, &cfg)? {
+            reports.push(r);
+            masks.extend(mk);
+        }
+        Ok::<_, Box<dyn std::error::Error>>(())
+    })
+    .unwrap();
     assert_eq!(reports.len(), m.model.num_blocks());
     assert_eq!(cal.tokens, 4 * 256);
     for r in &reports {
@@ -186,7 +195,7 @@ fn sequential_statistics_differ_from_one_pass_and_both_prune_exactly() {
     let name0 = "model.layers.0.self_attn.q_proj.weight";
     let name5 = "model.layers.5.mlp.down_proj.weight";
     let diff = |n: &str| {
-        (one_pass.get(n).unwrap().0 - sequential_stats.get(n).unwrap().0)
+        (&one_pass[n].0 - &sequential_stats[n].0)
             .abs()
             .max()
             .double_value(&[])

@@ -1,7 +1,7 @@
 use std::collections::BTreeMap;
 
 use birdbone_host_api::{ComponentKind, DeviceSet, Granularity, InputSet};
-use birdbone_tch::{Error, PluginRegistry};
+use birdbone_tch::{host_ops, HostError, PluginRegistry};
 use birdbone_tests::*;
 
 fn no_settings() -> BTreeMap<String, String> {
@@ -150,7 +150,9 @@ fn incompatible_plugins_are_rejected_with_reasons_and_the_rest_load() {
     );
     assert_eq!(s.rejected.len(), 5);
     // The good ones work.
-    assert!(reg.create_strategy("global", &no_settings()).is_ok());
+    assert!(reg
+        .create_strategy("global", &no_settings(), host_ops())
+        .is_ok());
 }
 
 #[test]
@@ -207,7 +209,7 @@ fn twenty_plugin_files_load_in_one_scan() {
 #[test]
 fn component_configuration_is_checked_before_creation() {
     let reg = builtin_registry();
-    let err = |r: Result<(), Error>| r.expect_err("an error").to_string();
+    let err = |r: Result<(), HostError>| r.expect_err("an error").to_string();
     let s = |pairs: &[(&str, &str)]| {
         pairs
             .iter()
@@ -215,26 +217,34 @@ fn component_configuration_is_checked_before_creation() {
             .collect::<BTreeMap<_, _>>()
     };
 
-    let e = err(reg.create_strategy("nm", &s(&[("q", "1")])).map(drop));
+    let e = err(reg
+        .create_strategy("nm", &s(&[("q", "1")]), host_ops())
+        .map(drop));
     assert!(
         e.contains("unknown parameter 'q'") && e.contains("n, m"),
         "{e}"
     );
-    let e = err(reg.create_strategy("nm", &s(&[("n", "two")])).map(drop));
+    let e = err(reg
+        .create_strategy("nm", &s(&[("n", "two")]), host_ops())
+        .map(drop));
     assert!(e.contains("wants a Int, got 'two'"), "{e}");
     let e = err(reg
-        .create_strategy("nm", &s(&[("n", "5"), ("m", "4")]))
+        .create_strategy("nm", &s(&[("n", "5"), ("m", "4")]), host_ops())
         .map(drop));
     assert!(e.contains("5:4 is not an N:M pattern"), "{e}");
     let e = err(reg
-        .create_strategy("layerwise", &s(&[("scope", "column")]))
+        .create_strategy("layerwise", &s(&[("scope", "column")]), host_ops())
         .map(drop));
     assert!(e.contains("scope must be 'tensor' or 'row'"), "{e}");
-    let e = err(reg.create_scorer("wanda2", &no_settings()).map(drop));
+    let e = err(reg
+        .create_scorer("wanda2", &no_settings(), host_ops())
+        .map(drop));
     assert!(
         e.contains("no loaded plugin offers a scorer named 'wanda2'") && e.contains("magnitude"),
         "{e}"
     );
-    let e = err(reg.create_scorer("global", &no_settings()).map(drop));
+    let e = err(reg
+        .create_scorer("global", &no_settings(), host_ops())
+        .map(drop));
     assert!(e.contains("scorer named 'global'"), "{e}");
 }

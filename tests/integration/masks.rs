@@ -1,4 +1,4 @@
-use birdbone_tch::{Error, MaskSet, PassConfig, Pruner};
+use birdbone_tch::{Error, HostError, MaskSet, PassConfig, Pruner};
 use birdbone_tests::*;
 use tch::{
     nn::{self, Module, OptimizerConfig},
@@ -31,7 +31,8 @@ fn masks_round_trip_through_safetensors() {
         .err()
         .expect("truncated mask file must fail");
     assert!(
-        matches!(e, Error::Format { .. }) && e.to_string().contains("cut.safetensors"),
+        matches!(e, Error::Host(HostError::Format { .. }))
+            && e.to_string().contains("cut.safetensors"),
         "{e}"
     );
     // A model checkpoint is not a mask file.

@@ -1,5 +1,5 @@
 use birdbone_host_api::ErrorCode;
-use birdbone_tch::{Error, ParamFilter, PassConfig, Pruner};
+use birdbone_tch::{Error, HostError, ParamFilter, PassConfig, Pruner};
 use birdbone_tests::*;
 use tch::{Kind, Tensor};
 
@@ -74,9 +74,9 @@ fn a_panicking_scorer_returns_an_error_and_the_model_is_unchanged() {
         .err()
         .expect("the pass must fail");
     match &err {
-        Error::Plugin {
+        Error::Host(HostError::Plugin {
             component, error, ..
-        } => {
+        }) => {
             assert_eq!(component, "panicking-scorer");
             assert_eq!(error.code, ErrorCode::Panicked);
             assert!(
@@ -133,7 +133,7 @@ fn a_nan_weight_fails_every_strategy_and_changes_nothing() {
     let expected = (100 * params[victim].1.size()[1] + 5) as u64;
     for (label, err) in failing_magnitude_passes(&params, &before) {
         match &err {
-            Error::NonFinite { param, index, .. } => {
+            Error::Host(HostError::NonFinite { param, index, .. }) => {
                 assert_eq!(param, "model.layers.7.mlp.up_proj.weight", "{label}");
                 assert_eq!(*index, expected, "{label}");
             }
@@ -311,7 +311,7 @@ fn a_nan_in_activation_statistics_fails_the_pass_and_changes_nothing() {
             .err()
             .expect("a NaN statistic must fail the pass");
         match &err {
-            birdbone_tch::Error::NonFinite { param, index, .. } => {
+            birdbone_tch::Error::Host(HostError::NonFinite { param, index, .. }) => {
                 assert_eq!(param, &params[bad].0, "{strategy}: {err}");
                 assert_eq!(*index, 5, "{strategy}: {err}");
             }

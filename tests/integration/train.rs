@@ -4,7 +4,7 @@ use birdbone_llama::{lm_loss, token_windows, Loaded};
 use birdbone_tch::train::{
     Compression, CompressionConfig, Curve, GrowthPlateConfig, RegrowConfig, Schedule,
 };
-use birdbone_tch::{ParamFilter, PluginRegistry, Pruner};
+use birdbone_tch::{selected, ParamFilter, PluginRegistry, Pruner};
 use birdbone_tests::*;
 use tch::{
     nn::{self, OptimizerConfig},
@@ -117,7 +117,7 @@ fn real_model_keeps_exact_sparsity_after_every_adamw_step() {
     let text = std::fs::read_to_string(real_text("wiki.utf8")).unwrap();
     let windows = token_windows(&m.tokenizer, &text, 24, 8).unwrap();
     let vs = m.model.var_store();
-    let params = ParamFilter::default().select(vs).unwrap();
+    let params = selected(vs, &ParamFilter::default()).unwrap();
     let mut opt = nn::AdamW::default().build(vs, 3e-4).unwrap();
     let reg = builtin_registry();
     let pruner = Pruner::new(

@@ -22,8 +22,9 @@ use birdbone_llama::{
     collect_stats, lm_loss, parse_device, perplexity, read_text, token_windows, Loaded,
 };
 use birdbone_tch::{
+    selected,
     train::{Compression, CompressionConfig, Curve, GrowthPlateConfig, Schedule},
-    ParamFilter, PluginRegistry, Pruner,
+    ActivationStats, ParamFilter, PluginRegistry, Pruner,
 };
 use clap::{Parser, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -134,6 +135,7 @@ struct Data {
 }
 
 fn main() -> anyhow::Result<()> {
+    birdbone_host::init_logging();
     let a = Args::parse();
     if !(0.0..1.0).contains(&a.sparsity) {
         bail!("--sparsity {} is not in [0, 1)", a.sparsity);
@@ -311,7 +313,8 @@ fn run_variant(
     let mut ppl_before = None;
     let mut pass_s = 0.0f64;
     if let (Variant::WandaOneshot, Some(c)) = (v, comp.as_mut()) {
-        let (stats, cal) = collect_stats(&m.model, &data.calib, 4)?;
+        let (sums, cal) = collect_stats(&m.model, &data.calib, 4)?;
+        let stats = ActivationStats::from(sums);
         let r = c.prune_now(vs, a.sparsity, Some(&stats))?;
         pass_s += r.plan_seconds + r.commit_seconds;
         let p = perplexity(&m.model, &data.eval, batch_eval)?;
@@ -411,8 +414,7 @@ fn run_variant(
     let mut final_sparsity = 0.0;
     if let Some(c) = &comp {
         let (pruned, total) = c.masks().counts()?;
-        let zeros: i64 = ParamFilter::default()
-            .select(vs)?
+        let zeros: i64 = selected(vs, &ParamFilter::default())?
             .iter()
             .map(|(_, t)| t.eq(0.0).sum(Kind::Int64).int64_value(&[]))
             .sum();

@@ -26,7 +26,9 @@ use std::{
 };
 
 use birdbone_llama::{collect_stats, generate_greedy, token_windows, Loaded};
-use birdbone_tch::{ActivationStats, ParamFilter, PassConfig, PassInputs, PluginRegistry, Pruner};
+use birdbone_tch::{
+    selected, ActivationStats, ParamFilter, PassConfig, PassInputs, PluginRegistry, Pruner,
+};
 use crossbeam::channel::{bounded, unbounded, Sender};
 use parking_lot::{Mutex, RwLock, RwLockUpgradableReadGuard};
 use serde_json::{json, Value};
@@ -110,7 +112,7 @@ impl Server {
 }
 
 fn sparsity(model: &Loaded) -> anyhow::Result<f64> {
-    let weights = ParamFilter::default().select(model.model.var_store())?;
+    let weights = selected(model.model.var_store(), &ParamFilter::default())?;
     let _g = tch::no_grad_guard();
     let (mut zeros, mut total) = (0i64, 0i64);
     for (_, w) in &weights {
@@ -133,7 +135,7 @@ pub fn start(cfg: ServeConfig) -> anyhow::Result<Server> {
         cfg.calibration.1,
         cfg.calibration.0,
     )?;
-    let (stats, _) = collect_stats(&loaded.model, &windows, 4)?;
+    let stats = ActivationStats::from(collect_stats(&loaded.model, &windows, 4)?.0);
     let calibration_seconds = t1.elapsed().as_secs_f64();
     let mut registry = PluginRegistry::new();
     for d in &cfg.extra_plugins {

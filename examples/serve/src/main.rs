@@ -43,6 +43,7 @@ struct Args {
 }
 
 fn main() -> anyhow::Result<()> {
+    birdbone_host::init_logging();
     let a = Args::parse();
     let builtin = a.builtin.unwrap_or_else(|| {
         std::env::current_exe()

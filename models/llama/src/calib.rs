@@ -1,8 +1,6 @@
+use std::collections::BTreeMap;
 use std::time::Instant;
 
-use birdbone_tch::{
-    ActivationStats, MaskSet, ParamFilter, PassConfig, PassInputs, PassReport, Pruner,
-};
 use tch::Tensor;
 
 use crate::{
@@ -41,7 +39,7 @@ pub fn collect_stats(
     model: &Llama,
     windows: &[Vec<i64>],
     batch: usize,
-) -> Result<(ActivationStats, CalibrationReport)> {
+) -> Result<(ActivationSums, CalibrationReport)> {
     let started = Instant::now();
     let _g = tch::no_grad_guard();
     let mut rec = StatsRecorder::new();
@@ -52,7 +50,7 @@ pub fn collect_stats(
         let _ = model.forward(&ids, None, Some(&mut rec))?;
     }
     Ok((
-        rec.into_stats(),
+        rec.into_sums(),
         CalibrationReport {
             windows: windows.len(),
             tokens,
@@ -61,21 +59,27 @@ pub fn collect_stats(
     ))
 }
 
-/// The sequential variant of the Wanda paper: block by block, statistics for block `i` are
-/// collected on the outputs of blocks `0..i` *after* those were pruned, then block `i` is pruned
-/// with `pruner`, and its pruned outputs feed block `i + 1`. Hidden states of the calibration
-/// windows are kept between blocks (windows × tokens × hidden), so the model runs once.
+/// Per weight name: the per-column sums of squared inputs (f32 `[in_features]`, on the model's
+/// device) and the number of tokens summed. What Wanda-style scorers take as activation
+/// statistics.
+pub type ActivationSums = BTreeMap<String, (Tensor, u64)>;
+
+/// The sequential calibration of the Wanda paper: block by block, statistics for block `i` are
+/// collected on the outputs of blocks `0..i` *after* the caller changed them, then
+/// `per_block(i, names, sums)` runs (the caller prunes block `i`'s Linear weights, named in
+/// `names`, with `sums`), and block `i`'s new outputs feed block `i + 1`. Hidden states of the
+/// calibration windows are kept between blocks (windows × tokens × hidden), so the model runs
+/// once.
 ///
-/// Each block is its own pass (the strategy sees one block's weights), so use a strategy whose
-/// scope is a parameter or a row (`layerwise`, `nm`); a global threshold over one block at a time
-/// is not a global threshold.
-pub fn prune_sequential(
+/// Each block is its own pass (a strategy sees one block's weights), so prune with a strategy
+/// whose scope is a parameter or a row (`layerwise`, `nm`); a global threshold over one block at
+/// a time is not a global threshold.
+pub fn for_each_block_sequential<E: From<crate::Error>>(
     model: &Llama,
     windows: &[Vec<i64>],
     batch: usize,
-    pruner: &mut Pruner,
-    config: &PassConfig,
-) -> Result<(Vec<PassReport>, MaskSet, CalibrationReport)> {
+    mut per_block: impl FnMut(usize, &[String], ActivationSums) -> std::result::Result<(), E>,
+) -> std::result::Result<CalibrationReport, E> {
     let started = Instant::now();
     let _g = tch::no_grad_guard();
     let mut hidden: Vec<Tensor> = Vec::new();
@@ -85,52 +89,21 @@ pub fn prune_sequential(
         tokens += ids.numel() as u64;
         hidden.push(model.embed(&ids)?);
     }
-    let mut reports = Vec::new();
-    let mut masks = MaskSet::new();
     for i in 0..model.num_blocks() {
+        let _span = tracing::debug_span!("calibration block", block = i).entered();
         let names = model.block_linear_names(i);
         let mut rec = StatsRecorder::new();
         for x in &hidden {
             let _ = model.block_forward(i, x, 0, None, Some(&mut rec))?;
         }
-        let stats = rec.into_stats();
-        // This block's weights that the pass's filter selects.
-        let block_filter = ParamFilter {
-            include: names.clone(),
-            exclude: config.filter.exclude.clone(),
-        };
-        let block_config = PassConfig {
-            filter: block_filter,
-            ..config.clone()
-        };
-        let selected: Vec<String> = names
-            .iter()
-            .filter(|n| config.filter.selects(n, &[1, 1]))
-            .cloned()
-            .collect();
-        if !selected.is_empty() {
-            let (report, block_masks) = pruner.run(
-                model.var_store(),
-                &block_config,
-                PassInputs {
-                    stats: Some(&stats),
-                    ..Default::default()
-                },
-            )?;
-            masks.extend(block_masks);
-            reports.push(report);
-        }
+        per_block(i, &names, rec.into_sums())?;
         for x in hidden.iter_mut() {
             *x = model.block_forward(i, x, 0, None, None)?;
         }
     }
-    Ok((
-        reports,
-        masks,
-        CalibrationReport {
-            windows: windows.len(),
-            tokens,
-            seconds: started.elapsed().as_secs_f64(),
-        },
-    ))
+    Ok(CalibrationReport {
+        windows: windows.len(),
+        tokens,
+        seconds: started.elapsed().as_secs_f64(),
+    })
 }

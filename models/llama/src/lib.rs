@@ -7,10 +7,15 @@
 //! - [`Llama::forward`] runs RMSNorm, rotary embeddings, grouped-query attention and SwiGLU, with
 //!   an optional KV cache for generation and an optional [`StatsRecorder`] that sums the squared
 //!   inputs of every Linear (what Wanda needs) without keeping activations.
-//! - [`perplexity`] is the evaluation protocol; [`collect_stats`] and [`prune_sequential`] are
-//!   calibration, one-pass and block by block.
+//! - [`perplexity`] is the evaluation protocol; [`collect_stats`] and
+//!   [`for_each_block_sequential`] are calibration, one-pass and block by block (the caller
+//!   prunes each block as it comes).
+//! - [`checkpoint`] reads and writes Hugging Face-style safetensors checkpoints.
+//!
+//! The crate knows nothing of pruning: statistics come out as plain tensors by name.
 
 mod calib;
+pub mod checkpoint;
 mod config;
 mod eval;
 mod generate;
@@ -18,7 +23,7 @@ mod load;
 mod model;
 mod text;
 
-pub use calib::{collect_stats, prune_sequential, CalibrationReport};
+pub use calib::{collect_stats, for_each_block_sequential, ActivationSums, CalibrationReport};
 pub use config::LlamaConfig;
 pub use eval::{lm_loss, perplexity, token_windows, EvalConfig, Perplexity};
 pub use generate::generate_greedy;
@@ -43,9 +48,14 @@ pub enum Error {
     /// libtorch failed.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
-    /// The pruning host failed.
-    #[error(transparent)]
-    Prune(#[from] birdbone_tch::Error),
+    /// A checkpoint file is malformed.
+    #[error("{path}: {message}")]
+    Format {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     /// The tokenizer failed.
     #[error("tokenizer: {0}")]
     Tokenizer(String),

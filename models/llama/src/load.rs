@@ -42,7 +42,7 @@ impl Loaded {
     pub fn load(spec: &str, device: Device, kind: Kind) -> Result<Loaded> {
         let dir = resolve_model_dir(spec)?;
         let config = LlamaConfig::from_file(&dir.join("config.json"))?;
-        let tensors = birdbone_tch::checkpoint::load_dir(&dir, None, Device::Cpu)?;
+        let tensors = crate::checkpoint::load_dir(&dir, None, Device::Cpu)?;
         let model = Llama::from_tensors(config, tensors, device, kind)?;
         let tok_path = dir.join("tokenizer.json");
         let tokenizer = Tokenizer::from_file(&tok_path)

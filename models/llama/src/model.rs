@@ -62,13 +62,10 @@ impl StatsRecorder {
         Ok(())
     }
 
-    /// The statistics as the pruner takes them.
-    pub fn into_stats(self) -> birdbone_tch::ActivationStats {
-        let mut s = birdbone_tch::ActivationStats::new();
-        for (name, (t, n)) in self.sums {
-            s.insert(name, t, n);
-        }
-        s
+    /// The statistics: per weight name, the per-column sums of squared inputs and the number
+    /// of tokens summed.
+    pub fn into_sums(self) -> crate::ActivationSums {
+        self.sums
     }
 
     /// Weights with statistics.

@@ -1,6 +1,6 @@
 //! Square roots a scorer asks for inside a batch of scorer calls, run together in one launch
 //! when the batch ends. Wanda takes `sqrt` of its activation statistics for every parameter: on
-//! a 7B model that was 224 launches of a few microseconds of device time each, queued between
+//! a 7B model that is 224 launches of a few microseconds of device time each, queued between
 //! the selection kernels the batches feed, on the path the benchmark measures.
 //!
 //! A deferred result is a fresh tensor nothing has read yet. Every other host operation, every

@@ -6,7 +6,7 @@ use tch::Tensor;
 
 use crate::{
     engine::{self, Count, FiniteCheck, PruneItem, Rule, Scores},
-    error::{Error, Result},
+    error::{HostError, Result},
 };
 
 /// A built-in path.
@@ -28,11 +28,12 @@ fn exact(s: f64, n: u64) -> u64 {
 fn checked(names: &[&String], checks: Vec<FiniteCheck>) -> Result<()> {
     for (name, c) in names.iter().zip(checks) {
         if let Some(index) = c.get()? {
-            return Err(Error::NonFinite {
+            return Err(HostError::NonFinite {
                 what: "weight",
                 param: name.to_string(),
                 index,
-            });
+            }
+            .into());
         }
     }
     Ok(())
@@ -47,7 +48,7 @@ pub fn prune(
 ) -> Result<u64> {
     let _g = tch::no_grad_guard();
     let Some(first) = params.first() else {
-        crate::bail!("no parameters")
+        birdbone_host::bail!("no parameters")
     };
     let device = first.1.device();
     let names: Vec<&String> = params.iter().map(|(n, _)| n).collect();

@@ -1,11 +1,16 @@
-//! The Birdbone host over tch (libtorch).
+//! Birdbone's adapter for tch (libtorch): what touches tch tensors.
 //!
-//! - [`PluginRegistry`] finds plugin libraries, checks them (abi_stable's layout check, the
-//!   Birdbone ABI version, host capabilities, unique component names) and creates components.
-//! - [`Pruner`] runs a pass: plan (score, select, decide: the model is untouched), then commit
-//!   (weights written in place, under no_grad, in their own storage).
-//! - [`MaskSet`] keeps one bit per weight so pruning survives optimizer steps, and saves it.
 //! - [`ParamSource`] is where weights come from: a `VarStore`, a `CModule`, or any named list.
+//! - [`host_ops`] is the host-operation table plugins do their tensor work through.
+//! - [`Pruner`] runs a pass: plan (score, select, decide through the host's plan driver: the
+//!   model is untouched), then commit (weights written in place, under no_grad, in their own
+//!   storage). The engines do the selection: `birdbone-select` on the CPU, `birdbone-cuda` on
+//!   a GPU.
+//! - [`MaskSet`] keeps one bit per weight so pruning survives optimizer steps, and saves it.
+//! - [`train`] is the training callback: schedules, masks held after every step, growth plates.
+//!
+//! The framework-neutral pieces (plugin loading, configuration, reports) come from
+//! `birdbone-host` and are re-exported here, so one `use birdbone_tch::...` serves a program.
 //!
 //! ```ignore
 //! let registry = PluginRegistry::discover(&["target/release".into()]);
@@ -14,7 +19,6 @@
 //! println!("{}", report.to_table());
 //! ```
 
-pub mod checkpoint;
 mod deferred;
 pub mod direct;
 mod engine;
@@ -23,20 +27,19 @@ mod mask;
 mod ops;
 mod params;
 mod prune;
-mod registry;
 mod stats;
 mod tensors;
 pub mod train;
 
-pub use error::{Error, Result};
+pub use birdbone_host::{
+    complete_config, glob_match, role_of, Component, ComponentRef, LoadSummary, LoadedPlugin,
+    ParamFilter, ParamReport, PassConfig, PassReport, PluginRegistry, Rejected, PLUGIN_PATH_ENV,
+};
+pub use error::{Error, HostError, Result};
 pub use mask::{MaskSet, ParamMask};
 pub use ops::host_ops;
-pub use params::{glob_match, role_of, ParamFilter, ParamSource};
-pub use prune::{ParamReport, PassConfig, PassInputs, PassReport, PrunePlan, Pruner};
-pub use registry::{
-    complete_config, Component, ComponentRef, LoadSummary, LoadedPlugin, PluginRegistry, Rejected,
-    PLUGIN_PATH_ENV,
-};
+pub use params::{selected, ParamSource};
+pub use prune::{PassInputs, PrunePlan, Pruner};
 pub use stats::ActivationStats;
 pub use tensors::{dtype_of, kind_of, plugin_owned_count};
 

@@ -1,20 +1,19 @@
 //! Masks: one bit per weight, kept beside the model so pruned weights stay pruned after an
 //! optimizer step, and saved as safetensors.
 
-use std::{collections::BTreeMap, collections::HashMap, path::Path};
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::Path,
+};
 
-use birdbone_select::mask_bytes;
-use safetensors::{tensor::TensorView as StView, Dtype, SafeTensors};
+use birdbone_host::mask_file::{self, StoredMask};
 use tch::{Device, Kind, Tensor};
 
 use crate::{
     engine,
-    error::{Error, Result},
+    error::{HostError, Result},
     params::ParamSource,
 };
-
-const FORMAT_KEY: &str = "format";
-const FORMAT: &str = "birdbone-mask-v1";
 
 /// The mask of one parameter.
 pub struct ParamMask {
@@ -106,17 +105,18 @@ impl MaskSet {
             .iter()
             .map(|(name, m)| {
                 let t = by_name.get(name.as_str()).ok_or_else(|| {
-                    Error::Invalid(format!("the model has no parameter '{name}' for its mask"))
+                    HostError::Invalid(format!("the model has no parameter '{name}' for its mask"))
                 })?;
                 if t.size() != m.shape {
-                    return Err(Error::Shape {
+                    return Err(HostError::Shape {
                         op: "mask",
                         message: format!(
                             "'{name}' is {:?} but its mask is {:?}",
                             t.size(),
                             m.shape
                         ),
-                    });
+                    }
+                    .into());
                 }
                 Ok((*t, m))
             })
@@ -169,78 +169,35 @@ impl MaskSet {
         Ok(())
     }
 
-    /// Writes the masks as safetensors: one u8 tensor per parameter (the packed bits), named like
-    /// the parameter, with the parameter shapes in the metadata.
+    /// Writes the masks in the mask file format ([`birdbone_host::mask_file`]).
     pub fn save(&self, path: &Path) -> Result<()> {
-        let mut bytes: Vec<(String, Vec<u8>)> = Vec::new();
-        let mut meta = HashMap::new();
-        meta.insert(FORMAT_KEY.to_string(), FORMAT.to_string());
-        for (name, m) in &self.masks {
-            bytes.push((
-                name.clone(),
-                Vec::<u8>::try_from(&m.bits.to_device(Device::Cpu))?,
-            ));
-            meta.insert(
-                format!("shape:{name}"),
-                serde_json::to_string(&m.shape).expect("a list of integers"),
-            );
-        }
-        let views: Vec<(String, StView<'_>)> = bytes
+        let stored = self
+            .masks
             .iter()
-            .map(|(n, b)| {
-                (
-                    n.clone(),
-                    StView::new(Dtype::U8, vec![b.len()], b).expect("length matches"),
-                )
+            .map(|(name, m)| {
+                Ok(StoredMask {
+                    name: name.clone(),
+                    shape: m.shape.clone(),
+                    bits: Vec::<u8>::try_from(&m.bits.to_device(Device::Cpu))?,
+                })
             })
-            .collect();
-        safetensors::serialize_to_file(views, Some(meta), path).map_err(|e| Error::Format {
-            path: path.into(),
-            message: e.to_string(),
-        })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(mask_file::write(&stored, path)?)
     }
 
     /// Reads masks written by [`MaskSet::save`], onto `device`.
     pub fn load(path: &Path, device: Device) -> Result<MaskSet> {
-        let data = std::fs::read(path).map_err(|source| Error::Io {
-            path: path.into(),
-            source,
-        })?;
-        let bad = |message: String| Error::Format {
-            path: path.into(),
-            message,
-        };
-        let (_, metadata) = SafeTensors::read_metadata(&data)
-            .map_err(|e| bad(format!("not a safetensors file: {e}")))?;
-        let meta = metadata.metadata().clone().unwrap_or_default();
-        if meta.get(FORMAT_KEY).map(String::as_str) != Some(FORMAT) {
-            return Err(bad(format!(
-                "not a Birdbone mask file (metadata '{FORMAT_KEY}' is not '{FORMAT}')"
-            )));
-        }
-        let st = SafeTensors::deserialize(&data).map_err(|e| bad(e.to_string()))?;
         let mut set = MaskSet::new();
-        for (name, view) in st.tensors() {
-            let shape: Vec<i64> = meta
-                .get(&format!("shape:{name}"))
-                .and_then(|s| serde_json::from_str(s).ok())
-                .ok_or_else(|| bad(format!("no shape recorded for '{name}'")))?;
-            let numel = shape.iter().product::<i64>() as usize;
-            if view.dtype() != Dtype::U8 || view.data().len() != mask_bytes(numel) {
-                return Err(bad(format!(
-                    "mask '{name}' has {} bytes; a {shape:?} parameter needs {}",
-                    view.data().len(),
-                    mask_bytes(numel)
-                )));
-            }
-            if birdbone_select::BitMask::from_bytes(numel, view.data().to_vec()).is_none() {
-                return Err(bad(format!(
-                    "mask '{name}' has bits set past its {numel} weights"
-                )));
-            }
-            let bits = Tensor::from_slice(view.data()).f_to_device(device)?;
+        for m in mask_file::read(path)? {
+            let bits = Tensor::from_slice(&m.bits).f_to_device(device)?;
             debug_assert_eq!(bits.kind(), Kind::Uint8);
-            set.insert(name, ParamMask { shape, bits });
+            set.insert(
+                m.name,
+                ParamMask {
+                    shape: m.shape,
+                    bits,
+                },
+            );
         }
         Ok(set)
     }

@@ -20,7 +20,7 @@ use tch::{Kind, Tensor};
 use crate::{
     deferred,
     engine::{self, Scores},
-    error::{Error, Result},
+    error::{HostError, Result},
     tensors::{self, kind_of, torch_device, Owner},
 };
 
@@ -246,10 +246,11 @@ extern "C" fn copy(src: TensorId, dst: TensorId) -> RResult<(), PluginError> {
         let mut d = tensors::get_writable(dst)?;
         let s = tensors::get(src)?;
         if s.size() != d.size() {
-            return Err(Error::Shape {
+            return Err(HostError::Shape {
                 op: "copy",
                 message: format!("{:?} into {:?}", s.size(), d.size()),
-            });
+            }
+            .into());
         }
         d.f_copy_(&s)?;
         Ok(())
@@ -275,10 +276,11 @@ extern "C" fn from_host(
     guard(|| {
         let n: i64 = shape.iter().product();
         if n as usize != data.len() {
-            return Err(Error::Shape {
+            return Err(HostError::Shape {
                 op: "from_host",
                 message: format!("{} values for shape {:?}", data.len(), shape.as_slice()),
-            });
+            }
+            .into());
         }
         let t = Tensor::from_slice(data.as_slice())
             .f_reshape(shape.as_slice())?
@@ -296,7 +298,7 @@ extern "C" fn histogram(
 ) -> RResult<api::Tensor, PluginError> {
     guard(|| {
         if bins == 0 || max.partial_cmp(&min) != Some(std::cmp::Ordering::Greater) {
-            crate::bail!(
+            birdbone_host::bail!(
                 "histogram needs bins > 0 and max > min (got {bins} bins over [{min}, {max}])"
             );
         }
@@ -321,10 +323,10 @@ extern "C" fn histogram(
 /// pruning pass (so it has no element limit and no sort).
 pub(crate) fn kth_of(xs: &[Tensor], k: u64) -> Result<KthValue> {
     let Some(first) = xs.first() else {
-        crate::bail!("kth_value of no tensors")
+        birdbone_host::bail!("kth_value of no tensors")
     };
     if k == 0 {
-        crate::bail!("kth_value counts k from 1");
+        birdbone_host::bail!("kth_value counts k from 1");
     }
     let scores: Vec<Scores> = xs
         .iter()

@@ -42,3 +42,10 @@ impl ActivationStats {
         self.entries.is_empty()
     }
 }
+
+impl From<BTreeMap<String, (Tensor, u64)>> for ActivationStats {
+    /// Statistics from per-name `(sq_sums, tokens)`, as a calibration run records them.
+    fn from(entries: BTreeMap<String, (Tensor, u64)>) -> ActivationStats {
+        ActivationStats { entries }
+    }
+}

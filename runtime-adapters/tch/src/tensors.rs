@@ -13,7 +13,7 @@ use birdbone_host_api::{self as api, DType, DeviceKind, TensorId, TensorView, MA
 use parking_lot::Mutex;
 use tch::{Device, Kind, Tensor};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, HostError, Result};
 
 /// Who may write a registered tensor.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,15 +90,16 @@ pub fn torch_device(device: api::Device) -> Device {
 pub fn view_of(t: &Tensor) -> Result<TensorView> {
     let dims = t.size();
     if dims.len() > MAX_DIMS {
-        return Err(Error::Shape {
+        return Err(HostError::Shape {
             op: "view",
             message: format!(
                 "{} dimensions; at most {MAX_DIMS} cross the ABI",
                 dims.len()
             ),
-        });
+        }
+        .into());
     }
-    let dtype = dtype_of(t.kind()).ok_or_else(|| Error::Shape {
+    let dtype = dtype_of(t.kind()).ok_or_else(|| HostError::Shape {
         op: "view",
         message: format!("element type {:?} does not cross the ABI", t.kind()),
     })?;
@@ -129,10 +130,11 @@ pub(crate) fn register(tensor: Tensor, owner: Owner) -> Result<api::Tensor> {
 }
 
 fn unknown(id: TensorId) -> Error {
-    Error::Invalid(format!(
+    HostError::Invalid(format!(
         "tensor id {} is unknown (released, or lent for an earlier call only)",
         id.0
     ))
+    .into()
 }
 
 /// The tensor behind an id (sharing storage).
@@ -149,10 +151,11 @@ pub(crate) fn get(id: TensorId) -> Result<Tensor> {
 pub(crate) fn get_writable(id: TensorId) -> Result<Tensor> {
     match STORE.map.lock().get(&id.0) {
         Some(e) if e.owner == Owner::Plugin => Ok(e.tensor.shallow_clone()),
-        Some(_) => Err(Error::Invalid(format!(
+        Some(_) => Err(HostError::Invalid(format!(
             "tensor id {} belongs to the host (a weight or an input) and cannot be written",
             id.0
-        ))),
+        ))
+        .into()),
         None => Err(unknown(id)),
     }
 }
@@ -165,10 +168,11 @@ pub(crate) fn release(id: TensorId) -> Result<()> {
             map.remove(&id.0);
             Ok(())
         }
-        Some(_) => Err(Error::Invalid(format!(
+        Some(_) => Err(HostError::Invalid(format!(
             "tensor id {} belongs to the host and cannot be released by a plugin",
             id.0
-        ))),
+        ))
+        .into()),
         None => Err(unknown(id)),
     }
 }
@@ -186,10 +190,11 @@ pub(crate) fn take_deferred(id: TensorId) -> Result<Tensor> {
     let mut map = STORE.map.lock();
     match map.get(&id.0) {
         Some(e) if e.owner == Owner::Plugin => Ok(map.remove(&id.0).expect("present").tensor),
-        Some(_) => Err(Error::Invalid(format!(
+        Some(_) => Err(HostError::Invalid(format!(
             "tensor id {} belongs to the host; a plugin can only hand over tensors it owns",
             id.0
-        ))),
+        ))
+        .into()),
         None => Err(unknown(id)),
     }
 }

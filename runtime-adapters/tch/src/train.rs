@@ -17,153 +17,19 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+pub use birdbone_host::schedule::{
+    CompressionConfig, Curve, GrowthPlateConfig, RegrowConfig, Schedule,
+};
+use birdbone_host::{PassConfig, PassReport};
+use serde::Serialize;
 use tch::{Kind, Tensor};
 
 use crate::{
-    error::{Error, Result},
+    error::Result,
     mask::{MaskSet, ParamMask},
-    params::{ParamFilter, ParamSource},
-    prune::{PassConfig, PassInputs, PassReport, Pruner},
+    params::{selected, ParamSource},
+    prune::{PassInputs, Pruner},
 };
-
-/// How sparsity rises along a gradual schedule.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Curve {
-    /// Zhu & Gupta (2017): `s_t = s_f + (s_i − s_f)(1 − (t − t0)/(t1 − t0))³`.
-    #[default]
-    Cubic,
-    /// A straight line from the initial to the final sparsity.
-    Linear,
-}
-
-/// When passes run and to what sparsity.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Schedule {
-    /// One pass, after step `at_step`.
-    OneShot {
-        /// The step after which the pass runs.
-        at_step: u64,
-        /// Its sparsity.
-        sparsity: f64,
-    },
-    /// Passes after steps `start_step`, `start_step + every`, ... up to `end_step`.
-    Gradual {
-        /// First pass.
-        start_step: u64,
-        /// Last pass (reaching `final_sparsity`).
-        end_step: u64,
-        /// Steps between passes.
-        every: u64,
-        /// Sparsity of the first pass.
-        initial_sparsity: f64,
-        /// Sparsity of the last.
-        final_sparsity: f64,
-        /// The curve between them.
-        #[serde(default)]
-        curve: Curve,
-    },
-}
-
-impl Schedule {
-    /// Checks the numbers.
-    pub fn validate(&self) -> Result<()> {
-        let ok = |s: f64| (0.0..=1.0).contains(&s);
-        match *self {
-            Schedule::OneShot { sparsity, .. } if !ok(sparsity) => {
-                crate::bail!("sparsity {sparsity} is not in [0, 1]")
-            }
-            Schedule::Gradual {
-                start_step,
-                end_step,
-                every,
-                initial_sparsity,
-                final_sparsity,
-                ..
-            } => {
-                if !ok(initial_sparsity) || !ok(final_sparsity) {
-                    crate::bail!("sparsities must be in [0, 1]");
-                }
-                if every == 0 || end_step < start_step || (end_step - start_step) % every != 0 {
-                    crate::bail!("a gradual schedule needs every > 0 and end_step - start_step a multiple of it");
-                }
-                Ok(())
-            }
-            _ => Ok(()),
-        }
-    }
-
-    /// The sparsity to reach after step `step`, when a pass runs then.
-    pub fn target_at(&self, step: u64) -> Option<f64> {
-        match *self {
-            Schedule::OneShot { at_step, sparsity } => (step == at_step).then_some(sparsity),
-            Schedule::Gradual {
-                start_step,
-                end_step,
-                every,
-                initial_sparsity,
-                final_sparsity,
-                curve,
-            } => {
-                if step < start_step || step > end_step || (step - start_step) % every != 0 {
-                    return None;
-                }
-                let span = (end_step - start_step).max(1) as f64;
-                let frac = (step - start_step) as f64 / span;
-                let left = match curve {
-                    Curve::Cubic => (1.0 - frac).powi(3),
-                    Curve::Linear => 1.0 - frac,
-                };
-                Some(final_sparsity + (initial_sparsity - final_sparsity) * left)
-            }
-        }
-    }
-}
-
-/// Growth plates: rows still growing are kept dense until they settle.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct GrowthPlateConfig {
-    /// Weight of the newest step in the moving averages (0.1: about ten steps of memory).
-    /// Growth is a row's moving average of ‖ΔW_r‖ and of ‖∇W_r‖, each relative to its
-    /// parameter's median row.
-    #[serde(default = "default_rate")]
-    pub rate: f64,
-    /// A row grows when its growth is this many times its parameter's median row growth.
-    #[serde(default = "default_factor")]
-    pub factor: f64,
-    /// At most this fraction of a parameter's rows is protected at once (the fastest growing).
-    #[serde(default = "default_max_protected")]
-    pub max_protected: f64,
-    /// Steps of averaging before any row is judged.
-    #[serde(default = "default_warmup")]
-    pub warmup_steps: u64,
-}
-
-fn default_rate() -> f64 {
-    0.1
-}
-fn default_factor() -> f64 {
-    2.0
-}
-fn default_max_protected() -> f64 {
-    0.05
-}
-fn default_warmup() -> u64 {
-    4
-}
-
-impl Default for GrowthPlateConfig {
-    fn default() -> Self {
-        GrowthPlateConfig {
-            rate: default_rate(),
-            factor: default_factor(),
-            max_protected: default_max_protected(),
-            warmup_steps: default_warmup(),
-        }
-    }
-}
 
 /// Per row of one parameter: moving averages of relative weight change and of gradient norm.
 struct RowTrack {
@@ -332,48 +198,6 @@ impl GrowthPlates {
     }
 }
 
-/// RigL-style regrowth at schedule points.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct RegrowConfig {
-    /// Fraction of each parameter's pruned weights regrown (and as many live ones pruned).
-    pub fraction: f64,
-}
-
-/// Everything the callback does, as a config file can say it (JSON).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct CompressionConfig {
-    /// When and how far.
-    pub schedule: Schedule,
-    /// Which parameters.
-    #[serde(default)]
-    pub filter: ParamFilter,
-    /// An N:M pattern for the `nm` strategy.
-    #[serde(default)]
-    pub nm: Option<(u32, u32)>,
-    /// Growth-plate protection, when wanted.
-    #[serde(default)]
-    pub growth_plates: Option<GrowthPlateConfig>,
-    /// Regrowth at schedule points, when wanted.
-    #[serde(default)]
-    pub regrow: Option<RegrowConfig>,
-}
-
-impl CompressionConfig {
-    /// Reads a JSON config file.
-    pub fn from_file(path: &std::path::Path) -> Result<CompressionConfig> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-            path: path.into(),
-            source,
-        })?;
-        let c: CompressionConfig = serde_json::from_str(&text).map_err(|e| Error::Format {
-            path: path.into(),
-            message: e.to_string(),
-        })?;
-        c.schedule.validate()?;
-        Ok(c)
-    }
-}
-
 /// What `after_step` did.
 #[derive(Clone, Debug, Serialize)]
 pub struct StepEvent {
@@ -412,7 +236,7 @@ impl Compression {
         cfg.schedule.validate()?;
         if let Some(r) = &cfg.regrow {
             if !(0.0..=1.0).contains(&r.fraction) {
-                crate::bail!("regrow fraction {} is not in [0, 1]", r.fraction);
+                birdbone_host::bail!("regrow fraction {} is not in [0, 1]", r.fraction);
             }
         }
         let plates = cfg.growth_plates.clone().map(GrowthPlates::new);
@@ -450,7 +274,7 @@ impl Compression {
     }
 
     fn selected(&self, model: &(impl ParamSource + ?Sized)) -> Result<Vec<(String, Tensor)>> {
-        self.cfg.filter.select(model)
+        selected(model, &self.cfg.filter)
     }
 
     /// Prunes now, outside the schedule (one-shot pruning before fine-tuning, with calibration

@@ -5,13 +5,14 @@ use birdbone_select::{
 use tch::{Kind, Tensor};
 
 use super::{GlobalSel, RowSel, Rule, Scores};
-use crate::error::{Error, Result};
+use crate::error::{Error, HostError, Result};
 
 fn not_contiguous(op: &'static str) -> Error {
-    Error::Shape {
+    HostError::Shape {
         op,
         message: "the CPU path needs contiguous tensors".into(),
     }
+    .into()
 }
 
 /// The elements of a contiguous CPU tensor, borrowed.
@@ -29,10 +30,11 @@ fn elems(t: &Tensor) -> Result<Elems<'_>> {
             Kind::Half => Elems::F16(std::slice::from_raw_parts(p as *const u16, n)),
             Kind::Float => Elems::F32(std::slice::from_raw_parts(p as *const f32, n)),
             k => {
-                return Err(Error::Shape {
+                return Err(HostError::Shape {
                     op: "score",
                     message: format!("element type {k:?} cannot be scored (f32, f16 or bf16)"),
-                })
+                }
+                .into())
             }
         })
     }
@@ -52,10 +54,11 @@ fn elems_mut(t: &Tensor) -> Result<ElemsMut<'_>> {
             Kind::Half => ElemsMut::F16(std::slice::from_raw_parts_mut(p as *mut u16, n)),
             Kind::Float => ElemsMut::F32(std::slice::from_raw_parts_mut(p as *mut f32, n)),
             k => {
-                return Err(Error::Shape {
+                return Err(HostError::Shape {
                     op: "prune",
                     message: format!("element type {k:?} cannot be pruned (f32, f16 or bf16)"),
-                })
+                }
+                .into())
             }
         })
     }
@@ -80,12 +83,13 @@ fn source<'a>(scores: &'a Scores, scale: &'a mut Vec<f32>) -> Result<ScoreSource
 
 fn select_err(e: sel::SelectError) -> Error {
     match e {
-        sel::SelectError::NonFinite { index, .. } => Error::NonFinite {
+        sel::SelectError::NonFinite { index, .. } => HostError::NonFinite {
             what: "score",
             param: String::new(),
             index: index as u64,
-        },
-        other => Error::Invalid(other.to_string()),
+        }
+        .into(),
+        other => HostError::Invalid(other.to_string()).into(),
     }
 }
 

@@ -13,7 +13,7 @@ use birdbone_select::{mask_bytes, GlobalSelection, ParamQuota};
 use tch::{Device, Kind, Tensor};
 
 use super::{Count, FiniteCheck, GlobalSel, Located, RowSel, Rule, Scores};
-use crate::error::{Error, Result};
+use crate::error::{Error, HostError, Result};
 
 fn dt_of(kind: Kind) -> Result<Dt> {
     Ok(match kind {
@@ -21,10 +21,11 @@ fn dt_of(kind: Kind) -> Result<Dt> {
         Kind::Half => Dt::F16,
         Kind::Float => Dt::F32,
         k => {
-            return Err(Error::Shape {
+            return Err(HostError::Shape {
                 op: "CUDA selection",
                 message: format!("element type {k:?} (f32, f16 or bf16 only)"),
-            })
+            }
+            .into())
         }
     })
 }
@@ -53,17 +54,19 @@ fn source(scores: &Scores) -> Result<Source> {
         Scores::Dense(t) => (t, ScoreKind::Dense, 0),
     };
     if !data.is_contiguous() {
-        return Err(Error::Shape {
+        return Err(HostError::Shape {
             op: "CUDA selection",
             message: "scores must be read from a contiguous tensor".into(),
-        });
+        }
+        .into());
     }
     if scale % 16 != 0 {
         // The kernels load scales four at a time (engine::aligned_scale makes them so).
-        return Err(Error::Shape {
+        return Err(HostError::Shape {
             op: "CUDA selection",
             message: "column scales must start on a 16-byte boundary".into(),
-        });
+        }
+        .into());
     }
     Ok(Source {
         ptr: ptr(data),
@@ -310,11 +313,12 @@ impl Checked {
 fn non_finite_score(slot: usize, index: u64) -> (Option<usize>, Error) {
     (
         Some(slot),
-        Error::NonFinite {
+        HostError::NonFinite {
             what: "score",
             param: String::new(),
             index,
-        },
+        }
+        .into(),
     )
 }
 
@@ -419,7 +423,7 @@ fn band_select(
     let (dt, kind) = (sources[0].dt, sources[0].kind);
     let nq = scopes.len();
     let nseg = sources.len();
-    super::trace(device, "band: start");
+    super::mark(device, "band: start");
     // The host's tables. A strided sample of every scope: about 256 K keys for one big scope,
     // 16 K per scope otherwise.
     let mut sample_segs = Vec::new();
@@ -492,9 +496,9 @@ fn band_select(
     let nchunks = nchunks as usize;
     let first_seg_at = up.u32s(&first_seg);
     let ks_at = up.u64s(&ks_i);
-    super::trace(device, "band: tables built");
+    super::mark(device, "band: tables built");
     let tables = upload(&up.words, device).map_err(e)?;
-    super::trace(device, "band: tables uploaded");
+    super::mark(device, "band: tables uploaded");
     let tb = ptr(&tables);
     // The device's working memory, zeroed at once; the regions read back come last, together.
     let mut lay = Layout::default();
@@ -540,7 +544,7 @@ fn band_select(
         wb + chunks_at,
     )
     .map_err(ec)?;
-    super::trace(device, "band: work zeroed, chunks expanded");
+    super::mark(device, "band: work zeroed, chunks expanded");
     let (bc, stride) = band_chunks_at.map_or((0, 0), |at| (wb + at, CHUNK_BAND_BINS as u32));
     // 1. The sample, 2. the band from it.
     g.sample_hist(
@@ -552,7 +556,7 @@ fn band_select(
         wb + sample_at,
     )
     .map_err(ec)?;
-    super::trace(device, "band: sample launched");
+    super::mark(device, "band: sample launched");
     let floor = if kind == ScoreKind::Magnitude {
         0x8000
     } else {
@@ -570,7 +574,7 @@ fn band_select(
         nseg as u32,
     )
     .map_err(ec)?;
-    super::trace(device, "band: choose launched");
+    super::mark(device, "band: choose launched");
     // 3. One pass over everything.
     g.band_pass(
         dt,
@@ -588,7 +592,7 @@ fn band_select(
         stride,
     )
     .map_err(ec)?;
-    super::trace(device, "band: pass launched");
+    super::mark(device, "band: pass launched");
     // 4. Every scope resolved, 5. the last pruned tie of each parameter that takes some but not
     // all of its ties located.
     g.band_resolve(
@@ -606,7 +610,7 @@ fn band_select(
         wb + items_at,
     )
     .map_err(ec)?;
-    super::trace(device, "band: resolve launched");
+    super::mark(device, "band: resolve launched");
     if bc != 0 {
         g.tie_locate(
             dt,
@@ -624,10 +628,10 @@ fn band_select(
         )
         .map_err(ec)?;
     }
-    super::trace(device, "band: launched");
+    super::mark(device, "band: launched");
     let mut back = vec![0u8; (lay.bytes - back_at) as usize];
     g.download(wb + back_at, &mut back).map_err(ec)?;
-    super::trace(device, "band: read back");
+    super::mark(device, "band: read back");
     let at = |x: u64| x - back_at;
     let flag = read_u32s(&back, at(flag_at), 1)[0];
     let index: Vec<i64> = read_u64s(&back, at(index_at), nseg)
@@ -663,7 +667,10 @@ fn band_select(
                 (true, u64::MAX) => {
                     return Err((
                         Some(i),
-                        Error::Invalid("the tie locator missed a tie the band pass counted".into()),
+                        HostError::Invalid(
+                            "the tie locator missed a tie the band pass counted".into(),
+                        )
+                        .into(),
                     ))
                 }
                 (true, cut) => Some(cut),
@@ -678,7 +685,7 @@ fn band_select(
         }
         debug_assert_eq!(remaining, 0);
     }
-    super::trace(device, "band: resolved");
+    super::mark(device, "band: resolved");
     Ok(Some(quotas))
 }
 
@@ -880,14 +887,15 @@ impl GlobalSel for CudaGlobal {
             .flatten()
         {
             self.bad = Some(p);
-            return Err(Error::NonFinite {
+            return Err(HostError::NonFinite {
                 what: "score",
                 param: String::new(),
                 index,
-            });
+            }
+            .into());
         }
         if self.k > self.n {
-            crate::bail!("cannot select {} of {} weights", self.k, self.n);
+            birdbone_host::bail!("cannot select {} of {} weights", self.k, self.n);
         }
         if self.k == 0 {
             return Ok(false);
@@ -1000,7 +1008,7 @@ pub(crate) fn select_each(
         if k > s.n {
             return Err((
                 Some(*i),
-                Error::Invalid(format!("cannot select {k} of {} weights", s.n)),
+                HostError::Invalid(format!("cannot select {k} of {} weights", s.n)).into(),
             ));
         }
     }
@@ -1112,13 +1120,13 @@ pub(crate) fn select_rows(
     ks: &[u64],
 ) -> Result<(Vec<RowSel>, Vec<FiniteCheck>)> {
     let device = scores[0].device();
-    super::trace(device, "rows: start");
+    super::mark(device, "rows: start");
     let g = gpu(ordinal(device))?;
     let readable: Vec<Scores> = scores.iter().map(readable).collect::<Result<_>>()?;
     let sources: Vec<Source> = readable.iter().map(source).collect::<Result<_>>()?;
     for (s, &k) in sources.iter().zip(ks) {
         if k > s.cols {
-            crate::bail!("cannot select {k} of {} weights per row", s.cols);
+            birdbone_host::bail!("cannot select {k} of {} weights per row", s.cols);
         }
     }
     let check = Checked::new(scores.len(), device)?;
@@ -1215,7 +1223,7 @@ pub(crate) fn select_rows(
             )?;
         }
     }
-    super::trace(device, "rows: launched");
+    super::mark(device, "rows: launched");
     let copy = HostCopy::new(check.index);
     let checks = (0..scores.len())
         .map(|i| FiniteCheck::Batch(copy.clone(), i))
@@ -1355,7 +1363,7 @@ fn run_rules(
     want_mask: bool,
 ) -> Result<Vec<(Option<Tensor>, Count)>> {
     let device = items[0].scores.device();
-    super::trace(device, "rules: start");
+    super::mark(device, "rules: start");
     let g = gpu(ordinal(device))?;
     let sources: Vec<Source> = items
         .iter()
@@ -1385,9 +1393,9 @@ fn run_rules(
         );
         off += len;
     }
-    super::trace(device, "rules: sources and masks");
+    super::mark(device, "rules: sources and masks");
     let pruned = zeros(items.len() as i64, Kind::Int64, device)?;
-    super::trace(device, "rules: counts zeroed");
+    super::mark(device, "rules: counts zeroed");
     let base = |i: usize| Seg {
         mask: masks[i].as_ref().map_or(0, ptr),
         write,
@@ -1453,7 +1461,7 @@ fn run_rules(
                         .map(|&i| sources[i].n.div_ceil(dt.per_vector()))
                         .collect();
                     let t = chunked_tables(&g, &segs, &units, STREAM_CHUNK, device)?;
-                    super::trace(device, "rules: stream tables built");
+                    super::mark(device, "rules: stream tables built");
                     g.apply_stream(dt, kind, t.segs, t.chunks, t.nchunks, ptr(&pruned))?;
                 }
                 if !ranked.is_empty() {
@@ -1512,7 +1520,7 @@ fn run_rules(
             }
             What::RowsAtApply(_) => {
                 if let Some(&i) = members.iter().find(|&&i| !Gpu::row_prune_fits(&sources[i])) {
-                    crate::bail!(
+                    birdbone_host::bail!(
                         "a selection at apply does not fit rows of {} weights (made for other scores?)",
                         sources[i].cols
                     );
@@ -1540,9 +1548,9 @@ fn run_rules(
                     .collect();
                 let table = seg_table(&segs, device)?;
                 let same_length = members.iter().all(|&i| sources[i].cols == max_cols);
-                // With BIRDBONE_TRACE=1: how often a row's threshold lay outside the band
+                // With step timing on: how often a row's threshold lay outside the band
                 // predicted from the row before (such rows cost a second histogram).
-                let band_stats = super::tracing()
+                let band_stats = super::step_timing()
                     .then(|| zeros(2, Kind::Int64, device))
                     .transpose()?;
                 g.row_prune(
@@ -1558,8 +1566,9 @@ fn run_rules(
                 )?;
                 if let Some(b) = &band_stats {
                     let v = to_host_i64(b)?;
-                    eprintln!(
-                        "trace rows of {max_cols} weights: {} of {rows} selected from a predicted band, {} missed it",
+                    tracing::trace!(
+                        target: "birdbone_tch::steps",
+                        "rows of {max_cols} weights: {} of {rows} selected from a predicted band, {} missed it",
                         v[0] - v[1],
                         v[1]
                     );
@@ -1588,7 +1597,7 @@ fn run_rules(
             }
         }
     }
-    super::trace(device, "rules: launched");
+    super::mark(device, "rules: launched");
     let copy = HostCopy::new(pruned);
     Ok(masks
         .into_iter()
@@ -1687,7 +1696,7 @@ pub(crate) fn find_non_finite_into(ts: &[&Tensor], slots: &[usize], first: &Tens
         let t = chunked_tables(&g, &segs, &units, STREAM_CHUNK, device)?;
         g.find_non_finite(dt, false, t.segs, t.chunks, t.nchunks, ptr(first))?;
     }
-    super::trace(device, "finiteness checked");
+    super::mark(device, "finiteness checked");
     Ok(())
 }
 

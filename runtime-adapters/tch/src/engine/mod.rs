@@ -10,7 +10,7 @@ use std::sync::Arc;
 use birdbone_select::{mask_bytes, GlobalSelection, ParamQuota};
 use tch::{Device, Kind, Tensor};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, HostError, Result};
 
 /// How the host evaluates one parameter's scores.
 pub(crate) enum Scores {
@@ -70,15 +70,8 @@ impl Scores {
     }
 }
 
-/// What to prune in one parameter.
-pub(crate) enum Rule {
-    /// Below the threshold key, plus the first `take` ties (a global or per-parameter selection).
-    Threshold(ParamQuota),
-    /// One threshold per row.
-    PerRow(RowSel),
-    /// Keep `n` of every `m`.
-    NM { n: u32, m: u32 },
-}
+/// What to prune in one parameter: the host's rule over this engine's per-row selections.
+pub(crate) type Rule = birdbone_host::plan::Rule<RowSel>;
 
 /// Per-row selections.
 pub(crate) enum RowSel {
@@ -398,7 +391,7 @@ fn check_mask(weight: &Tensor, mask: &Tensor) -> Result<()> {
     let need = mask_bytes(weight.numel()) as i64;
     if mask.kind() != Kind::Uint8 || mask.numel() as i64 != need || mask.device() != weight.device()
     {
-        return Err(Error::Shape {
+        return Err(HostError::Shape {
             op: "apply mask",
             message: format!(
                 "mask of {} {:?} bytes on {:?} does not fit a weight of {} elements on {:?} (needs {need} u8)",
@@ -408,7 +401,7 @@ fn check_mask(weight: &Tensor, mask: &Tensor) -> Result<()> {
                 weight.numel(),
                 weight.device()
             ),
-        });
+        }.into());
     }
     Ok(())
 }
@@ -445,28 +438,30 @@ pub(crate) fn unpack_keep(mask: &Tensor, numel: i64) -> Result<Tensor> {
     Ok(expanded.f_narrow(0, 0, numel)?)
 }
 
-/// Whether BIRDBONE_TRACE=1 asks for per-step times and counters on standard error.
-pub(crate) fn tracing() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("BIRDBONE_TRACE").is_ok_and(|v| v == "1"))
+/// Whether per-step times and counters are asked for: `RUST_LOG=birdbone_tch::steps=trace`.
+/// Each [`mark`] then waits for the device, which perturbs what it measures a little.
+pub(crate) fn step_timing() -> bool {
+    tracing::enabled!(target: "birdbone_tch::steps", tracing::Level::TRACE)
 }
 
-/// Whether BIRDBONE_TRACE=timeline asks for a timeline of each pass (see `trace`).
+/// Whether a timeline of each pass is asked for: `RUST_LOG=birdbone_tch::timeline=trace`.
 fn timeline() -> bool {
-    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("BIRDBONE_TRACE").is_ok_and(|v| v == "timeline"))
+    tracing::enabled!(target: "birdbone_tch::timeline", tracing::Level::TRACE)
 }
 
 /// A timeline mark: its label, when the host passed it, and (on a GPU) an event recorded then.
 type Mark = (String, std::time::Instant, Option<birdbone_cuda::Mark>);
 
-/// Developer timing of the steps of a pass. With `BIRDBONE_TRACE=1` in the environment, each mark
-/// waits for `device` and prints the wall time since the previous mark to stderr. The waits
-/// perturb what they measure a little (a few microseconds each). With `BIRDBONE_TRACE=timeline`
-/// nothing waits: each mark notes the host's time and records an event on the device's stream,
-/// and the pass's last mark ("commit: masks and report") prints both clocks for every mark, so
-/// the gaps where the device waited on the host show. Without the variable a mark costs one load.
-pub(crate) fn trace(device: Device, label: &str) {
+/// Developer timing of the steps of a pass, as tracing events; with neither target enabled a
+/// mark costs a check of two cached flags.
+///
+/// - Step timing (target `birdbone_tch::steps`, debug): each mark waits for `device` and logs
+///   the wall time since the previous mark.
+/// - Timeline (target `birdbone_tch::timeline`, trace): nothing waits; each mark notes the
+///   host's time and records an event on the device's stream, and the pass's last mark
+///   ("commit: masks and report") logs both clocks for every mark, so the gaps where the device
+///   waited on the host show.
+pub(crate) fn mark(device: Device, label: &str) {
     static LAST: parking_lot::Mutex<Option<std::time::Instant>> = parking_lot::Mutex::new(None);
     static MARKS: parking_lot::Mutex<Vec<Mark>> = parking_lot::Mutex::new(Vec::new());
     if timeline() {
@@ -482,7 +477,7 @@ pub(crate) fn trace(device: Device, label: &str) {
         marks.push((label.to_string(), std::time::Instant::now(), event));
         if label == "commit: masks and report" {
             let (t0, e0) = (marks[0].1, marks[0].2.as_ref());
-            eprintln!("timeline (ms since the first mark): host / device");
+            let mut lines = String::from("ms since the first mark, host / device:");
             for (l, t, e) in marks.iter() {
                 let dev = match (e0, e) {
                     (Some(a), Some(b)) => {
@@ -490,13 +485,17 @@ pub(crate) fn trace(device: Device, label: &str) {
                     }
                     _ => "-".to_string(),
                 };
-                eprintln!("  {:8.3} / {dev:>8}  {l}", (*t - t0).as_secs_f64() * 1e3);
+                lines.push_str(&format!(
+                    "\n  {:8.3} / {dev:>8}  {l}",
+                    (*t - t0).as_secs_f64() * 1e3
+                ));
             }
+            tracing::trace!(target: "birdbone_tch::timeline", "{lines}");
             marks.clear();
         }
         return;
     }
-    if !tracing() {
+    if !step_timing() {
         return;
     }
     if let Device::Cuda(i) = device {
@@ -505,7 +504,11 @@ pub(crate) fn trace(device: Device, label: &str) {
     let now = std::time::Instant::now();
     let mut last = LAST.lock();
     if let Some(t) = *last {
-        eprintln!("trace {label}: {:.3} ms", (now - t).as_secs_f64() * 1e3);
+        tracing::trace!(
+            target: "birdbone_tch::steps",
+            "{label}: {:.3} ms",
+            (now - t).as_secs_f64() * 1e3
+        );
     }
     *last = Some(now);
 }

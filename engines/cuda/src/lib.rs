@@ -355,10 +355,14 @@ const CUBIN_OPTIONS: [&str; 2] = ["--std=c++17", "--fmad=false"];
 
 /// Compiles the kernels for `sm` (e.g. `sm_90`) into the on-disk cache without a GPU, so a
 /// machine that receives the cache folder (`BIRDBONE_KERNEL_CACHE`) loads them at once. Returns
-/// the file written.
+/// the file written (or already there).
 pub fn precompile(sm: &str) -> Result<std::path::PathBuf> {
     let path = cache_path(sm)
         .ok_or_else(|| CudaError("no cache folder: set BIRDBONE_KERNEL_CACHE".into()))?;
+    // The name holds a hash of the source and options: a file already there is this build.
+    if path.exists() {
+        return Ok(path);
+    }
     let cubin = compile_cubin(sm)?;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
@@ -531,7 +535,7 @@ impl Gpu {
             )
             .map_err(|e| CudaError::at("allowing dynamic shared memory", e))?;
         }
-        if std::env::var_os("BIRDBONE_CUDA_INFO").is_some() {
+        if tracing::enabled!(tracing::Level::DEBUG) {
             let (block, smem) = if name.starts_with("hist_high") {
                 (1024, 32768 * 4)
             } else if name.starts_with("row_select_warp") {
@@ -541,8 +545,8 @@ impl Gpu {
             } else {
                 (256, 0)
             };
-            eprintln!(
-                "[birdbone-cuda] {name}: {} registers, {} B local, {} blocks of {block} per SM",
+            tracing::debug!(
+                "{name}: {} registers, {} B local, {} blocks of {block} per SM",
                 func.num_regs().unwrap_or(-1),
                 func.local_size_bytes().unwrap_or(-1),
                 func.occupancy_max_active_blocks_per_multiprocessor(block, smem, None)

@@ -40,6 +40,11 @@ impl BitMask {
     }
 
     /// The packed bytes.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.bytes
+    }
+
+    /// The packed bits.
     pub fn bytes(&self) -> &[u8] {
         &self.bytes
     }

@@ -11,15 +11,12 @@ use abi_stable::{
     std_types::RVec,
 };
 use birdbone_host_api::{
-    AbiVersion, ComponentInfo, ComponentKind, ConfigEntry, ParamKind, ParamValue, PluginManifest,
-    PluginModule_Ref, ScorerBox, StrategyBox, HOST_CAPABILITIES,
+    AbiVersion, ComponentInfo, ComponentKind, ConfigEntry, HostOps_Ref, ParamKind, ParamValue,
+    PluginManifest, PluginModule_Ref, ScorerBox, StrategyBox, HOST_CAPABILITIES,
 };
 use serde::Serialize;
 
-use crate::{
-    error::{Error, Result},
-    ops::host_ops,
-};
+use crate::error::{Error, Result};
 
 /// The environment variable listing extra plugin folders or files, separated by `:`.
 pub const PLUGIN_PATH_ENV: &str = "BIRDBONE_PLUGIN_PATH";
@@ -214,6 +211,7 @@ impl PluginRegistry {
     }
 
     fn reject(&mut self, path: &Path, reason: String) -> Result<(), ()> {
+        tracing::debug!(path = %path.display(), %reason, "plugin refused");
         self.rejected.push(Rejected {
             path: path.to_path_buf(),
             reason,
@@ -294,6 +292,7 @@ impl PluginRegistry {
         for (name, ci) in accepted {
             self.components.insert(name, (index, ci));
         }
+        tracing::debug!(path = %path.display(), abi = %abi, "plugin loaded");
         self.plugins.push(LoadedPlugin {
             path: path.to_path_buf(),
             manifest,
@@ -351,22 +350,23 @@ impl PluginRegistry {
     }
 
     /// Creates scorer `name` from user settings (`key -> text`), validated against its
-    /// parameters.
+    /// parameters. `host` is the adapter's host-operation table, which the component keeps for
+    /// its tensor work.
     pub fn create_scorer(
         &self,
         name: &str,
         settings: &BTreeMap<String, String>,
+        host: HostOps_Ref,
     ) -> Result<Component<ScorerBox>> {
         let c = self.find(ComponentKind::Scorer, name)?;
         let config = complete_config(c.info, settings)?;
-        let object =
-            (c.plugin.module.create_scorer())(name.into(), config.as_slice().into(), host_ops())
-                .into_result()
-                .map_err(|error| Error::Plugin {
-                    component: name.into(),
-                    param: "creation".into(),
-                    error,
-                })?;
+        let object = (c.plugin.module.create_scorer())(name.into(), config.as_slice().into(), host)
+            .into_result()
+            .map_err(|error| Error::Plugin {
+                component: name.into(),
+                param: "creation".into(),
+                error,
+            })?;
         Ok(Component {
             name: name.into(),
             info: c.info.clone(),
@@ -380,11 +380,12 @@ impl PluginRegistry {
         &self,
         name: &str,
         settings: &BTreeMap<String, String>,
+        host: HostOps_Ref,
     ) -> Result<Component<StrategyBox>> {
         let c = self.find(ComponentKind::Strategy, name)?;
         let config = complete_config(c.info, settings)?;
         let object =
-            (c.plugin.module.create_strategy())(name.into(), config.as_slice().into(), host_ops())
+            (c.plugin.module.create_strategy())(name.into(), config.as_slice().into(), host)
                 .into_result()
                 .map_err(|error| Error::Plugin {
                     component: name.into(),
@@ -412,7 +413,24 @@ pub struct Component<T> {
     pub object: T,
 }
 
-pub(crate) fn kind_name(kind: ComponentKind) -> &'static str {
+impl<T> Component<T> {
+    /// The component and its configuration in words, as a report names it:
+    /// `name(key=value, ...)`.
+    pub fn describe(&self) -> String {
+        let cfg: Vec<String> = self
+            .config
+            .iter()
+            .map(|e| format!("{}={}", e.name, e.value))
+            .collect();
+        if cfg.is_empty() {
+            self.name.clone()
+        } else {
+            format!("{}({})", self.name, cfg.join(", "))
+        }
+    }
+}
+
+fn kind_name(kind: ComponentKind) -> &'static str {
     match kind {
         ComponentKind::Scorer => "scorer",
         ComponentKind::Strategy => "strategy",

@@ -5,7 +5,7 @@ use std::{collections::BTreeSet, path::Path};
 
 use tch::{Device, Kind, Tensor};
 
-use crate::error::{Error, Result};
+use crate::{Error, Result};
 
 /// Every tensor of the checkpoint in `dir`, converted to `kind` (floating tensors only) and
 /// moved to `device`, sorted by name. A truncated or corrupt file is an error naming it.

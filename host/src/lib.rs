@@ -1,0 +1,44 @@
+//! Birdbone's framework-neutral host: everything between the plugin ABI and a tensor library.
+//!
+//! - [`PluginRegistry`] finds plugin libraries, checks them (abi_stable's layout check, the
+//!   Birdbone ABI version, host capabilities, unique component names), says why it refused any,
+//!   and creates components.
+//! - [`PassConfig`] and [`ParamFilter`] say what a pass is asked for and which parameters.
+//! - [`plan::PlanDriver`] is the context a strategy plans through: it checks and records every
+//!   selection and decision, over the tensor work an adapter provides ([`plan::PlanBackend`]).
+//! - [`PassReport`] is what a pass did; [`mask_file`] is how masks are stored.
+//! - [`schedule`] is what the training callback is asked for (schedules, growth plates).
+//!
+//! Nothing here depends on a tensor library: an adapter (`birdbone-tch` today) supplies
+//! parameters, host operations and the engines, and re-exports these items.
+
+mod config;
+mod error;
+mod filter;
+pub mod mask_file;
+pub mod plan;
+mod registry;
+mod report;
+pub mod schedule;
+
+pub use config::PassConfig;
+pub use error::{Error, Result};
+pub use filter::{glob_match, role_of, ParamFilter};
+pub use registry::{
+    complete_config, Component, ComponentRef, LoadSummary, LoadedPlugin, PluginRegistry, Rejected,
+    PLUGIN_PATH_ENV,
+};
+pub use report::{ParamReport, PassReport};
+
+/// For binaries: logs from the libraries (`tracing`) on standard error, filtered by `RUST_LOG`
+/// (default: warnings), e.g. `RUST_LOG=birdbone_tch::steps=trace` for per-step times of each
+/// pass. Libraries only emit events; installing a subscriber is the program's choice.
+#[cfg(feature = "logging")]
+pub fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

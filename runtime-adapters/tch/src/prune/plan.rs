@@ -1,0 +1,374 @@
+//! Planning a pass over tch tensors: gather the parameters and their inputs, run the strategy
+//! through the host's plan driver, then read every finiteness check before anything is
+//! written.
+
+use std::{collections::BTreeMap, time::Instant};
+
+use abi_stable::std_types::{RNone, ROption, RVec};
+use birdbone_host::{
+    plan::{all_decided, PlanDriver},
+    role_of, Component, ParamFilter, PassConfig, PassReport, PluginRegistry,
+};
+use birdbone_host_api::{DeviceSet, InputSet, ParamInfo, ScoreInputs, ScorerBox, StrategyBox};
+use tch::{Device, Kind, Tensor};
+
+use super::{backend::TchPlan, commit::PrunePlan, PassInputs};
+use crate::{
+    engine::{self, Count, Rule, Scores},
+    error::{HostError, Result},
+    mask::MaskSet,
+    ops::host_ops,
+    params::{selected, ParamSource},
+    stats::ActivationStats,
+    tensors::{device_of, dtype_of, Lent},
+};
+
+/// A scorer and a strategy, ready to run passes.
+pub struct Pruner {
+    scorer: Component<ScorerBox>,
+    strategy: Component<StrategyBox>,
+}
+
+/// One parameter of a pass and what its scorer may be lent.
+pub(super) struct PlanParam {
+    pub name: String,
+    pub info: ParamInfo,
+    pub weight: Tensor,
+    pub grad: Option<Tensor>,
+    pub act: Option<(Tensor, u64)>,
+    /// Rows no selection may prune (bool `[rows]`, on the weight's device).
+    pub protected: Option<Tensor>,
+}
+
+/// One parameter's planned work.
+pub(crate) enum Planned {
+    Keep,
+    /// Evaluated at commit, in the same kernel that writes the weight.
+    Lazy {
+        scores: Scores,
+        rule: Rule,
+        pruned: u64,
+        what: String,
+    },
+    /// A mask built during planning.
+    Mask {
+        bits: Tensor,
+        pruned: Count,
+        what: String,
+    },
+}
+
+/// Column scales multiply magnitudes, so they must be finite and non-negative. One batched check
+/// per device for the whole pass (a device round trip per parameter cost more than the
+/// selection itself on a 7B model); the offending parameter is looked up only on failure.
+fn check_scales(params: &[PlanParam], scales: &[(u32, Tensor)]) -> Result<()> {
+    let bad_at = |s: &Tensor| -> Result<Option<u64>> {
+        let bad = s
+            .f_isfinite()?
+            .f_logical_and(&s.f_ge(0.0)?)?
+            .f_logical_not()?;
+        let at = bad.f_nonzero()?;
+        Ok((at.size()[0] > 0).then(|| at.int64_value(&[0, 0]) as u64))
+    };
+    let mut devices: Vec<Device> = Vec::new();
+    for (_, s) in scales {
+        if !devices.contains(&s.device()) {
+            devices.push(s.device());
+        }
+    }
+    for device in devices {
+        let group: Vec<&(u32, Tensor)> = scales
+            .iter()
+            .filter(|(_, s)| s.device() == device)
+            .collect();
+        let all = Tensor::f_cat(&group.iter().map(|(_, s)| s).collect::<Vec<_>>(), 0)?;
+        let all_ok = all
+            .f_isfinite()?
+            .f_logical_and(&all.f_ge(0.0)?)?
+            .f_all()?
+            .int64_value(&[])
+            == 1;
+        if all_ok {
+            continue;
+        }
+        for (p, s) in group {
+            if let Some(index) = bad_at(s)? {
+                return Err(HostError::NonFinite {
+                    what: "column scale (activation norms, which must be finite and non-negative)",
+                    param: params[*p as usize].name.clone(),
+                    index,
+                }
+                .into());
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn sync(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
+fn param_info(index: usize, name: &str, w: &Tensor, device: Device) -> Result<ParamInfo> {
+    let dtype = dtype_of(w.kind()).ok_or_else(|| HostError::Shape {
+        op: "plan",
+        message: format!("'{name}' has element type {:?}", w.kind()),
+    })?;
+    let shape = w.size();
+    Ok(ParamInfo {
+        index: index as u32,
+        name: name.into(),
+        role: role_of(name),
+        numel: shape.iter().product::<i64>() as u64,
+        shape: shape.into(),
+        dtype,
+        device: device_of(device),
+    })
+}
+
+impl Pruner {
+    /// Creates the scorer and strategy from the registry's plugins.
+    pub fn new(
+        registry: &PluginRegistry,
+        scorer: &str,
+        scorer_settings: &BTreeMap<String, String>,
+        strategy: &str,
+        strategy_settings: &BTreeMap<String, String>,
+    ) -> Result<Pruner> {
+        Ok(Pruner {
+            scorer: registry.create_scorer(scorer, scorer_settings, host_ops())?,
+            strategy: registry.create_strategy(strategy, strategy_settings, host_ops())?,
+        })
+    }
+
+    /// The scorer (a training loop feeds it through [`Pruner::observe`]).
+    pub fn scorer_name(&self) -> &str {
+        &self.scorer.name
+    }
+
+    /// Feeds the scorer one training step's gradients (for scorers that accumulate them).
+    pub fn observe(&mut self, params: &[(String, Tensor)]) -> Result<()> {
+        let _g = tch::no_grad_guard();
+        for (i, (name, w)) in params.iter().enumerate() {
+            let info = param_info(i, name, w, w.device())?;
+            let mut lent = Lent::default();
+            let g = w.grad();
+            let inputs = ScoreInputs {
+                weight: lent.lend(w)?,
+                grad: if g.defined() {
+                    ROption::RSome(lent.lend(&g)?)
+                } else {
+                    RNone
+                },
+                act_sq_sums: RNone,
+                act_tokens: 0,
+            };
+            self.scorer
+                .object
+                .observe(&info, &inputs)
+                .into_result()
+                .map_err(|error| HostError::Plugin {
+                    component: self.scorer.name.clone(),
+                    param: name.clone(),
+                    error,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Plans a pass over the parameters of `model` that `config.filter` selects.
+    pub fn plan(
+        &mut self,
+        model: &(impl ParamSource + ?Sized),
+        config: &PassConfig,
+        inputs: PassInputs<'_>,
+    ) -> Result<PrunePlan> {
+        let params = selected(model, &config.filter)?;
+        self.plan_params(params, config, inputs)
+    }
+
+    /// Plans a pass over exactly these parameters.
+    pub fn plan_params(
+        &mut self,
+        params: Vec<(String, Tensor)>,
+        config: &PassConfig,
+        inputs: PassInputs<'_>,
+    ) -> Result<PrunePlan> {
+        let started = Instant::now();
+        let target = config.target()?;
+        if params.is_empty() {
+            birdbone_host::bail!("no parameters to prune: the filter selected none");
+        }
+        let _g = tch::no_grad_guard();
+        let device = params[0].1.device();
+        let _span = tracing::debug_span!("plan", params = params.len(), ?device).entered();
+        engine::mark(device, "(before the plan)");
+        let plan_params = self.gather(params, inputs)?;
+        engine::mark(device, "plan: parameters checked");
+        let infos: RVec<ParamInfo> = plan_params.iter().map(|p| p.info.clone()).collect();
+        let backend = TchPlan::new(&plan_params, &mut self.scorer.object, &self.scorer.name);
+        engine::mark(device, "plan: parameters gathered");
+        let outcome = PlanDriver::new(backend, infos.clone()).run(&mut self.strategy, &target);
+        engine::mark(device, "plan: strategy ran (scores, selections, decisions)");
+        let outcome = outcome?;
+        let mut backend = outcome.backend;
+        if engine::step_timing() {
+            let [a, b, c] = backend.host_time.map(|d| d.as_secs_f64() * 1e3);
+            tracing::trace!(
+                target: "birdbone_tch::steps",
+                "plan: host time in scorer calls {a:.3} ms, taking their output {b:.3} ms, launching row selections {c:.3} ms"
+            );
+        }
+        // Finiteness checks launched on the device during planning are read here, all at once,
+        // before anything is written.
+        let weight_checks =
+            std::mem::replace(&mut backend.weight_checks, engine::WeightChecks::new(0, 0));
+        let mut checks = std::mem::take(&mut backend.checks);
+        check_scales(&plan_params, &std::mem::take(&mut backend.scales_to_check))?;
+        for (p, c) in weight_checks.finish()? {
+            checks.push((p, "weight", c));
+        }
+        for (p, what, check) in checks {
+            if let Some(index) = check.get()? {
+                return Err(HostError::NonFinite {
+                    what,
+                    param: plan_params[p as usize].name.clone(),
+                    index,
+                }
+                .into());
+            }
+        }
+        engine::mark(device, "plan: scale and finiteness checks");
+        drop(backend);
+        let decided = all_decided(outcome.decisions, &infos, &self.strategy.name)?;
+        let entries = plan_params
+            .into_iter()
+            .zip(decided)
+            .map(|(p, planned)| (p.name, p.weight, planned))
+            .collect();
+        sync(device);
+        Ok(PrunePlan::new(
+            entries,
+            self.scorer.describe(),
+            self.strategy.describe(),
+            config.clone(),
+            device,
+            started.elapsed().as_secs_f64(),
+        ))
+    }
+
+    /// Checks each parameter against the components' devices and inputs and gathers what its
+    /// scorer may be lent.
+    fn gather(
+        &self,
+        params: Vec<(String, Tensor)>,
+        inputs: PassInputs<'_>,
+    ) -> Result<Vec<PlanParam>> {
+        let needs = self.scorer.info.capabilities.inputs;
+        let mut plan_params = Vec::with_capacity(params.len());
+        for (i, (name, weight)) in params.into_iter().enumerate() {
+            let wdev = weight.device();
+            let need = if wdev.is_cuda() {
+                DeviceSet::CUDA
+            } else {
+                DeviceSet::CPU
+            };
+            for (c, what) in [
+                (&self.scorer.info, "scorer"),
+                (&self.strategy.info, "strategy"),
+            ] {
+                if !c.capabilities.devices.contains(need) {
+                    return Err(HostError::Config {
+                        component: c.name.to_string(),
+                        message: format!("this {what} does not run on {wdev:?} tensors ('{name}')"),
+                    }
+                    .into());
+                }
+            }
+            let act = inputs
+                .stats
+                .and_then(|s| s.get(&name))
+                .map(|(t, n)| (t.shallow_clone(), n));
+            if needs.contains(InputSet::ACTIVATION_STATS) && act.is_none() {
+                return Err(HostError::Config {
+                    component: self.scorer.name.clone(),
+                    message: format!("it needs activation statistics and there are none for '{name}': run calibration first"),
+                }
+                .into());
+            }
+            let grad = weight.grad();
+            let grad = grad.defined().then_some(grad);
+            if needs.contains(InputSet::GRADIENTS) && grad.is_none() {
+                return Err(HostError::Config {
+                    component: self.scorer.name.clone(),
+                    message: format!(
+                        "it needs gradients and '{name}' has none: run a backward pass first"
+                    ),
+                }
+                .into());
+            }
+            let info = param_info(i, &name, &weight, wdev)?;
+            let protected = match inputs.protected_rows.and_then(|m| m.get(&name)) {
+                Some(rows) if rows.f_any()?.int64_value(&[]) == 1 => {
+                    if weight.dim() != 2 || rows.size() != [weight.size()[0]] {
+                        birdbone_host::bail!(
+                            "protected rows of '{name}' have shape {:?}; the weight is {:?}",
+                            rows.size(),
+                            weight.size()
+                        );
+                    }
+                    Some(rows.f_to_device(weight.device())?.f_to_kind(Kind::Bool)?)
+                }
+                _ => None,
+            };
+            plan_params.push(PlanParam {
+                name,
+                info,
+                weight,
+                grad,
+                act,
+                protected,
+            });
+        }
+        Ok(plan_params)
+    }
+
+    /// One block of a sequential calibration: prunes those of `names` (the block's weights) that
+    /// `config.filter` selects, with `stats` collected on the block's inputs. `None` when the
+    /// filter selects none of them.
+    pub fn run_block(
+        &mut self,
+        model: &(impl ParamSource + ?Sized),
+        names: &[String],
+        stats: &ActivationStats,
+        config: &PassConfig,
+    ) -> Result<Option<(PassReport, MaskSet)>> {
+        if !names.iter().any(|n| config.filter.selects(n, &[1, 1])) {
+            return Ok(None);
+        }
+        let block_config = PassConfig {
+            filter: ParamFilter {
+                include: names.to_vec(),
+                exclude: config.filter.exclude.clone(),
+            },
+            ..config.clone()
+        };
+        let inputs = PassInputs {
+            stats: Some(stats),
+            ..Default::default()
+        };
+        self.run(model, &block_config, inputs).map(Some)
+    }
+
+    /// Plans and commits one pass over `model`.
+    pub fn run(
+        &mut self,
+        model: &(impl ParamSource + ?Sized),
+        config: &PassConfig,
+        inputs: PassInputs<'_>,
+    ) -> Result<(PassReport, MaskSet)> {
+        self.plan(model, config, inputs)?.commit()
+    }
+}
