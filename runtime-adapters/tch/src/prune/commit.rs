@@ -13,10 +13,11 @@ use crate::{
     mask::{MaskSet, ParamMask},
 };
 
-struct PlannedParam {
-    name: String,
-    weight: Tensor,
-    planned: Planned,
+/// One parameter of a planned pass and its planned work.
+pub(super) struct PlannedParam {
+    pub name: String,
+    pub weight: Tensor,
+    pub planned: Planned,
 }
 
 /// A planned pass: decisions made, model untouched. Dropping it abandons the pass.
@@ -31,7 +32,7 @@ pub struct PrunePlan {
 
 impl PrunePlan {
     pub(super) fn new(
-        entries: Vec<(String, Tensor, Planned)>,
+        entries: Vec<PlannedParam>,
         scorer: String,
         strategy: String,
         config: PassConfig,
@@ -39,14 +40,7 @@ impl PrunePlan {
         plan_seconds: f64,
     ) -> PrunePlan {
         PrunePlan {
-            entries: entries
-                .into_iter()
-                .map(|(name, weight, planned)| PlannedParam {
-                    name,
-                    weight,
-                    planned,
-                })
-                .collect(),
+            entries,
             scorer,
             strategy,
             config,

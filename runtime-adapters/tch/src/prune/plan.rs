@@ -12,7 +12,11 @@ use birdbone_host::{
 use birdbone_host_api::{DeviceSet, InputSet, ParamInfo, ScoreInputs, ScorerBox, StrategyBox};
 use tch::{Device, Kind, Tensor};
 
-use super::{backend::TchPlan, commit::PrunePlan, PassInputs};
+use super::{
+    backend::TchPlan,
+    commit::{PlannedParam, PrunePlan},
+    PassInputs,
+};
 use crate::{
     engine::{self, Count, Rule, Scores},
     error::{HostError, Result},
@@ -246,7 +250,11 @@ impl Pruner {
         let entries = plan_params
             .into_iter()
             .zip(decided)
-            .map(|(p, planned)| (p.name, p.weight, planned))
+            .map(|(p, planned)| PlannedParam {
+                name: p.name,
+                weight: p.weight,
+                planned,
+            })
             .collect();
         sync(device);
         Ok(PrunePlan::new(
