@@ -8,11 +8,11 @@ use std::{
 
 use abi_stable::{
     library::{lib_header_from_path, LibraryError, RootModuleError},
-    std_types::RVec,
+    std_types::{RResult, RSlice, RVec},
 };
 use birdbone_host_api::{
     AbiVersion, ComponentInfo, ComponentKind, ConfigEntry, HostOps_Ref, ParamKind, ParamValue,
-    PluginManifest, PluginModule_Ref, ScorerBox, StrategyBox, HOST_CAPABILITIES,
+    PluginError, PluginManifest, PluginModule_Ref, ScorerBox, StrategyBox, HOST_CAPABILITIES,
 };
 use serde::Serialize;
 
@@ -358,40 +358,39 @@ impl PluginRegistry {
         settings: &BTreeMap<String, String>,
         host: HostOps_Ref,
     ) -> Result<Component<ScorerBox>> {
-        let c = self.find(ComponentKind::Scorer, name)?;
-        let config = complete_config(c.info, settings)?;
-        let object = (c.plugin.module.create_scorer())(name.into(), config.as_slice().into(), host)
-            .into_result()
-            .map_err(|error| Error::Plugin {
-                component: name.into(),
-                param: "creation".into(),
-                error,
-            })?;
-        Ok(Component {
-            name: name.into(),
-            info: c.info.clone(),
-            config,
-            object,
+        self.create(ComponentKind::Scorer, name, settings, |module, config| {
+            (module.create_scorer())(name.into(), config, host)
         })
     }
 
-    /// Creates strategy `name` from user settings.
+    /// Creates strategy `name` from user settings, like [`PluginRegistry::create_scorer`].
     pub fn create_strategy(
         &self,
         name: &str,
         settings: &BTreeMap<String, String>,
         host: HostOps_Ref,
     ) -> Result<Component<StrategyBox>> {
-        let c = self.find(ComponentKind::Strategy, name)?;
+        self.create(ComponentKind::Strategy, name, settings, |module, config| {
+            (module.create_strategy())(name.into(), config, host)
+        })
+    }
+
+    fn create<T>(
+        &self,
+        kind: ComponentKind,
+        name: &str,
+        settings: &BTreeMap<String, String>,
+        make: impl FnOnce(PluginModule_Ref, RSlice<'_, ConfigEntry>) -> RResult<T, PluginError>,
+    ) -> Result<Component<T>> {
+        let c = self.find(kind, name)?;
         let config = complete_config(c.info, settings)?;
-        let object =
-            (c.plugin.module.create_strategy())(name.into(), config.as_slice().into(), host)
-                .into_result()
-                .map_err(|error| Error::Plugin {
-                    component: name.into(),
-                    param: "creation".into(),
-                    error,
-                })?;
+        let object = make(c.plugin.module, config.as_slice().into())
+            .into_result()
+            .map_err(|error| Error::Plugin {
+                component: name.into(),
+                param: "creation".into(),
+                error,
+            })?;
         Ok(Component {
             name: name.into(),
             info: c.info.clone(),
