@@ -8,7 +8,7 @@ use birdbone_host::{
 };
 use birdbone_host_api::{
     DType, Decision, Device, DeviceKind, HostOps_Ref, NmPattern, ParamInfo, PlanContext,
-    PluginError, ScoreRequest, SelectScope, Tensor, TensorId,
+    PluginError, ScoreRequest, SelectScope, Selection, Tensor, TensorId,
 };
 use birdbone_select::{select_global, Elems, GlobalSelection, ScoreSource};
 
@@ -119,6 +119,16 @@ fn driver() -> (PlanDriver<VecBackend>, RVec<ParamInfo>) {
     (PlanDriver::new(backend, infos.clone()), infos)
 }
 
+/// A strategy's `select_k_smallest` call.
+fn select(
+    d: &mut PlanDriver<VecBackend>,
+    params: &[u32],
+    ks: &[u64],
+    scope: SelectScope,
+) -> RResult<RVec<Selection>, PluginError> {
+    d.select_k_smallest(RSlice::from_slice(params), RSlice::from_slice(ks), scope)
+}
+
 fn message<T: std::fmt::Debug>(r: RResult<T, PluginError>) -> String {
     r.into_result()
         .expect_err("the driver must refuse this")
@@ -129,23 +139,13 @@ fn message<T: std::fmt::Debug>(r: RResult<T, PluginError>) -> String {
 #[test]
 fn a_global_selection_counts_exactly_and_covers_only_its_parameters() {
     let (mut d, infos) = driver();
-    let sel = d
-        .select_k_smallest(
-            RSlice::from_slice(&[0, 1]),
-            RSlice::from_slice(&[5]),
-            SelectScope::Global,
-        )
+    let sel = select(&mut d, &[0, 1], &[5], SelectScope::Global)
         .into_result()
         .unwrap();
     assert_eq!((sel[0].pruned, sel[0].considered), (5, 16));
     // The fifth smallest magnitude of the sixteen is a's 0.1 (after 0.05, 0.06, 0.07, 0.08).
     assert_eq!(sel[0].threshold, 0.1f32 as f64);
-    let only_a = d
-        .select_k_smallest(
-            RSlice::from_slice(&[0]),
-            RSlice::from_slice(&[2]),
-            SelectScope::PerParam,
-        )
+    let only_a = select(&mut d, &[0], &[2], SelectScope::PerParam)
         .into_result()
         .unwrap();
     d.decide(
@@ -198,17 +198,9 @@ fn requests_that_do_not_fit_are_refused_with_the_reason() {
         e.contains("parameter index 7 is out of range (the pass has 2)"),
         "{e}"
     );
-    let e = message(d.select_k_smallest(
-        RSlice::from_slice(&[0, 1]),
-        RSlice::from_slice(&[1]),
-        SelectScope::PerParam,
-    ));
+    let e = message(select(&mut d, &[0, 1], &[1], SelectScope::PerParam));
     assert!(e.contains("one count per parameter (1 for 2)"), "{e}");
-    let e = message(d.select_k_smallest(
-        RSlice::from_slice(&[1]),
-        RSlice::from_slice(&[1]),
-        SelectScope::PerRow,
-    ));
+    let e = message(select(&mut d, &[1], &[1], SelectScope::PerRow));
     assert!(e.contains("has protected rows"), "{e}");
     let e = message(d.decide(
         0,
@@ -231,12 +223,7 @@ fn requests_that_do_not_fit_are_refused_with_the_reason() {
     )
     .into_result()
     .unwrap();
-    let rows = d
-        .select_k_smallest(
-            RSlice::from_slice(&[0]),
-            RSlice::from_slice(&[3]),
-            SelectScope::PerRow,
-        )
+    let rows = select(&mut d, &[0], &[3], SelectScope::PerRow)
         .into_result()
         .unwrap();
     assert_eq!(rows[0].pruned, 6);

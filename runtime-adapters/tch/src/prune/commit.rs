@@ -22,33 +22,16 @@ pub(super) struct PlannedParam {
 
 /// A planned pass: decisions made, model untouched. Dropping it abandons the pass.
 pub struct PrunePlan {
-    entries: Vec<PlannedParam>,
-    scorer: String,
-    strategy: String,
-    config: PassConfig,
-    device: Device,
-    plan_seconds: f64,
+    pub(super) entries: Vec<PlannedParam>,
+    /// The scorer and the strategy in words, for the report.
+    pub(super) scorer: String,
+    pub(super) strategy: String,
+    pub(super) config: PassConfig,
+    pub(super) device: Device,
+    pub(super) plan_seconds: f64,
 }
 
 impl PrunePlan {
-    pub(super) fn new(
-        entries: Vec<PlannedParam>,
-        scorer: String,
-        strategy: String,
-        config: PassConfig,
-        device: Device,
-        plan_seconds: f64,
-    ) -> PrunePlan {
-        PrunePlan {
-            entries,
-            scorer,
-            strategy,
-            config,
-            device,
-            plan_seconds,
-        }
-    }
-
     /// Weights the plan will prune.
     pub fn pruned(&self) -> Result<u64> {
         self.entries

@@ -257,14 +257,14 @@ impl Pruner {
             })
             .collect();
         sync(device);
-        Ok(PrunePlan::new(
+        Ok(PrunePlan {
             entries,
-            self.scorer.describe(),
-            self.strategy.describe(),
-            config.clone(),
+            scorer: self.scorer.describe(),
+            strategy: self.strategy.describe(),
+            config: config.clone(),
             device,
-            started.elapsed().as_secs_f64(),
-        ))
+            plan_seconds: started.elapsed().as_secs_f64(),
+        })
     }
 
     /// Checks each parameter against the components' devices and inputs and gathers what its
