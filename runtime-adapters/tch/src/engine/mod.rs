@@ -455,7 +455,7 @@ type Mark = (String, std::time::Instant, Option<birdbone_cuda::Mark>);
 /// Developer timing of the steps of a pass, as tracing events; with neither target enabled a
 /// mark costs a check of two cached flags.
 ///
-/// - Step timing (target `birdbone_tch::steps`, debug): each mark waits for `device` and logs
+/// - Step timing (target `birdbone_tch::steps`, trace): each mark waits for `device` and logs
 ///   the wall time since the previous mark.
 /// - Timeline (target `birdbone_tch::timeline`, trace): nothing waits; each mark notes the
 ///   host's time and records an event on the device's stream, and the pass's last mark
