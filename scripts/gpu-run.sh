@@ -2,6 +2,7 @@
 # On the GPU machine, from the checkout with .device/ staged by scripts/stage-gpu.sh: the GPU
 # tests, then the benchmark beside the PyTorch baseline on the same card.
 #   scripts/gpu-run.sh tests | bench | all
+#   scripts/gpu-run.sh rollback [--runs N]   (what rollback and undo cost a pass, 7B shapes)
 #   scripts/gpu-run.sh finetune [birdbone-finetune options]   (staged by `stage-gpu.sh finetune`)
 #   scripts/gpu-run.sh exec COMMAND...   (any command in this environment, e.g. a profiler over
 #                                         .device/birdbone-bench; RUST_LOG=birdbone_tch::steps=trace
@@ -23,6 +24,10 @@ if [ "$what" = finetune ]; then
   .device/birdbone import-gguf /tmp/model.gguf /tmp/smollm2-135m || exit 1
   BIRDBONE_TEXT_DIR="$PWD/.device/text" .device/birdbone-finetune --model /tmp/smollm2-135m \
     --plugins .device "${@:2}"
+  exit $?
+fi
+if [ "$what" = rollback ]; then
+  .device/birdbone-bench --plugins .device --rollback "${@:2}"
   exit $?
 fi
 if [ "$what" = tests ] || [ "$what" = all ]; then

@@ -15,11 +15,13 @@ if ! .venv/bin/python -c 'import torch, sys; sys.exit(torch.__version__.split("+
   echo "== installing torch==2.11.0 into .venv (about 4.6 GB, once)"
   .venv/bin/pip install --quiet --disable-pip-version-check torch==2.11.0
 fi
-# transformers is the reference the Llama runtime's logits are checked against (tests only);
-# safetensors and numpy come with it.
-if ! .venv/bin/python -c 'import transformers' 2>/dev/null; then
-  echo "== installing transformers into .venv (the reference for the logits test)"
-  .venv/bin/pip install --quiet --disable-pip-version-check transformers
+# transformers is the reference the Llama runtime's logits are checked against, and what the
+# hand-off test loads a pruned folder with (tests only); safetensors and numpy come with it.
+# Pinned: the tests compare against one known version.
+TRANSFORMERS=5.25.0
+if ! .venv/bin/python -c "import transformers, sys; sys.exit(transformers.__version__ != '$TRANSFORMERS')" 2>/dev/null; then
+  echo "== installing transformers==$TRANSFORMERS into .venv (the reference for the logits tests)"
+  .venv/bin/pip install --quiet --disable-pip-version-check "transformers==$TRANSFORMERS"
 fi
 
 mkdir -p .cache/wheels

@@ -27,7 +27,10 @@ use std::{
 use anyhow::{bail, Context};
 use birdbone_tch::{
     direct, ActivationStats, ParamFilter, PassConfig, PassInputs, PluginRegistry, Pruner,
+    UndoPolicy,
 };
+
+mod rollback;
 use clap::Parser;
 use tch::{Device, Kind, Tensor};
 
@@ -53,6 +56,15 @@ struct Args {
         default_value = "global,wanda-row,nm24,layerwise,global-masks"
     )]
     paths: Vec<String>,
+    /// Measure what rollback and undo cost a pass instead (see rollback.rs).
+    #[arg(long)]
+    rollback: bool,
+    /// With --rollback: cpu runs on a real checkpoint's Linear weights (--model) on the CPU.
+    #[arg(long, default_value = "cuda")]
+    device: String,
+    /// With --rollback --device cpu: the model folder.
+    #[arg(long)]
+    model: Option<PathBuf>,
     /// Only compile the kernels for this architecture (e.g. sm_90) into the kernel cache
     /// (BIRDBONE_KERNEL_CACHE) and exit; needs NVRTC, not a GPU.
     #[arg(long)]
@@ -255,6 +267,9 @@ fn main() -> anyhow::Result<()> {
         );
         return Ok(());
     }
+    if args.rollback && args.device == "cpu" {
+        return rollback_on_cpu(&args);
+    }
     if !tch::Cuda::is_available() {
         bail!("no CUDA device: this benchmark runs on a GPU machine (scripts/gpu-run.sh bench)");
     }
@@ -314,6 +329,10 @@ fn main() -> anyhow::Result<()> {
     if args.memory {
         return memory(&args, &reg, &params, &stats, gpu);
     }
+    if args.rollback {
+        drop(pristine);
+        return rollback::run(&reg, &params, &stats, args.runs, &sync);
+    }
     let copy = copy_bandwidth();
     println!("# device copy: {copy:.2} TB/s (read + write), measured in this run");
     let ideal_bytes = 6.0 * n as f64; // one read to select, one read and write to apply (bf16)
@@ -341,6 +360,11 @@ fn main() -> anyhow::Result<()> {
             path.strategy,
             &settings,
         )?;
+        // The pass itself; what rollback adds is measured on its own (--rollback).
+        pruner.set_undo(UndoPolicy {
+            rollback: false,
+            ..Default::default()
+        })?;
         let cfg = PassConfig {
             sparsity: 0.5,
             nm: path.nm,
@@ -436,6 +460,39 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `--rollback --device cpu --model DIR`: the rollback cost on a real checkpoint, on the CPU.
+fn rollback_on_cpu(args: &Args) -> anyhow::Result<()> {
+    let dir = args
+        .model
+        .as_ref()
+        .context("--rollback --device cpu needs --model DIR (a safetensors model folder)")?;
+    let mut reg = PluginRegistry::new();
+    let files: Vec<PathBuf> = ["magnitude", "global", "layerwise", "wanda"]
+        .iter()
+        .map(|n| args.plugins.join(format!("libbirdbone_plugin_{n}.so")))
+        .collect();
+    let s = reg.load_paths(&files);
+    if !s.rejected.is_empty() {
+        bail!("plugins rejected: {:?}", s.rejected);
+    }
+    let all = birdbone_llama::checkpoint::load_dir(dir, None, Device::Cpu)?;
+    let params = birdbone_tch::selected(&all, &ParamFilter::default())?;
+    let mut stats = ActivationStats::new();
+    for (name, w) in &params {
+        stats.insert(
+            name.clone(),
+            Tensor::rand([w.size()[1]], (Kind::Float, Device::Cpu)) + 0.5,
+            512,
+        );
+    }
+    println!(
+        "# {} on the CPU ({} threads)",
+        dir.display(),
+        tch::get_num_threads()
+    );
+    rollback::run(&reg, &params, &stats, args.runs, &|| {})
 }
 
 fn direct_path_clone<'a>(p: &direct::DirectPath<'a>) -> direct::DirectPath<'a> {

@@ -4,16 +4,22 @@
 
 use std::{collections::BTreeMap, time::Instant};
 
-use birdbone_llama::{collect_stats, generate_greedy, perplexity};
-use birdbone_tch::{ActivationStats, PassConfig, PassInputs, Pruner};
+use birdbone_llama::generate_greedy;
+use birdbone_tch::{PassConfig, PassInputs, Pruner};
 
-use crate::model_io::Experiment;
+use crate::common::{self, CalibrationArgs, EvalArgs, ModelArgs, PluginArgs};
 
 #[derive(clap::Args)]
 pub struct Args {
     #[command(flatten)]
-    pub experiment: Experiment,
-    /// Sparsity.
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub eval: EvalArgs,
+    #[command(flatten)]
+    pub calibration: CalibrationArgs,
+    #[command(flatten)]
+    pub plugins: PluginArgs,
+    /// Sparsity, 0 to 1.
     #[arg(long, default_value_t = 0.5)]
     pub sparsity: f64,
 }
@@ -21,19 +27,29 @@ pub struct Args {
 const PROMPT: &str = "The capital of France is";
 
 pub fn run(a: Args) -> anyhow::Result<()> {
+    a.eval.validate()?;
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&a.sparsity),
+        "--sparsity {} is not between 0 and 1",
+        a.sparsity
+    );
+    let cal_cfg = a.calibration.apply(Default::default());
+    anyhow::ensure!(
+        cal_cfg.mode == birdbone_host::recipe::CalibrationMode::OnePass,
+        "the demo calibrates in one pass: use prune for --calibration-mode sequential"
+    );
+    let reg = a.plugins.registry()?;
     let t = Instant::now();
-    let x = &a.experiment;
-    let m = x.load()?;
+    let m = a.model.load()?;
     let device = m.model.device();
     println!("== Birdbone demo: prune a live model in place with Wanda, through the plugins");
     println!(
         "model {} on {device:?} ({}): loaded in {:.1} s",
         m.dir.display(),
-        x.dtype,
+        a.model.dtype,
         t.elapsed().as_secs_f64()
     );
 
-    let reg = x.registry();
     let names: Vec<&str> = reg.components().map(|c| c.info.name.as_str()).collect();
     println!("plugins: {} components ({})", names.len(), names.join(", "));
 
@@ -43,19 +59,19 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         "\nsample before ({:.1} s): {PROMPT}{before}",
         t.elapsed().as_secs_f64()
     );
-    let eval = x.eval_windows(&m)?;
-    let dense = perplexity(&m.model, &eval, 4)?;
+    let eval = a.eval.windows_of(&m)?;
+    let dense = common::perplexity(&m, &eval, a.eval.batch, "eval")?;
     println!(
-        "perplexity before: {:.2} ({} windows of 512 tokens of wiki.utf8, {:.1} s)",
-        dense.ppl, dense.windows, dense.seconds
+        "perplexity before: {:.4} ({} windows of {} tokens of {}, {:.1} s)",
+        dense.ppl, dense.windows, a.eval.window, a.eval.text, dense.seconds
     );
 
-    let calib = x.calibration_windows(&m)?;
-    let (sums, cal) = collect_stats(&m.model, &calib, 4)?;
-    let stats = ActivationStats::from(sums);
+    let calib = common::text_windows(&m, &cal_cfg.text, cal_cfg.length, cal_cfg.windows)?;
+    let (stats, cal) = common::calibrate(&m, &calib, cal_cfg.batch)?;
     println!(
-        "\nwarm-up: {} windows of c4.utf8 ({} tokens) through the model in {:.1} s: input statistics for {} Linear weights",
+        "\nwarm-up: {} windows of {} ({} tokens) through the model in {:.1} s: input statistics for {} Linear weights",
         cal.windows,
+        cal_cfg.text,
         cal.tokens,
         cal.seconds,
         stats.len()
@@ -104,9 +120,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         );
     }
 
-    let pruned = perplexity(&m.model, &eval, 4)?;
+    let pruned = common::perplexity(&m, &eval, a.eval.batch, "eval")?;
     println!(
-        "\nperplexity after: {:.2} (before {:.2}; {:.1} s)",
+        "\nperplexity after: {:.4} (before {:.4}; {:.1} s)",
         pruned.ppl, dense.ppl, pruned.seconds
     );
     let t = Instant::now();

@@ -1,31 +1,22 @@
-use std::path::PathBuf;
-
 use birdbone_host_api::{ComponentKind, Granularity};
 use birdbone_tch::PluginRegistry;
 use serde_json::json;
 
-/// Plugin folders: the ones given, else the executable's own folder and its `plugins/`, plus
-/// every entry of BIRDBONE_PLUGIN_PATH.
-pub fn plugin_dirs(given: &[PathBuf]) -> Vec<PathBuf> {
-    if !given.is_empty() {
-        return given.to_vec();
-    }
-    PluginRegistry::default_dirs()
-}
+use crate::common::PluginArgs;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Plugin folder (repeatable). Default: the birdbone executable's folder and its plugins/.
-    #[arg(long = "dir")]
-    dirs: Vec<PathBuf>,
-    /// Print JSON instead of text.
+    #[command(flatten)]
+    plugins: PluginArgs,
+    /// Print JSON (docs/cli.md) instead of text.
     #[arg(long)]
     json: bool,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
-    let reg = PluginRegistry::discover(&plugin_dirs(&a.dirs));
+    let dirs = a.plugins.folders();
+    let reg = PluginRegistry::discover(&dirs);
     let secs = started.elapsed().as_secs_f64();
     if a.json {
         let comps: Vec<_> = reg
@@ -56,7 +47,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         println!(
             "{}",
             serde_json::to_string_pretty(
-                &json!({"components": comps, "rejected": reg.rejected(), "load_seconds": secs})
+                &json!({"command": "plugins", "folders": dirs, "components": comps, "rejected": reg.rejected(), "load_seconds": secs})
             )?
         );
         return Ok(());
@@ -128,9 +119,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         }
     }
     println!(
-        "({} plugins loaded in {:.1} ms)",
+        "({} plugins loaded in {:.1} ms from {})",
         reg.plugins().len(),
-        secs * 1e3
+        secs * 1e3,
+        dirs.iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     Ok(())
 }

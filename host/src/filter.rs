@@ -31,6 +31,13 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
 /// By default: 2-D tensors whose name ends in `weight`, except embeddings, the LM head and
 /// norms (names containing `embed`, `lm_head`, `norm`, `wte` or `wpe`): the Linear weights of a
 /// transformer. `include` patterns replace the default; `exclude` patterns always apply.
+///
+/// A pattern is a glob on the parameter's name (`*` matches any run of characters), or, with
+/// the prefix `re:`, a regular expression on *module* names as llm-compressor's `targets` and
+/// `ignore` use them: it matches a parameter when it matches (from the start, like Python's
+/// `re.match`) the name of the module holding it or of any module above it. An included `re:`
+/// pattern selects the 2-D weights of the modules it matches; an excluded one removes every
+/// parameter under them.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct ParamFilter {
     /// Glob patterns of names to prune (empty: the default rule).
@@ -46,16 +53,68 @@ const NEVER_BY_DEFAULT: &[&str] = &["embed", "lm_head", "norm", "wte", "wpe"];
 impl ParamFilter {
     /// Whether `name` (of a tensor of `dims`) is selected.
     pub fn selects(&self, name: &str, dims: &[i64]) -> bool {
-        if self.exclude.iter().any(|p| glob_match(p, name)) {
+        let linear = dims.len() == 2 && name.ends_with("weight");
+        if self.exclude.iter().any(|p| pattern_matches(p, name)) {
             return false;
         }
         if !self.include.is_empty() {
-            return self.include.iter().any(|p| glob_match(p, name));
+            return self.include.iter().any(|p| match p.strip_prefix("re:") {
+                Some(_) => linear && pattern_matches(p, name),
+                None => glob_match(p, name),
+            });
         }
-        dims.len() == 2
-            && name.ends_with("weight")
-            && !NEVER_BY_DEFAULT.iter().any(|w| name.contains(w))
+        linear && !NEVER_BY_DEFAULT.iter().any(|w| name.contains(w))
     }
+
+    /// Checks every `re:` pattern compiles (a bad one is an error naming it).
+    pub fn validate(&self) -> crate::Result<()> {
+        for p in self.include.iter().chain(&self.exclude) {
+            if let Some(re) = p.strip_prefix("re:") {
+                if let Err(e) = compiled(re) {
+                    crate::bail!("pattern '{p}' is not a valid regular expression: {e}");
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A glob on the name, or a `re:` regex on the modules above it.
+fn pattern_matches(pattern: &str, name: &str) -> bool {
+    let Some(re) = pattern.strip_prefix("re:") else {
+        return glob_match(pattern, name);
+    };
+    let Ok(re) = compiled(re) else {
+        return false;
+    };
+    // The module holding the parameter, then every module above it; a match must start at
+    // the first character (re.match), and `$` then ties it to that module's name.
+    let mut module = name.rsplit_once('.').map_or("", |(m, _)| m);
+    loop {
+        if re.find(module).is_some_and(|m| m.start() == 0)
+            || re.find(name).is_some_and(|m| m.start() == 0)
+        {
+            return true;
+        }
+        match module.rsplit_once('.') {
+            Some((up, _)) => module = up,
+            None => return false,
+        }
+    }
+}
+
+/// Regexes are compiled once per pattern: filters are consulted on every pass.
+fn compiled(re: &str) -> Result<regex::Regex, regex::Error> {
+    use std::{collections::HashMap, sync::Mutex};
+    static CACHE: Mutex<Option<HashMap<String, regex::Regex>>> = Mutex::new(None);
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    let map = cache.get_or_insert_with(HashMap::new);
+    if let Some(r) = map.get(re) {
+        return Ok(r.clone());
+    }
+    let r = regex::Regex::new(re)?;
+    map.insert(re.to_string(), r.clone());
+    Ok(r)
 }
 
 /// What the name says of a parameter's place: the block index after `layers.`/`h.`/`blocks.`
@@ -107,6 +166,29 @@ mod tests {
             exclude: vec!["*.layers.0.*".into()],
         };
         assert!(!g.selects("model.layers.0.self_attn.q_proj.weight", &[576, 576]));
+    }
+
+    #[test]
+    fn module_regexes_as_llm_compressor_reads_them() {
+        let f = ParamFilter {
+            include: vec![r"re:model.layers.\d*$".into()],
+            exclude: vec!["re:.*down_proj".into()],
+        };
+        f.validate().unwrap();
+        assert!(f.selects("model.layers.3.self_attn.q_proj.weight", &[576, 576]));
+        assert!(!f.selects("model.layers.3.input_layernorm.weight", &[576]));
+        assert!(!f.selects("model.layers.3.mlp.down_proj.weight", &[576, 1536]));
+        assert!(!f.selects("model.embed_tokens.weight", &[49152, 576]));
+        let head = ParamFilter {
+            include: vec![],
+            exclude: vec!["re:.*lm_head".into()],
+        };
+        assert!(!head.selects("lm_head.weight", &[10, 4]));
+        let bad = ParamFilter {
+            include: vec!["re:(".into()],
+            exclude: vec![],
+        };
+        assert!(bad.validate().unwrap_err().to_string().contains("re:("));
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! - [`plan::PlanDriver`] is the context a strategy plans through: it checks and records every
 //!   selection and decision, over the tensor work an adapter provides ([`plan::PlanBackend`]).
 //! - [`PassReport`] is what a pass did; [`mask_file`] is how masks are stored.
-//! - [`schedule`] is what the training callback is asked for (schedules, growth plates).
+//! - [`Recipe`] is how a model is pruned, as a file says it (YAML or JSON, or an
+//!   llm-compressor recipe); [`schedule`] is its training part (schedules, growth plates).
 //!
 //! Nothing here depends on a tensor library: an adapter (`birdbone-tch` today) supplies
 //! parameters, host operations and the engines, and re-exports these items.
@@ -15,8 +16,10 @@
 mod config;
 mod error;
 mod filter;
+pub mod llm_compressor;
 pub mod mask_file;
 pub mod plan;
+pub mod recipe;
 mod registry;
 mod report;
 pub mod schedule;
@@ -24,6 +27,7 @@ pub mod schedule;
 pub use config::PassConfig;
 pub use error::{Error, Result};
 pub use filter::{glob_match, role_of, ParamFilter};
+pub use recipe::Recipe;
 pub use registry::{
     complete_config, Component, ComponentRef, LoadSummary, LoadedPlugin, PluginRegistry, Rejected,
     PLUGIN_PATH_ENV,

@@ -42,11 +42,33 @@ pub struct PassReport {
     pub sparsity: f64,
     /// Seconds planning took (scoring, selection, mask building).
     pub plan_seconds: f64,
-    /// Seconds committing took (writing the weights).
+    /// Seconds committing took (writing the weights), the rollback journal included.
     pub commit_seconds: f64,
+    /// Seconds of the commit spent keeping what it overwrites (0 with rollback off).
+    pub journal_seconds: f64,
+    /// Host memory the rollback journal took (0 with rollback off).
+    pub journal_bytes: u64,
 }
 
 impl PassReport {
+    /// One report for passes that together pruned the model (the blocks of a sequential
+    /// calibration): their parameters, totals and times. `None` for no passes.
+    pub fn merge(parts: Vec<PassReport>) -> Option<PassReport> {
+        let mut it = parts.into_iter();
+        let mut all = it.next()?;
+        for p in it {
+            all.params.extend(p.params);
+            all.total += p.total;
+            all.pruned += p.pruned;
+            all.plan_seconds += p.plan_seconds;
+            all.commit_seconds += p.commit_seconds;
+            all.journal_seconds += p.journal_seconds;
+            all.journal_bytes += p.journal_bytes;
+        }
+        all.sparsity = all.pruned as f64 / all.total.max(1) as f64;
+        Some(all)
+    }
+
     /// A table for a terminal.
     pub fn to_table(&self) -> String {
         let mut s = String::new();

@@ -2,6 +2,7 @@
 //! to what sparsity, growth-plate protection and regrowth. The same for every adapter; the
 //! tch adapter's `train::Compression` carries it out.
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -10,7 +11,7 @@ use crate::{
 };
 
 /// How sparsity rises along a gradual schedule.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Curve {
     /// Zhu & Gupta (2017): `s_t = s_f + (s_i − s_f)(1 − (t − t0)/(t1 − t0))³`.
@@ -21,8 +22,8 @@ pub enum Curve {
 }
 
 /// When passes run and to what sparsity.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Schedule {
     /// One pass, after step `at_step`.
     OneShot {
@@ -105,7 +106,8 @@ impl Schedule {
 }
 
 /// Growth plates: rows still growing are kept dense until they settle.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct GrowthPlateConfig {
     /// Weight of the newest step in the moving averages (0.1: about ten steps of memory).
     /// Growth is a row's moving average of ‖ΔW_r‖ and of ‖∇W_r‖, each relative to its
@@ -148,13 +150,14 @@ impl Default for GrowthPlateConfig {
 }
 
 /// RigL-style regrowth at schedule points.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RegrowConfig {
     /// Fraction of each parameter's pruned weights regrown (and as many live ones pruned).
     pub fraction: f64,
 }
 
-/// Everything the callback does, as a config file can say it (JSON).
+/// Everything the callback does: a recipe's `training` section with its pattern and selection.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct CompressionConfig {
     /// When and how far.
@@ -174,17 +177,14 @@ pub struct CompressionConfig {
 }
 
 impl CompressionConfig {
-    /// Reads a JSON config file.
+    /// Reads the `training` section of a recipe file (YAML or JSON, see
+    /// [`crate::Recipe::from_file`]), with the recipe's pattern and parameter selection.
     pub fn from_file(path: &std::path::Path) -> Result<CompressionConfig> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-            path: path.into(),
-            source,
-        })?;
-        let c: CompressionConfig = serde_json::from_str(&text).map_err(|e| Error::Format {
-            path: path.into(),
-            message: e.to_string(),
-        })?;
-        c.schedule.validate()?;
-        Ok(c)
+        crate::Recipe::from_file(path)?
+            .compression()
+            .map_err(|e| Error::Format {
+                path: path.into(),
+                message: e.to_string(),
+            })
     }
 }

@@ -653,3 +653,16 @@ fn cuda_rows_predicted_from_the_row_before_match_the_cpu() {
         }
     }
 }
+
+#[test]
+fn cuda_a_failed_commit_is_rolled_back_and_passes_can_be_undone() {
+    if !cuda_or_skip("cuda_a_failed_commit_is_rolled_back_and_passes_can_be_undone") {
+        return;
+    }
+    let params = on(&real_weights(Kind::BFloat16), Device::Cuda(0));
+    // Failures before, between and after the writes (the batched kernels then run one
+    // parameter at a time so a failure can fall between any two); pinned host copies restore.
+    crate::undo::failure_at_every_stage_restores_the_weights(&params);
+    crate::undo::passes_undone_in_order_return_to_the_start(&params);
+    crate::undo::the_training_callback_takes_a_pass_back_with_its_masks(&params);
+}

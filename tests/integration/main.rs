@@ -9,9 +9,13 @@
 //!   perplexity, calibration statistics, Wanda against magnitude.
 //! - `serve`: the example server: warm-up pruning, concurrent clients, a plugin dropped in and
 //!   used for a live re-prune.
+//! - `cli`: the `birdbone` command: recipes, calibration, the folder transformers loads, hub
+//!   ids, JSON output, pictures, bad input.
+//! - `undo`: a failed commit rolled back bit for bit, passes taken back, the callback's masks.
 //! - `gpu`: CUDA paths against the CPU path; they return early where no GPU is present.
 
 mod checks;
+mod cli;
 mod gguf;
 mod gpu;
 mod llama;
@@ -21,3 +25,4 @@ mod models;
 mod prune;
 mod serve;
 mod train;
+mod undo;

@@ -104,5 +104,20 @@ fn the_server_keeps_answering_through_a_live_reprune_with_a_plugin_dropped_in() 
     assert_eq!(bad["ok"], false);
     assert!(bad["error"].as_str().unwrap().contains("no-such-scorer"));
     assert_eq!(operator.call(&json!({"op": "status"})).unwrap()["ok"], true);
+    // Taking passes back, newest first: the re-prune, then the warm-up; then nothing is left.
+    let u = operator.call(&json!({"op": "undo"})).unwrap();
+    assert_eq!(u["undone"], true, "{u}");
+    assert!((u["sparsity"].as_f64().unwrap() - 0.5).abs() < 1e-9, "{u}");
+    let u = operator.call(&json!({"op": "undo"})).unwrap();
+    assert_eq!(
+        (u["undone"].as_bool(), u["undoable"].as_u64()),
+        (Some(true), Some(0)),
+        "{u}"
+    );
+    assert!(u["sparsity"].as_f64().unwrap() < 0.01, "dense again: {u}");
+    assert_eq!(
+        operator.call(&json!({"op": "undo"})).unwrap()["undone"],
+        false
+    );
     server.shutdown();
 }

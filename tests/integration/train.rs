@@ -92,9 +92,10 @@ fn schedules_give_their_sparsity_at_each_point_and_only_there() {
     let good = dir.path().join("good.json");
     std::fs::write(
         &good,
-        r#"{"schedule": {"kind": "gradual", "start_step": 0, "end_step": 100, "every": 10,
+        r#"{"scorer": "magnitude", "sparsity": 0.5, "training": {
+            "schedule": {"kind": "gradual", "start_step": 0, "end_step": 100, "every": 10,
             "initial_sparsity": 0.0, "final_sparsity": 0.5, "curve": "linear"},
-            "growth_plates": {"factor": 2.0}, "regrow": {"fraction": 0.1}}"#,
+            "growth_plates": {"factor": 2.0}, "regrow": {"fraction": 0.1}}}"#,
     )
     .unwrap();
     let c = CompressionConfig::from_file(&good).unwrap();
@@ -103,7 +104,7 @@ fn schedules_give_their_sparsity_at_each_point_and_only_there() {
     assert_eq!(plates.factor, 2.0);
     assert_eq!(plates.rate, GrowthPlateConfig::default().rate);
     let bad = dir.path().join("bad.json");
-    std::fs::write(&bad, r#"{"schedule": {"kind": "sometimes"}}"#).unwrap();
+    std::fs::write(&bad, r#"{"training": {"schedule": {"kind": "sometimes"}}}"#).unwrap();
     let e = CompressionConfig::from_file(&bad).unwrap_err().to_string();
     assert!(e.contains("bad.json") && e.contains("sometimes"), "{e}");
 }

@@ -18,6 +18,7 @@
 use std::{collections::BTreeMap, path::PathBuf, time::Instant};
 
 use anyhow::{bail, Context};
+use birdbone_host::Recipe;
 use birdbone_llama::{
     collect_stats, lm_loss, parse_device, perplexity, read_text, token_windows, Loaded,
 };
@@ -79,17 +80,18 @@ struct Args {
     eval_every: u64,
     /// Calibration windows of 512 tokens (c4.utf8) for Wanda.
     #[arg(long, default_value_t = 32)]
-    calibration: usize,
+    calibration_windows: usize,
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value = "auto")]
     device: String,
     /// Plugin folder (repeatable). Default: this executable's folder and its plugins/.
     #[arg(long = "plugins")]
     plugin_dirs: Vec<PathBuf>,
-    /// A compression config (JSON: schedule, filter, growth_plates, regrow) replacing the
-    /// built-in schedule of the gradual variants.
+    /// A recipe with a `training` section (examples/recipes/gradual-magnitude-50.json):
+    /// its scorer, strategy, schedule, selection and growth plates replace the built-in ones
+    /// of the gradual variants.
     #[arg(long)]
-    config: Option<PathBuf>,
+    recipe: Option<PathBuf>,
     /// Write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -155,17 +157,21 @@ fn main() -> anyhow::Result<()> {
             bail!("plugin component '{c}' not found in {dirs:?}: build the workspace (cargo build --release) or pass --plugins");
         }
     }
-    let file_cfg = a
-        .config
-        .as_deref()
-        .map(CompressionConfig::from_file)
-        .transpose()?;
+    let file_cfg = a.recipe.as_deref().map(Recipe::from_file).transpose()?;
+    if let Some(r) = &file_cfg {
+        r.compression()?;
+    }
 
     eprintln!("loading {} on {device:?} ...", a.model);
     let first = Loaded::load(&a.model, device, Kind::Float)?;
     let wiki = read_text("wiki.utf8")?;
     let eval = token_windows(&first.tokenizer, &wiki, 512, a.eval_windows)?;
-    let calib = token_windows(&first.tokenizer, &read_text("c4.utf8")?, 512, a.calibration)?;
+    let calib = token_windows(
+        &first.tokenizer,
+        &read_text("c4.utf8")?,
+        512,
+        a.calibration_windows,
+    )?;
     // Training windows: the rest of wiki.utf8, after the evaluation windows.
     let ids: Vec<i64> = first
         .tokenizer
@@ -258,7 +264,7 @@ fn run_variant(
     device: Device,
     reg: &PluginRegistry,
     data: &Data,
-    file_cfg: Option<&CompressionConfig>,
+    file_cfg: Option<&Recipe>,
     batch_eval: usize,
 ) -> anyhow::Result<Outcome> {
     let started = Instant::now();
@@ -269,13 +275,15 @@ fn run_variant(
     let vs = m.model.var_store();
     let none = BTreeMap::new();
     let gradual = |plates: bool| -> CompressionConfig {
-        let mut c = file_cfg.cloned().unwrap_or(CompressionConfig {
-            schedule: default_schedule(a.steps, a.sparsity),
-            filter: ParamFilter::default(),
-            nm: None,
-            growth_plates: None,
-            regrow: None,
-        });
+        let mut c = file_cfg
+            .and_then(|r| r.compression().ok())
+            .unwrap_or(CompressionConfig {
+                schedule: default_schedule(a.steps, a.sparsity),
+                filter: ParamFilter::default(),
+                nm: None,
+                growth_plates: None,
+                regrow: None,
+            });
         if plates && c.growth_plates.is_none() {
             c.growth_plates = Some(GrowthPlateConfig::default());
         }
@@ -301,7 +309,16 @@ fn run_variant(
             Some(Compression::new(pruner, cfg)?)
         }
         Variant::GradualMagnitude | Variant::GrowthPlates => {
-            let pruner = Pruner::new(reg, "magnitude", &none, "layerwise", &none)?;
+            let pruner = match file_cfg {
+                Some(r) => Pruner::new(
+                    reg,
+                    &r.scorer.name,
+                    &r.scorer.settings(),
+                    &r.strategy.name,
+                    &r.strategy.settings(),
+                )?,
+                None => Pruner::new(reg, "magnitude", &none, "layerwise", &none)?,
+            };
             Some(Compression::new(
                 pruner,
                 gradual(v == Variant::GrowthPlates),

@@ -10,6 +10,9 @@
 //!   a restart), then prunes on a background thread: it plans under an upgradable read lock
 //!   (generation goes on), and commits under the write lock, so requests in flight finish first
 //!   and no request ever sees half-pruned weights.
+//! - **Taking a pass back**: `{"op": "undo"}` restores, under the write lock, the weights of the
+//!   newest pass still kept (the warm-up's and the last re-prunes', up to
+//!   [`UNDO_PASSES`]), bit for bit.
 //! - `{"op": "status"}` reports the sparsity of the model and the loaded components.
 
 use std::{
@@ -28,6 +31,7 @@ use std::{
 use birdbone_llama::{collect_stats, generate_greedy, token_windows, Loaded};
 use birdbone_tch::{
     selected, ActivationStats, ParamFilter, PassConfig, PassInputs, PluginRegistry, Pruner,
+    UndoHistory, UndoPolicy,
 };
 use crossbeam::channel::{bounded, unbounded, Sender};
 use parking_lot::{Mutex, RwLock, RwLockUpgradableReadGuard};
@@ -77,6 +81,15 @@ pub struct WarmupReport {
     pub prune_seconds: f64,
     /// Sparsity of the Linear weights after warm-up.
     pub sparsity: f64,
+}
+
+/// Passes the server can take back (`{"op": "undo"}`), newest first.
+pub const UNDO_PASSES: usize = 4;
+
+/// Work for the pruning thread.
+enum Job {
+    Reprune(Reprune),
+    Undo(Sender<Value>),
 }
 
 struct Reprune {
@@ -143,8 +156,14 @@ pub fn start(cfg: ServeConfig) -> anyhow::Result<Server> {
     }
     registry.load_dir(&cfg.plugins);
     let t2 = Instant::now();
+    let undo_policy = UndoPolicy {
+        passes: UNDO_PASSES,
+        ..Default::default()
+    };
+    let mut history = UndoHistory::default();
     if let Some((scorer, strategy, settings, s)) = &cfg.warmup {
         let mut pruner = Pruner::new(&registry, scorer, &BTreeMap::new(), strategy, settings)?;
+        pruner.set_undo(undo_policy)?;
         let pass = PassConfig {
             sparsity: *s,
             ..Default::default()
@@ -157,6 +176,7 @@ pub fn start(cfg: ServeConfig) -> anyhow::Result<Server> {
                 ..Default::default()
             },
         )?;
+        history = pruner.take_history();
     }
     let prune_seconds = t2.elapsed().as_secs_f64();
     let warmup = WarmupReport {
@@ -175,7 +195,7 @@ pub fn start(cfg: ServeConfig) -> anyhow::Result<Server> {
     let mut threads = Vec::new();
 
     // The background pruner: re-prune jobs arrive over a channel and run one at a time.
-    let (prune_tx, prune_rx) = unbounded::<Reprune>();
+    let (prune_tx, prune_rx) = unbounded::<Job>();
     {
         // The statistics stay with the pruning thread, their only user.
         let (model, registry, plugins, stop) = (
@@ -189,9 +209,26 @@ pub fn start(cfg: ServeConfig) -> anyhow::Result<Server> {
                 let Ok(job) = prune_rx.recv_timeout(Duration::from_millis(50)) else {
                     continue;
                 };
-                let answer = reprune(&model, &registry, &stats, &plugins, &job)
-                    .unwrap_or_else(|e| json!({"ok": false, "error": format!("{e:#}")}));
-                let _ = job.reply.send(answer);
+                let failed = |e: anyhow::Error| json!({"ok": false, "error": format!("{e:#}")});
+                match job {
+                    Job::Reprune(job) => {
+                        let answer = reprune(
+                            &model,
+                            &registry,
+                            &stats,
+                            &plugins,
+                            &job,
+                            &mut history,
+                            &undo_policy,
+                        )
+                        .unwrap_or_else(failed);
+                        let _ = job.reply.send(answer);
+                    }
+                    Job::Undo(reply) => {
+                        let answer = undo(&model, &mut history).unwrap_or_else(failed);
+                        let _ = reply.send(answer);
+                    }
+                }
             }
         }));
     }
@@ -240,7 +277,7 @@ fn handle(
     stream: TcpStream,
     model: &RwLock<Shared>,
     registry: &Mutex<PluginRegistry>,
-    prune_tx: &Sender<Reprune>,
+    prune_tx: &Sender<Job>,
     served: &AtomicU64,
     stop: &AtomicBool,
 ) -> anyhow::Result<()> {
@@ -288,7 +325,7 @@ fn answer(
     req: &Value,
     model: &RwLock<Shared>,
     registry: &Mutex<PluginRegistry>,
-    prune_tx: &Sender<Reprune>,
+    prune_tx: &Sender<Job>,
 ) -> anyhow::Result<Value> {
     match req["op"].as_str() {
         Some("generate") => {
@@ -322,14 +359,19 @@ fn answer(
                 .and_then(|p| p.split_once(':'))
                 .and_then(|(n, m)| Some((n.parse().ok()?, m.parse().ok()?)));
             let (reply, rx) = bounded(1);
-            prune_tx.send(Reprune {
+            prune_tx.send(Job::Reprune(Reprune {
                 scorer: s("scorer").unwrap_or_else(|| "magnitude".into()),
                 strategy: s("strategy").unwrap_or_else(|| "global".into()),
                 settings,
                 sparsity: req["sparsity"].as_f64().unwrap_or(0.5),
                 nm,
                 reply,
-            })?;
+            }))?;
+            Ok(rx.recv()?)
+        }
+        Some("undo") => {
+            let (reply, rx) = bounded(1);
+            prune_tx.send(Job::Undo(reply))?;
             Ok(rx.recv()?)
         }
         Some("status") => {
@@ -342,7 +384,7 @@ fn answer(
             Ok(json!({"ok": true, "sparsity": sparsity(&m.0)?, "components": comps}))
         }
         other => Ok(
-            json!({"ok": false, "error": format!("unknown op {other:?} (generate, reprune, status)")}),
+            json!({"ok": false, "error": format!("unknown op {other:?} (generate, reprune, undo, status)")}),
         ),
     }
 }
@@ -353,6 +395,8 @@ fn reprune(
     stats: &ActivationStats,
     plugins: &std::path::Path,
     job: &Reprune,
+    history: &mut UndoHistory,
+    policy: &UndoPolicy,
 ) -> anyhow::Result<Value> {
     // New plugin files dropped into the folder since the last scan are loaded now.
     let (new_files, rejected, mut pruner) = {
@@ -385,7 +429,8 @@ fn reprune(
     )?;
     let planned = started.elapsed().as_secs_f64();
     let guard = RwLockUpgradableReadGuard::upgrade(guard);
-    let (report, _) = plan.commit()?;
+    let (report, _, journal) = plan.commit_undoable()?;
+    history.push(journal, policy);
     let sp = sparsity(&guard.0)?;
     drop(guard);
     Ok(json!({
@@ -400,6 +445,15 @@ fn reprune(
         "new_plugins": new_files,
         "rejected": rejected.iter().map(|r| format!("{}: {}", r.path.display(), r.reason)).collect::<Vec<_>>(),
     }))
+}
+
+/// Takes the newest kept pass back, under the write lock.
+fn undo(model: &RwLock<Shared>, history: &mut UndoHistory) -> anyhow::Result<Value> {
+    let guard = model.write();
+    let undone = history.undo()?;
+    let sp = sparsity(&guard.0)?;
+    drop(guard);
+    Ok(json!({"ok": true, "undone": undone, "sparsity": sp, "undoable": history.len()}))
 }
 
 /// A client of the line protocol (used by the tests and handy in scripts).

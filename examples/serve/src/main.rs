@@ -36,7 +36,7 @@ struct Args {
     calibration_text: PathBuf,
     /// Calibration windows of 512 tokens.
     #[arg(long, default_value_t = 32)]
-    calibration: usize,
+    calibration_windows: usize,
     /// Warm-up sparsity with wanda + layerwise scope=row (0 to skip).
     #[arg(long, default_value_t = 0.5)]
     sparsity: f64,
@@ -62,7 +62,7 @@ fn main() -> anyhow::Result<()> {
         addr: a.addr.parse()?,
         threads: a.threads,
         calibration_text: a.calibration_text,
-        calibration: (a.calibration, 512),
+        calibration: (a.calibration_windows, 512),
         warmup,
         device: tch::Device::cuda_if_available(),
         kind: tch::Kind::Float,

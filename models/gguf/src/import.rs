@@ -77,6 +77,15 @@ fn unpermute(w: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
 /// Imports a Llama-architecture GGUF checkpoint into `out_dir` as `config.json`,
 /// `model.safetensors` (f32, dequantised) and `tokenizer.json`.
 pub fn import_llama(gguf: &Path, out_dir: &Path) -> Result<ImportSummary> {
+    import_llama_with(gguf, out_dir, &mut |_, _| {})
+}
+
+/// [`import_llama`], calling `progress(tensors done, tensors in all)` after each tensor.
+pub fn import_llama_with(
+    gguf: &Path,
+    out_dir: &Path,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<ImportSummary> {
     let f = GgufFile::open(gguf)?;
     let arch = f
         .get("general.architecture")
@@ -124,7 +133,8 @@ pub fn import_llama(gguf: &Path, out_dir: &Path) -> Result<ImportSummary> {
     })?;
     let mut arrays: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     let mut parameters = 0u64;
-    for t in &f.tensors {
+    for (done, t) in f.tensors.iter().enumerate() {
+        progress(done, f.tensors.len());
         let Some(name) = hf_name(&t.name) else {
             if t.name == "rope_freqs.weight" {
                 continue; // recomputed from rope theta

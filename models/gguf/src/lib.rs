@@ -7,7 +7,7 @@ mod quant;
 mod tokenizer;
 
 pub use file::{GgmlType, GgufFile, TensorInfo, Value};
-pub use import::{import_llama, ImportSummary};
+pub use import::{import_llama, import_llama_with, ImportSummary};
 pub use tokenizer::tokenizer_json;
 
 /// What can go wrong reading or importing a GGUF file.

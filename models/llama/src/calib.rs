@@ -40,6 +40,16 @@ pub fn collect_stats(
     windows: &[Vec<i64>],
     batch: usize,
 ) -> Result<(ActivationSums, CalibrationReport)> {
+    collect_stats_with(model, windows, batch, &mut |_| {})
+}
+
+/// [`collect_stats`], calling `progress(windows done)` after every forward pass.
+pub fn collect_stats_with(
+    model: &Llama,
+    windows: &[Vec<i64>],
+    batch: usize,
+    progress: &mut dyn FnMut(usize),
+) -> Result<(ActivationSums, CalibrationReport)> {
     let started = Instant::now();
     let _g = tch::no_grad_guard();
     let mut rec = StatsRecorder::new();
@@ -48,6 +58,7 @@ pub fn collect_stats(
         let ids = ids?;
         tokens += ids.numel() as u64;
         let _ = model.forward(&ids, None, Some(&mut rec))?;
+        progress((tokens / ids.size()[1] as u64) as usize);
     }
     Ok((
         rec.into_sums(),

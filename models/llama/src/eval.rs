@@ -94,6 +94,16 @@ pub fn token_windows(
 /// Perplexity of `model` on `windows`, each scored independently: exp of the mean negative
 /// log-likelihood over every predicted position (the first token of a window is context only).
 pub fn perplexity(model: &Llama, windows: &[Vec<i64>], batch: usize) -> Result<Perplexity> {
+    perplexity_with(model, windows, batch, &mut |_| {})
+}
+
+/// [`perplexity`], calling `progress(windows done)` after every forward pass.
+pub fn perplexity_with(
+    model: &Llama,
+    windows: &[Vec<i64>],
+    batch: usize,
+    progress: &mut dyn FnMut(usize),
+) -> Result<Perplexity> {
     let started = Instant::now();
     let _g = tch::no_grad_guard();
     let mut nll = 0f64;
@@ -112,6 +122,7 @@ pub fn perplexity(model: &Llama, windows: &[Vec<i64>], batch: usize) -> Result<P
         let picked = logp.f_gather(-1, &targets, false)?;
         nll -= picked.f_sum(Kind::Double)?.f_double_value(&[])?;
         tokens += (chunk.len() as u64) * (len as u64 - 1);
+        progress(tokens as usize / (len as usize - 1));
     }
     let mean = nll / tokens as f64;
     Ok(Perplexity {

@@ -23,11 +23,13 @@ mod load;
 mod model;
 mod text;
 
-pub use calib::{collect_stats, for_each_block_sequential, ActivationSums, CalibrationReport};
+pub use calib::{
+    collect_stats, collect_stats_with, for_each_block_sequential, ActivationSums, CalibrationReport,
+};
 pub use config::LlamaConfig;
-pub use eval::{lm_loss, perplexity, token_windows, EvalConfig, Perplexity};
+pub use eval::{lm_loss, perplexity, perplexity_with, token_windows, EvalConfig, Perplexity};
 pub use generate::generate_greedy;
-pub use load::{parse_device, resolve_model_dir, Loaded};
+pub use load::{hub_cache_dir, is_hub_id, parse_device, resolve_model_dir, Loaded};
 pub use model::{KvCache, Llama, StatsRecorder};
 pub use text::{read_text, text_dir};
 

@@ -5,25 +5,86 @@ use tokenizers::Tokenizer;
 
 use crate::{config::LlamaConfig, model::Llama, Error, Result};
 
-/// A model folder from a path, or from a hub id (`org/name`) looked up offline in the local
-/// Hugging Face cache (`HF_HOME`, `HF_HUB_CACHE`). Nothing is downloaded.
+/// The local Hugging Face hub cache: `HF_HUB_CACHE`, else `HF_HOME/hub`, else
+/// `~/.cache/huggingface/hub` (as `huggingface_hub` decides).
+pub fn hub_cache_dir() -> PathBuf {
+    if let Some(p) = std::env::var_os("HF_HUB_CACHE").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    if let Some(p) = std::env::var_os("HF_HOME").filter(|p| !p.is_empty()) {
+        return PathBuf::from(p).join("hub");
+    }
+    hf_hub::Cache::default().path().clone()
+}
+
+/// Whether `spec` reads as a hub id `org/name[@revision]` rather than a path.
+pub fn is_hub_id(spec: &str) -> bool {
+    let id = spec.split_once('@').map_or(spec, |(id, _)| id);
+    let parts: Vec<&str> = id.split('/').collect();
+    parts.len() == 2
+        && parts.iter().all(|p| {
+            !p.is_empty()
+                && p.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                && !p.starts_with('.')
+        })
+}
+
+/// A model folder from a path, or from a hub id `org/name[@revision]` (a branch, tag or
+/// commit; default `main`) looked up offline in the local Hugging Face cache
+/// ([`hub_cache_dir`]). Nothing is downloaded.
 pub fn resolve_model_dir(spec: &str) -> Result<PathBuf> {
     let p = Path::new(spec);
     if p.is_dir() {
         return Ok(p.to_path_buf());
     }
-    if spec.split('/').count() == 2 && !spec.starts_with('.') && !spec.starts_with('/') {
-        let cache = hf_hub::Cache::from_env();
-        let repo = cache.model(spec.to_string());
-        if let Some(config) = repo.get("config.json") {
-            return Ok(config.parent().expect("a snapshot folder").to_path_buf());
-        }
+    if !is_hub_id(spec) {
         return Err(Error::Invalid(format!(
-            "'{spec}' is not a folder and is not in the local Hugging Face cache ({}); Birdbone never downloads",
-            cache.path().display()
+            "model '{spec}': no such folder (nor a hub id org/name[@revision])"
         )));
     }
-    Err(Error::Invalid(format!("model '{spec}': no such folder")))
+    let (id, revision) = spec.split_once('@').unwrap_or((spec, "main"));
+    let root = hub_cache_dir();
+    let repo_dir = root.join(format!("models--{}", id.replace('/', "--")));
+    let cache = hf_hub::Cache::new(root.clone());
+    let repo = cache.repo(hf_hub::Repo::with_revision(
+        id.to_string(),
+        hf_hub::RepoType::Model,
+        revision.to_string(),
+    ));
+    let snapshot = repo
+        .get("config.json")
+        .and_then(|c| c.parent().map(Path::to_path_buf))
+        // A commit hash names its snapshot folder directly.
+        .or_else(|| {
+            let s = repo_dir.join("snapshots").join(revision);
+            s.join("config.json").is_file().then_some(s)
+        });
+    snapshot.ok_or_else(|| {
+        let known = |sub: &str| -> Vec<String> {
+            std::fs::read_dir(repo_dir.join(sub))
+                .map(|d| {
+                    d.filter_map(|e| e.ok())
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let refs = known("refs");
+        let there = if repo_dir.is_dir() {
+            format!(
+                "; cached revisions: refs {:?}, snapshots {:?}",
+                refs,
+                known("snapshots")
+            )
+        } else {
+            String::new()
+        };
+        Error::Invalid(format!(
+            "'{spec}' is not a folder, and revision '{revision}' of {id} with a config.json is not in the local Hugging Face cache {}{there} (HF_HUB_CACHE or HF_HOME choose it; Birdbone never downloads)",
+            root.display()
+        ))
+    })
 }
 
 /// A model with its tokenizer.

@@ -6,6 +6,8 @@
 //!   model is untouched), then commit (weights written in place, under no_grad, in their own
 //!   storage). The engines do the selection: `birdbone-select` on the CPU, `birdbone-cuda` on
 //!   a GPU.
+//! - [`undo`]: a failed commit is rolled back bit for bit; completed passes can be taken back
+//!   ([`Pruner::undo`]).
 //! - [`MaskSet`] keeps one bit per weight so pruning survives optimizer steps, and saves it.
 //! - [`train`] is the training callback: schedules, masks held after every step, growth plates.
 //!
@@ -30,6 +32,7 @@ mod prune;
 mod stats;
 mod tensors;
 pub mod train;
+pub mod undo;
 
 pub use birdbone_host::{
     complete_config, glob_match, role_of, Component, ComponentRef, LoadSummary, LoadedPlugin,
@@ -42,6 +45,7 @@ pub use params::{selected, ParamSource};
 pub use prune::{PassInputs, PrunePlan, Pruner};
 pub use stats::ActivationStats;
 pub use tensors::{dtype_of, kind_of, plugin_owned_count};
+pub use undo::{Journal, UndoHistory, UndoPolicy};
 
 /// Exact k-th smallest over a set of tensors (see [`birdbone_host_api::HostOps::kth_value`]).
 pub fn kth_value(xs: &[tch::Tensor], k: u64) -> Result<birdbone_host_api::KthValue> {

@@ -29,6 +29,7 @@ use crate::{
     mask::{MaskSet, ParamMask},
     params::{selected, ParamSource},
     prune::{PassInputs, Pruner},
+    undo::Journal,
 };
 
 /// Per row of one parameter: moving averages of relative weight change and of gradient norm.
@@ -228,6 +229,11 @@ pub struct Compression {
     /// Pruned and total weights of `masks` (kept here: counting the bits every step would
     /// read every mask back from the device).
     counts: (u64, u64),
+    /// Passes that can be taken back, newest last: what each overwrote, and the masks and
+    /// counts in force before it.
+    undo: std::collections::VecDeque<(Journal, MaskSet, (u64, u64))>,
+    /// How many passes `undo` keeps (0: none).
+    undo_passes: usize,
 }
 
 impl Compression {
@@ -245,6 +251,8 @@ impl Compression {
             cfg,
             plates,
             masks: MaskSet::new(),
+            undo: Default::default(),
+            undo_passes: 0,
             step: 0,
             dense_grads: BTreeMap::new(),
             last_protected: BTreeMap::new(),
@@ -275,6 +283,36 @@ impl Compression {
 
     fn selected(&self, model: &(impl ParamSource + ?Sized)) -> Result<Vec<(String, Tensor)>> {
         selected(model, &self.cfg.filter)
+    }
+
+    /// Keeps the last `passes` passes so [`Compression::undo_last_pass`] can take them back
+    /// (each holds, in host memory, what its commit and regrowth overwrote; see
+    /// [`crate::undo`]). 0, the default, keeps none.
+    pub fn keep_undo(&mut self, passes: usize) {
+        self.undo_passes = passes;
+        while self.undo.len() > passes {
+            self.undo.pop_front();
+        }
+    }
+
+    /// Takes the newest kept pass back: the weights it (and its regrowth) wrote are restored
+    /// bit for bit, and the masks and counts in force before it return. Right after the pass,
+    /// the model is exactly as before it; after later optimizer steps, parameters kept whole
+    /// (GPU weights written by the engines) also lose those steps' updates. `Ok(false)` when
+    /// no pass is kept.
+    pub fn undo_last_pass(&mut self) -> Result<bool> {
+        let Some((journal, masks, counts)) = self.undo.pop_back() else {
+            return Ok(false);
+        };
+        journal.restore()?;
+        self.masks = masks;
+        self.counts = counts;
+        Ok(true)
+    }
+
+    /// Passes [`Compression::undo_last_pass`] can take back.
+    pub fn undoable_passes(&self) -> usize {
+        self.undo.len()
     }
 
     /// Prunes now, outside the schedule (one-shot pruning before fine-tuning, with calibration
@@ -308,10 +346,23 @@ impl Compression {
             keep_masks: true,
             filter: self.cfg.filter.clone(),
         };
-        let (report, masks) = self.pruner.plan(model, &config, inputs)?.commit()?;
-        self.masks = masks;
+        let plan = self.pruner.plan(model, &config, inputs)?;
+        let (report, masks, journal) = if self.undo_passes > 0 {
+            let (r, m, j) = plan.commit_undoable()?;
+            (r, m, Some(j))
+        } else {
+            let (r, m) = plan.commit()?;
+            (r, m, None)
+        };
+        let before = std::mem::replace(&mut self.masks, masks);
         // Regrowth later swaps as many as it revives: the count stays the pass's.
-        self.counts = (report.pruned, report.total);
+        let counts = std::mem::replace(&mut self.counts, (report.pruned, report.total));
+        if let Some(j) = journal {
+            self.undo.push_back((j, before, counts));
+            while self.undo.len() > self.undo_passes {
+                self.undo.pop_front();
+            }
+        }
         Ok(report)
     }
 
@@ -442,6 +493,10 @@ impl Compression {
                 .f_where_self(&live, &Tensor::from(f32::INFINITY))?
                 .f_sort_stable(true, 0, false)?;
             let drop = drop.f_narrow(0, 0, n)?;
+            // The pass just kept is this regrowth's too: its swaps are taken back with it.
+            if let Some((journal, _, _)) = self.undo.back_mut() {
+                journal.keep_indexed(w, &drop)?;
+            }
             let new_keep = keep.f_index_fill(0, &grow, 1)?.f_index_fill(0, &drop, 0)?;
             let _ = w
                 .shallow_clone()

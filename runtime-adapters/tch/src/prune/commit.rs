@@ -11,6 +11,7 @@ use crate::{
     engine::{self, Count},
     error::Result,
     mask::{MaskSet, ParamMask},
+    undo::{self, Journal},
 };
 
 /// One parameter of a planned pass and its planned work.
@@ -45,58 +46,134 @@ impl PrunePlan {
     }
 
     /// Applies every decision in place and returns the report and (when the pass config asks)
-    /// the masks.
+    /// the masks. What the writes overwrite is kept until they all completed: a failure among
+    /// them restores every parameter, bit for bit, and returns the error.
     pub fn commit(self) -> Result<(PassReport, MaskSet)> {
+        self.commit_with(true, false).map(|(r, m, _)| (r, m))
+    }
+
+    /// [`PrunePlan::commit`], returning the journal of what was overwritten, so the pass can be
+    /// taken back later ([`Journal::restore`]).
+    pub fn commit_undoable(self) -> Result<(PassReport, MaskSet, Journal)> {
+        self.commit_with(true, true)
+            .map(|(r, m, j)| (r, m, j.expect("kept")))
+    }
+
+    /// [`PrunePlan::commit`] without the journal: faster and with no host copy, but a commit
+    /// that fails midway leaves the model partly pruned.
+    pub fn commit_unprotected(self) -> Result<(PassReport, MaskSet)> {
+        self.commit_with(false, false).map(|(r, m, _)| (r, m))
+    }
+
+    /// Writes every decision. With `rollback`, a journal is kept first and restored on failure;
+    /// with `keep_journal` it is returned (compacted where that is smaller).
+    pub(crate) fn commit_with(
+        self,
+        rollback: bool,
+        keep_journal: bool,
+    ) -> Result<(PassReport, MaskSet, Option<Journal>)> {
         let started = Instant::now();
         let _g = tch::no_grad_guard();
         let _span = tracing::debug_span!("commit", params = self.entries.len()).entered();
+        let keep = self.config.keep_masks;
+        let mut journal = Journal::default();
+        let mut this = self;
+        if rollback {
+            // On a GPU, the engines' fused rules are turned into masks first (one more read of
+            // each weight, on the device), so the journal keeps only the values the pass zeroes
+            // instead of a host copy of every weight. The writes are the same bits.
+            for e in this.entries.iter_mut() {
+                if let Planned::Lazy {
+                    scores, rule, what, ..
+                } = &e.planned
+                {
+                    if e.weight.device().is_cuda() {
+                        let (bits, pruned) = engine::build_mask(scores, rule)?;
+                        e.planned = Planned::Mask {
+                            bits,
+                            pruned,
+                            what: what.clone(),
+                        };
+                    }
+                }
+            }
+        }
+        let this = this;
+        if rollback {
+            engine::mark(this.device, "(before the journal)");
+            for e in &this.entries {
+                match &e.planned {
+                    Planned::Keep => {}
+                    Planned::Lazy { .. } => journal.keep_whole(&e.weight)?,
+                    Planned::Mask { bits, .. } => journal.keep_pruned(&e.weight, bits)?,
+                }
+            }
+            engine::mark(this.device, "commit: journal kept");
+        }
+        let journal_seconds = started.elapsed().as_secs_f64();
+        // CPU weights kept whole are compacted with the masks the writes produce.
+        let want_mask = keep || (keep_journal && this.device == Device::Cpu);
+        let done = this
+            .write(want_mask)
+            .and_then(|written| this.finish(written, keep, started));
+        let (mut report, masks, journal_bits) = match done {
+            Ok(d) => d,
+            Err(e) => {
+                if rollback {
+                    if let Err(r) = journal.restore() {
+                        tracing::error!(
+                            "restoring the weights after a failed commit failed too: {r}"
+                        );
+                    }
+                    tracing::warn!("commit failed; every written parameter was restored: {e}");
+                }
+                return Err(e);
+            }
+        };
+        if rollback {
+            report.journal_seconds = journal_seconds;
+            report.journal_bytes = journal.bytes();
+        }
+        let journal = if keep_journal {
+            journal.compact(&journal_bits)?;
+            Some(journal)
+        } else {
+            None
+        };
+        Ok((report, masks, journal))
+    }
+
+    /// After the writes: the masks, the counts and the report (and each written parameter's
+    /// mask, in journal order, for compaction).
+    #[allow(clippy::type_complexity)]
+    fn finish(
+        &self,
+        written: (Vec<(Option<Tensor>, Count)>, Vec<Count>),
+        keep: bool,
+        started: Instant,
+    ) -> Result<(PassReport, MaskSet, Vec<Option<Tensor>>)> {
         let mut masks = MaskSet::new();
         let mut params = Vec::with_capacity(self.entries.len());
-        let keep = self.config.keep_masks;
-        // Every write is launched in batches first (a handful of kernels on a GPU)...
-        let lazy: Vec<usize> = (0..self.entries.len())
-            .filter(|&i| matches!(self.entries[i].planned, Planned::Lazy { .. }))
-            .collect();
-        let items: Vec<engine::PruneItem<'_>> = lazy
-            .iter()
-            .map(|&i| match &self.entries[i].planned {
-                Planned::Lazy { scores, rule, .. } => engine::PruneItem {
-                    weight: &self.entries[i].weight,
-                    scores,
-                    rule,
-                },
-                _ => unreachable!("filtered"),
-            })
-            .collect();
-        engine::mark(self.device, "(before the commit)");
-        let mut lazy_out = engine::prune_many(&items, keep)?.into_iter();
-        engine::mark(self.device, "commit: rules applied");
-        let masked: Vec<usize> = (0..self.entries.len())
-            .filter(|&i| matches!(self.entries[i].planned, Planned::Mask { .. }))
-            .collect();
-        let mask_items: Vec<(&Tensor, &Tensor)> = masked
-            .iter()
-            .map(|&i| match &self.entries[i].planned {
-                Planned::Mask { bits, .. } => (&self.entries[i].weight, bits),
-                _ => unreachable!("filtered"),
-            })
-            .collect();
-        let mut mask_out = engine::apply_masks(&mask_items)?.into_iter();
-        // ...then the report and masks are gathered.
+        let (mut lazy_out, mut mask_out) = (written.0.into_iter(), written.1.into_iter());
         let mut counts = Vec::with_capacity(self.entries.len());
+        let mut journal_bits = Vec::new();
         for e in &self.entries {
             let numel = e.weight.numel() as u64;
             let (pruned, what, mask) = match &e.planned {
                 Planned::Keep => (Count::Ready(0), "keep".to_string(), None),
                 Planned::Lazy { what, .. } => {
                     let (mask, pruned) = lazy_out.next().expect("one result per item");
-                    (pruned, what.clone(), mask)
+                    journal_bits.push(mask.as_ref().map(Tensor::shallow_clone));
+                    (pruned, what.clone(), mask.filter(|_| keep))
                 }
-                Planned::Mask { bits, what, .. } => (
-                    mask_out.next().expect("one result per item"),
-                    what.clone(),
-                    keep.then(|| bits.shallow_clone()),
-                ),
+                Planned::Mask { bits, what, .. } => {
+                    journal_bits.push(None);
+                    (
+                        mask_out.next().expect("one result per item"),
+                        what.clone(),
+                        keep.then(|| bits.shallow_clone()),
+                    )
+                }
             };
             if let Some(bits) = mask {
                 masks.insert(
@@ -128,8 +205,8 @@ impl PrunePlan {
         let total: u64 = params.iter().map(|p| p.numel).sum();
         let pruned: u64 = params.iter().map(|p| p.pruned).sum();
         let report = PassReport {
-            scorer: self.scorer,
-            strategy: self.strategy,
+            scorer: self.scorer.clone(),
+            strategy: self.strategy.clone(),
             target_sparsity: self.config.sparsity,
             nm: self.config.nm,
             device: format!("{:?}", self.device),
@@ -139,6 +216,8 @@ impl PrunePlan {
             sparsity: pruned as f64 / total.max(1) as f64,
             plan_seconds: self.plan_seconds,
             commit_seconds,
+            journal_seconds: 0.0,
+            journal_bytes: 0,
         };
         tracing::debug!(
             pruned = report.pruned,
@@ -149,6 +228,56 @@ impl PrunePlan {
             report.scorer,
             report.strategy
         );
-        Ok((report, masks))
+        Ok((report, masks, journal_bits))
+    }
+
+    /// Every write: the rules (batched on a GPU), then the masks. One parameter at a time when
+    /// a test armed a failure, so that it can fail between any two.
+    #[allow(clippy::type_complexity)]
+    fn write(&self, want_mask: bool) -> Result<(Vec<(Option<Tensor>, Count)>, Vec<Count>)> {
+        let lazy: Vec<usize> = (0..self.entries.len())
+            .filter(|&i| matches!(self.entries[i].planned, Planned::Lazy { .. }))
+            .collect();
+        let items: Vec<engine::PruneItem<'_>> = lazy
+            .iter()
+            .map(|&i| match &self.entries[i].planned {
+                Planned::Lazy { scores, rule, .. } => engine::PruneItem {
+                    weight: &self.entries[i].weight,
+                    scores,
+                    rule,
+                },
+                _ => unreachable!("filtered"),
+            })
+            .collect();
+        let masked: Vec<usize> = (0..self.entries.len())
+            .filter(|&i| matches!(self.entries[i].planned, Planned::Mask { .. }))
+            .collect();
+        let mask_items: Vec<(&Tensor, &Tensor)> = masked
+            .iter()
+            .map(|&i| match &self.entries[i].planned {
+                Planned::Mask { bits, .. } => (&self.entries[i].weight, bits),
+                _ => unreachable!("filtered"),
+            })
+            .collect();
+        engine::mark(self.device, "(before the commit)");
+        if !undo::failure_armed() {
+            let lazy_out = engine::prune_many(&items, want_mask)?;
+            engine::mark(self.device, "commit: rules applied");
+            let mask_out = engine::apply_masks(&mask_items)?;
+            return Ok((lazy_out, mask_out));
+        }
+        let (mut lazy_out, mut mask_out, mut written) = (vec![], vec![], 0);
+        for it in items.chunks(1) {
+            undo::injected_failure(written)?;
+            lazy_out.extend(engine::prune_many(it, want_mask)?);
+            written += 1;
+        }
+        for it in mask_items.chunks(1) {
+            undo::injected_failure(written)?;
+            mask_out.extend(engine::apply_masks(it)?);
+            written += 1;
+        }
+        undo::injected_failure(written)?;
+        Ok((lazy_out, mask_out))
     }
 }

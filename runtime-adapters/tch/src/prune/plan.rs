@@ -25,12 +25,15 @@ use crate::{
     params::{selected, ParamSource},
     stats::ActivationStats,
     tensors::{device_of, dtype_of, Lent},
+    undo::{UndoHistory, UndoPolicy},
 };
 
 /// A scorer and a strategy, ready to run passes.
 pub struct Pruner {
     scorer: Component<ScorerBox>,
     strategy: Component<StrategyBox>,
+    undo: UndoPolicy,
+    history: UndoHistory,
 }
 
 /// One parameter of a pass and what its scorer may be lent.
@@ -144,7 +147,46 @@ impl Pruner {
         Ok(Pruner {
             scorer: registry.create_scorer(scorer, scorer_settings, host_ops())?,
             strategy: registry.create_strategy(strategy, strategy_settings, host_ops())?,
+            undo: UndoPolicy::default(),
+            history: UndoHistory::default(),
         })
+    }
+
+    /// Whether [`Pruner::run`] keeps a journal to roll a failed commit back (default: yes),
+    /// and how many completed passes [`Pruner::undo`] can take back within how much host
+    /// memory (default: none). Shrinking the policy drops the oldest kept passes.
+    pub fn set_undo(&mut self, policy: UndoPolicy) -> Result<()> {
+        if policy.passes > 0 && !policy.rollback {
+            birdbone_host::bail!(
+                "undo keeps the rollback journal of each pass: it needs rollback on"
+            );
+        }
+        self.undo = policy;
+        let kept = std::mem::take(&mut self.history);
+        self.history = kept.trimmed(&policy);
+        Ok(())
+    }
+
+    /// The undo policy.
+    pub fn undo_policy(&self) -> UndoPolicy {
+        self.undo
+    }
+
+    /// Takes the newest kept pass back: every weight it wrote is restored bit for bit (into the
+    /// same tensors). `Ok(false)` when no pass is kept. Masks a caller holds are its own to
+    /// restore (the training callback does).
+    pub fn undo(&mut self) -> Result<bool> {
+        self.history.undo()
+    }
+
+    /// The passes that can be taken back.
+    pub fn history(&self) -> &UndoHistory {
+        &self.history
+    }
+
+    /// Takes the kept passes away (to a caller that keeps one history over several pruners).
+    pub fn take_history(&mut self) -> UndoHistory {
+        std::mem::take(&mut self.history)
     }
 
     /// The scorer (a training loop feeds it through [`Pruner::observe`]).
@@ -353,12 +395,18 @@ impl Pruner {
         stats: &ActivationStats,
         config: &PassConfig,
     ) -> Result<Option<(PassReport, MaskSet)>> {
-        if !names.iter().any(|n| config.filter.selects(n, &[1, 1])) {
+        // The block's weights are Linear weights (2-D): the filter decides on names.
+        let chosen: Vec<String> = names
+            .iter()
+            .filter(|n| config.filter.selects(n, &[1, 1]))
+            .cloned()
+            .collect();
+        if chosen.is_empty() {
             return Ok(None);
         }
         let block_config = PassConfig {
             filter: ParamFilter {
-                include: names.to_vec(),
+                include: chosen,
                 exclude: config.filter.exclude.clone(),
             },
             ..config.clone()
@@ -377,6 +425,13 @@ impl Pruner {
         config: &PassConfig,
         inputs: PassInputs<'_>,
     ) -> Result<(PassReport, MaskSet)> {
-        self.plan(model, config, inputs)?.commit()
+        let keep = self.undo.passes > 0;
+        let (report, masks, journal) = self
+            .plan(model, config, inputs)?
+            .commit_with(self.undo.rollback, keep)?;
+        if let Some(j) = journal {
+            self.history.push(j, &self.undo);
+        }
+        Ok((report, masks))
     }
 }
