@@ -331,7 +331,8 @@ fn main() -> anyhow::Result<()> {
     }
     if args.rollback {
         drop(pristine);
-        return rollback::run(&reg, &params, &stats, args.runs, &sync);
+        let d2h = rollback::d2h_bandwidth();
+        return rollback::run(&reg, &params, &stats, args.runs, &sync, Some(d2h));
     }
     let copy = copy_bandwidth();
     println!("# device copy: {copy:.2} TB/s (read + write), measured in this run");
@@ -492,7 +493,7 @@ fn rollback_on_cpu(args: &Args) -> anyhow::Result<()> {
         dir.display(),
         tch::get_num_threads()
     );
-    rollback::run(&reg, &params, &stats, args.runs, &|| {})
+    rollback::run(&reg, &params, &stats, args.runs, &|| {}, None)
 }
 
 fn direct_path_clone<'a>(p: &direct::DirectPath<'a>) -> direct::DirectPath<'a> {

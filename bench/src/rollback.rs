@@ -32,6 +32,21 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Device-to-host copy speed into pinned memory (GB/s): the floor of keeping a journal in host
+/// memory.
+pub fn d2h_bandwidth() -> f64 {
+    let dev = tch::Device::Cuda(0);
+    let x = Tensor::ones([1i64 << 31], (tch::Kind::Uint8, dev));
+    let host = x.to_device_(tch::Device::Cpu, tch::Kind::Uint8, true, false);
+    tch::Cuda::synchronize(0);
+    let t = Instant::now();
+    for _ in 0..3 {
+        host.shallow_clone().copy_(&x);
+    }
+    tch::Cuda::synchronize(0);
+    3.0 * x.numel() as f64 / t.elapsed().as_secs_f64() / 1e9
+}
+
 /// Prints one table row per path and policy.
 pub fn run(
     reg: &PluginRegistry,
@@ -39,6 +54,7 @@ pub fn run(
     stats: &ActivationStats,
     runs: usize,
     sync: &dyn Fn(),
+    d2h_gbs: Option<f64>,
 ) -> anyhow::Result<()> {
     let pristine: Vec<Tensor> = params.iter().map(|(_, w)| w.copy()).collect();
     let restore = || {
@@ -53,9 +69,13 @@ pub fn run(
         .map(|(_, w)| (w.numel() * w.kind().elt_size_in_bytes()) as u64)
         .sum();
     println!(
-        "# rollback cost: {:.3} GB of weights; median of {runs} runs each\n",
+        "# rollback cost: {:.3} GB of weights; median of {runs} runs each",
         weight_bytes as f64 / 1e9
     );
+    if let Some(bw) = d2h_gbs {
+        println!("# device-to-host copy into pinned memory: {bw:.1} GB/s, measured in this run");
+    }
+    println!();
     println!("| path | policy | pass ms | commit ms | journal ms | extra ms | journal GB | undo kept GB |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |");
     let policies = [
         (
@@ -127,6 +147,12 @@ pub fn run(
                 r[0].3 as f64 / 1e9,
                 r[0].4 as f64 / 1e9,
             );
+            if let (Some(bw), true) = (d2h_gbs, r[0].3 > 0) {
+                println!(
+                    "|  | (the journal's copy at that speed: {:.0} ms) | | | | | | |",
+                    r[0].3 as f64 / 1e9 / bw * 1e3
+                );
+            }
         }
     }
     Ok(())

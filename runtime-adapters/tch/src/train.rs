@@ -297,9 +297,10 @@ impl Compression {
 
     /// Takes the newest kept pass back: the weights it (and its regrowth) wrote are restored
     /// bit for bit, and the masks and counts in force before it return. Right after the pass,
-    /// the model is exactly as before it; after later optimizer steps, parameters kept whole
-    /// (GPU weights written by the engines) also lose those steps' updates. `Ok(false)` when
-    /// no pass is kept.
+    /// the model is exactly as before it. After later optimizer steps, the zeroed values come
+    /// back and the other weights keep those steps' updates, except in a parameter the journal
+    /// kept whole (see [`crate::undo`]), which returns entirely. `Ok(false)` when no pass is
+    /// kept.
     pub fn undo_last_pass(&mut self) -> Result<bool> {
         let Some((journal, masks, counts)) = self.undo.pop_back() else {
             return Ok(false);

@@ -2,11 +2,13 @@
 //! host memory (pinned for GPU parameters, so the copy back runs at full speed):
 //!
 //! - **Only the changed values** when the positions are known before the write (a decision
-//!   that is a mask): the mask's bits and the old values at the pruned positions. Gathering them
-//!   takes one temporary of at most one parameter's size on the device: the staging is bounded
-//!   by the largest parameter, not the model.
-//! - **The whole weight** otherwise (the engines decide positions while writing); on the CPU
-//!   it is compacted to the changed values after the commit when that is smaller.
+//!   that is a mask; on a GPU the commit turns every fused rule into its mask first): the
+//!   mask's bits and the old values at the pruned positions. Gathering them takes temporaries
+//!   of at most one parameter's size on the device: the staging is bounded by the largest
+//!   parameter, not the model.
+//! - **The whole weight** otherwise (on the CPU, where the engine decides positions while
+//!   writing and a memcpy is the cheaper journal); compacted to the changed values after the
+//!   commit when the pass is kept for undo and that is smaller.
 //!
 //! A failed commit restores every parameter it may have written from this journal, bit for bit.
 //! A completed one hands the journal to the [`UndoHistory`], which keeps the last passes within
