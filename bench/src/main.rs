@@ -288,15 +288,7 @@ fn main() -> anyhow::Result<()> {
             "compiled with NVRTC, now cached"
         }
     );
-    let mut reg = PluginRegistry::new();
-    let files: Vec<PathBuf> = ["magnitude", "global", "layerwise", "nm", "wanda"]
-        .iter()
-        .map(|n| args.plugins.join(format!("libbirdbone_plugin_{n}.so")))
-        .collect();
-    let s = reg.load_paths(&files);
-    if !s.rejected.is_empty() {
-        bail!("plugins rejected: {:?}", s.rejected);
-    }
+    let reg = builtin_plugins(&args.plugins)?;
 
     let started = Instant::now();
     let params = build(args.layers);
@@ -463,21 +455,27 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The built-in plugins the paths use, from `dir`; a refused one is an error.
+fn builtin_plugins(dir: &std::path::Path) -> anyhow::Result<PluginRegistry> {
+    let mut reg = PluginRegistry::new();
+    let files: Vec<PathBuf> = ["magnitude", "global", "layerwise", "nm", "wanda"]
+        .iter()
+        .map(|n| dir.join(format!("libbirdbone_plugin_{n}.so")))
+        .collect();
+    let s = reg.load_paths(&files);
+    if !s.rejected.is_empty() {
+        bail!("plugins rejected: {:?}", s.rejected);
+    }
+    Ok(reg)
+}
+
 /// `--rollback --device cpu --model DIR`: the rollback cost on a real checkpoint, on the CPU.
 fn rollback_on_cpu(args: &Args) -> anyhow::Result<()> {
     let dir = args
         .model
         .as_ref()
         .context("--rollback --device cpu needs --model DIR (a safetensors model folder)")?;
-    let mut reg = PluginRegistry::new();
-    let files: Vec<PathBuf> = ["magnitude", "global", "layerwise", "wanda"]
-        .iter()
-        .map(|n| args.plugins.join(format!("libbirdbone_plugin_{n}.so")))
-        .collect();
-    let s = reg.load_paths(&files);
-    if !s.rejected.is_empty() {
-        bail!("plugins rejected: {:?}", s.rejected);
-    }
+    let reg = builtin_plugins(&args.plugins)?;
     let all = birdbone_llama::checkpoint::load_dir(dir, None, Device::Cpu)?;
     let params = birdbone_tch::selected(&all, &ParamFilter::default())?;
     let mut stats = ActivationStats::new();

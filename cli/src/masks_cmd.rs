@@ -27,6 +27,9 @@ pub struct Args {
     /// Largest safetensors shard written, e.g. 5GB, 500MB [default: 5GB].
     #[arg(long, value_name = "SIZE")]
     max_shard_size: Option<ByteSize>,
+    /// Replace a non-empty --out folder (swapped in only once the new one is complete).
+    #[arg(long)]
+    overwrite: bool,
     /// Print the result as JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -34,6 +37,7 @@ pub struct Args {
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     let dir = resolve_model_dir(&a.model)?;
+    output::check_target(&a.out, &dir, a.overwrite)?;
     let masks = MaskSet::load(&a.masks, tch::Device::Cpu)
         .with_context(|| format!("mask file {}", a.masks.display()))?;
     let entries = checkpoint::read_header(&dir)?;

@@ -56,11 +56,65 @@ fn staging(out: &Path) -> PathBuf {
     out.with_file_name(format!(".{name}.birdbone-partial"))
 }
 
-/// Writes the folder; returns what the weights took.
-pub fn write(out: &Path, m: &ModelOut) -> anyhow::Result<SavedModel> {
-    if out.exists() && !out.is_dir() {
-        anyhow::bail!("--out {}: exists and is not a folder", out.display());
+/// Checks, before any work, that `out` may be written: not the model folder, inside it or
+/// around it; and not a folder with files in it unless `overwrite`.
+pub fn check_target(out: &Path, source: &Path, overwrite: bool) -> anyhow::Result<()> {
+    let src = source
+        .canonicalize()
+        .with_context(|| format!("model folder {}", source.display()))?;
+    let target = resolved(out)?;
+    if target == src || target.starts_with(&src) || src.starts_with(&target) {
+        anyhow::bail!(
+            "--out {} is the model folder {}, inside it or around it: choose another folder",
+            out.display(),
+            src.display()
+        );
     }
+    if out.exists() && !out.is_dir() {
+        anyhow::bail!("--out {} exists and is not a folder", out.display());
+    }
+    let occupied = out.is_dir()
+        && std::fs::read_dir(out)
+            .with_context(|| format!("reading {}", out.display()))?
+            .next()
+            .is_some();
+    if occupied && !overwrite {
+        anyhow::bail!(
+            "--out {} exists and is not empty: pass --overwrite to replace it (it stays as it is until the new folder is complete)",
+            out.display()
+        );
+    }
+    Ok(())
+}
+
+/// `p` made absolute with its existing part's symbolic links resolved (the rest may not exist
+/// yet).
+fn resolved(p: &Path) -> anyhow::Result<PathBuf> {
+    let abs = std::path::absolute(p)?;
+    let mut existing = abs.as_path();
+    let mut rest = vec![];
+    while !existing.exists() {
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => break,
+        }
+    }
+    let mut out = existing
+        .canonicalize()
+        .unwrap_or_else(|_| existing.to_path_buf());
+    out.extend(rest.iter().rev());
+    Ok(out)
+}
+
+/// Writes the folder; returns what the weights took. Everything goes into a staging folder
+/// beside `out`, is flushed to disk, and then takes `out`'s place in one step (an existing
+/// folder is exchanged with it atomically where the system can, and removed after), so an
+/// interrupted or failed run leaves any earlier folder as it was, and nothing of it survives a
+/// completed one.
+pub fn write(out: &Path, m: &ModelOut) -> anyhow::Result<SavedModel> {
     if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
@@ -70,32 +124,84 @@ pub fn write(out: &Path, m: &ModelOut) -> anyhow::Result<SavedModel> {
         std::fs::remove_dir_all(&stage).with_context(|| format!("removing {}", stage.display()))?;
     }
     std::fs::create_dir_all(&stage).with_context(|| format!("creating {}", stage.display()))?;
-    let result = fill(&stage, m);
-    let saved = match result {
+    let saved = match fill(&stage, m).and_then(|s| sync_dir(&stage).map(|()| s)) {
         Ok(s) => s,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&stage);
             return Err(e);
         }
     };
-    // Swap into place: the old folder (if any) goes only once the new one is whole.
-    let old = out.with_file_name(format!(
-        ".{}.birdbone-old",
-        out.file_name()
-            .map_or("out".into(), |n| n.to_string_lossy().into_owned())
-    ));
     if out.exists() {
+        if exchange(&stage, out).is_ok() {
+            // The stage now holds the old folder.
+            std::fs::remove_dir_all(&stage)
+                .with_context(|| format!("removing the old folder, now at {}", stage.display()))?;
+            return Ok(saved);
+        }
+        // No atomic exchange here: the old folder moves aside, then the new one in.
+        let old = out.with_file_name(format!(
+            ".{}.birdbone-old",
+            out.file_name()
+                .map_or("out".into(), |n| n.to_string_lossy().into_owned())
+        ));
         if old.exists() {
             std::fs::remove_dir_all(&old)?;
         }
         std::fs::rename(out, &old).with_context(|| format!("moving {} aside", out.display()))?;
-    }
-    std::fs::rename(&stage, out)
-        .with_context(|| format!("moving the new folder to {}", out.display()))?;
-    if old.exists() {
+        std::fs::rename(&stage, out)
+            .with_context(|| format!("moving the new folder to {}", out.display()))?;
         std::fs::remove_dir_all(&old)?;
+    } else {
+        std::fs::rename(&stage, out)
+            .with_context(|| format!("moving the new folder to {}", out.display()))?;
+    }
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        let _ = std::fs::File::open(parent).and_then(|d| d.sync_all());
     }
     Ok(saved)
+}
+
+/// Every file of `dir`, then `dir` itself, flushed to disk.
+fn sync_dir(dir: &Path) -> anyhow::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        std::fs::File::open(&path)
+            .and_then(|f| f.sync_all())
+            .with_context(|| format!("flushing {}", path.display()))?;
+    }
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("flushing {}", dir.display()))
+}
+
+/// Exchanges two folders in one step (Linux `renameat2` with `RENAME_EXCHANGE`).
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::{ffi::CString, os::unix::ffi::OsStrExt};
+        let ca = CString::new(a.as_os_str().as_bytes())?;
+        let cb = CString::new(b.as_os_str().as_bytes())?;
+        // SAFETY: two NUL-terminated paths relative to the working directory; no memory is
+        // shared with the call beyond them.
+        let rc = unsafe {
+            libc::renameat2(
+                libc::AT_FDCWD,
+                ca.as_ptr(),
+                libc::AT_FDCWD,
+                cb.as_ptr(),
+                libc::RENAME_EXCHANGE,
+            )
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+        Err(std::io::Error::last_os_error())
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (a, b);
+        Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
+    }
 }
 
 fn write_json(dir: &Path, name: &str, v: &impl serde::Serialize) -> anyhow::Result<()> {

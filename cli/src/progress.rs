@@ -70,6 +70,32 @@ impl Progress {
         }
     }
 
+    /// A step of unknown length: a spinner with the time so far on a terminal, a line at the
+    /// start and one at the end otherwise.
+    pub fn spinner(label: &str) -> Progress {
+        let bar = (!quiet() && std::io::stderr().is_terminal()).then(|| {
+            let b = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+            b.set_style(
+                ProgressStyle::with_template("{prefix:>12} [{elapsed_precise}] {spinner}")
+                    .expect("a valid template"),
+            );
+            b.set_prefix(label.to_string());
+            b.enable_steady_tick(Duration::from_millis(120));
+            b
+        });
+        if bar.is_none() {
+            note!("{label} ...");
+        }
+        Progress {
+            bar,
+            label: label.into(),
+            unit: "",
+            total: 0,
+            started: Instant::now(),
+            last_line: Instant::now(),
+        }
+    }
+
     /// `done` of the total are done.
     pub fn set(&mut self, done: u64) {
         if let Some(b) = &self.bar {
@@ -88,17 +114,28 @@ impl Progress {
         }
     }
 
+    /// The step is over, and the caller says so itself: the bar clears, nothing is printed.
+    pub fn clear(self) {
+        if let Some(b) = &self.bar {
+            b.finish_and_clear();
+        }
+    }
+
     /// The step is over: the bar clears and one line says how long it took.
     pub fn finish(self) {
         if let Some(b) = &self.bar {
             b.finish_and_clear();
         }
-        note!(
-            "{}: {} {} in {:.1} s",
-            self.label,
-            self.total,
-            self.unit,
-            self.started.elapsed().as_secs_f64()
-        );
+        let secs = self.started.elapsed().as_secs_f64();
+        if self.total == 0 {
+            note!("{}: done in {secs:.1} s", self.label);
+        } else {
+            note!(
+                "{}: {} {} in {secs:.1} s",
+                self.label,
+                self.total,
+                self.unit
+            );
+        }
     }
 }

@@ -69,6 +69,9 @@ pub struct Args {
     /// Largest safetensors shard written, e.g. 5GB, 500MB [default: 5GB].
     #[arg(long, value_name = "SIZE")]
     max_shard_size: Option<ByteSize>,
+    /// Replace a non-empty --out folder (swapped in only once the new one is complete).
+    #[arg(long)]
+    overwrite: bool,
     #[command(flatten)]
     plugins: PluginArgs,
     /// Resolve the recipe, plugins and parameter selection, print what would be pruned, and
@@ -264,6 +267,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         None => None,
     };
     let dir = resolve_model_dir(&a.model)?;
+    if let (Some(out), false) = (&out, a.dry_run) {
+        output::check_target(out, &dir, a.overwrite)?;
+    }
     let entries = checkpoint::read_header(&dir)?;
     let cfg = recipe.pass_config();
     cfg.target()?;
@@ -339,7 +345,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 recipe.scorer.name,
                 recipe.strategy.name
             );
+            let spin = Progress::spinner("prune");
             let (report, masks) = pruner.run(&params, &cfg, PassInputs::default())?;
+            spin.finish();
             (params, report, masks, None)
         }
     };
@@ -354,6 +362,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     );
 
     let t_write = Instant::now();
+    let spin = Progress::spinner("write");
     let provenance = output::provenance(
         Some(&reg),
         &[&recipe.scorer.name, &recipe.strategy.name],
@@ -377,6 +386,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             provenance,
         },
     )?;
+    spin.clear();
     note!(
         "wrote {} ({} weight file(s), {:.2} GB) in {:.1} s",
         out.display(),
@@ -442,6 +452,7 @@ fn prune_calibrated(
                 collect_stats_with(&m.model, windows, c.batch, &mut |d| bar.set(d as u64))?;
             bar.finish();
             let stats = ActivationStats::from(sums);
+            let spin = Progress::spinner("prune");
             let (report, masks) = pruner.run(
                 vs,
                 cfg,
@@ -450,6 +461,7 @@ fn prune_calibrated(
                     ..Default::default()
                 },
             )?;
+            spin.finish();
             Ok((report, masks, cal))
         }
         CalibrationMode::Sequential => {

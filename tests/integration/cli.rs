@@ -332,13 +332,55 @@ fn recipe_prune_hands_a_folder_to_transformers_and_reproduces_the_library() {
 fn png_pictures_and_the_study_json() {
     let tmp = tempfile::tempdir().unwrap();
     let png = tmp.path().join("layers.png");
-    ok(birdbone()
+    let (_, quiet) = ok(birdbone()
         .args(["prune", "--quiet", "--device", "cpu", "--model"])
         .arg(real_model_dir())
         .arg("--out")
         .arg(tmp.path().join("m"))
         .arg("--plot")
         .arg(&png));
+    assert!(quiet.is_empty(), "--quiet printed:\n{quiet}");
+    // A non-empty --out is refused without --overwrite; with it, the new folder replaces the
+    // old one whole (nothing stale survives).
+    let out = tmp.path().join("m");
+    std::fs::write(out.join("model.safetensors.index.json"), "{}").unwrap();
+    let err = fails(
+        birdbone()
+            .args(["prune", "--model"])
+            .arg(real_model_dir())
+            .arg("--out")
+            .arg(&out),
+    );
+    assert!(err.contains("--overwrite"), "{err}");
+    ok(birdbone()
+        .args([
+            "prune",
+            "-q",
+            "--overwrite",
+            "--device",
+            "cpu",
+            "--sparsity",
+            "0.3",
+            "--model",
+        ])
+        .arg(real_model_dir())
+        .arg("--out")
+        .arg(&out));
+    assert!(
+        !out.join("model.safetensors.index.json").exists(),
+        "a stale index survived"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["target_sparsity"].as_f64(), Some(0.3));
+    let siblings: Vec<String> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        siblings.iter().all(|n| !n.contains("birdbone-")),
+        "staging left behind: {siblings:?}"
+    );
     let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&png).unwrap()));
     let mut reader = decoder.read_info().unwrap();
     let mut buf = vec![0; reader.output_buffer_size().unwrap()];
@@ -525,6 +567,21 @@ fn bad_input_is_refused_before_loading_and_named_once() {
     let r = tmp.path().join("r.yaml");
     std::fs::write(&r, "scorer: wanda\nsparsty: 0.5\n").unwrap();
     assert!(prune(&["--recipe", r.to_str().unwrap()]).contains("sparsty"));
+    // --out may not be the model folder, inside it or around it.
+    for out in [
+        model.clone(),
+        model.join("pruned"),
+        model.parent().unwrap().to_path_buf(),
+    ] {
+        let err = fails(
+            birdbone()
+                .args(["prune", "--model"])
+                .arg(&model)
+                .arg("--out")
+                .arg(&out),
+        );
+        assert!(err.contains("inside it or around it"), "{err}");
+    }
     // No output folder is an error, unless it is a dry run.
     let err = fails(birdbone().args(["prune", "--model"]).arg(&model));
     assert!(err.contains("--out"), "{err}");
