@@ -5,6 +5,7 @@
 //! - `masks`: saving, loading, and holding pruned weights at zero through optimizer steps.
 //! - `models`: a `VarStore` and a TorchScript `CModule` pruned in place.
 //! - `gguf`: the importer on the real checkpoint, truncated and corrupt files.
+//! - `families`: Mistral, Qwen2 and Llama 3 against transformers; unimplemented config fields.
 //! - `llama`: the runtime on the real model: generation, logits against transformers,
 //!   perplexity, calibration statistics, Wanda against magnitude.
 //! - `serve`: the example server: warm-up pruning, concurrent clients, a plugin dropped in and
@@ -16,6 +17,7 @@
 
 mod checks;
 mod cli;
+mod families;
 mod gguf;
 mod gpu;
 mod llama;

@@ -55,6 +55,193 @@ pub struct LlamaConfig {
     /// End-of-sequence token(s).
     #[serde(default)]
     pub eos_token_id: Option<serde_json::Value>,
+    /// How the rotary frequencies are scaled (`rope_parameters` or `rope_scaling`).
+    #[serde(skip)]
+    pub rope_scaling: RopeScaling,
+}
+
+/// Rotary-embedding frequency scaling, as transformers' `rope_type` names it.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub enum RopeScaling {
+    /// Plain RoPE.
+    #[default]
+    Default,
+    /// Positions divided by `factor` (`linear`).
+    Linear {
+        /// The divisor.
+        factor: f64,
+    },
+    /// Llama 3's: low frequencies divided by `factor`, high ones kept, a smooth blend between.
+    Llama3 {
+        /// The divisor of low frequencies.
+        factor: f64,
+        /// Wavelengths above `original / low_freq_factor` are divided.
+        low_freq_factor: f64,
+        /// Wavelengths below `original / high_freq_factor` are kept.
+        high_freq_factor: f64,
+        /// The context the model was first trained on.
+        original_max_position_embeddings: f64,
+    },
+}
+
+/// Fields the runtime reads and implements (their values are checked).
+const IMPLEMENTED: &[&str] = &[
+    "model_type",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "rms_norm_eps",
+    "rope_theta",
+    "rope_parameters",
+    "rope_scaling",
+    "vocab_size",
+    "tie_word_embeddings",
+    "max_position_embeddings",
+    "sliding_window",
+    "use_sliding_window",
+    "max_window_layers",
+    "layer_types",
+    "attention_bias",
+    "mlp_bias",
+    "hidden_act",
+    "rope_interleaved",
+    "bos_token_id",
+    "eos_token_id",
+];
+
+/// Fields that do not change what the model computes at inference: training settings,
+/// bookkeeping, labels.
+const INERT: &[&str] = &[
+    "architectures",
+    "dtype",
+    "torch_dtype",
+    "transformers_version",
+    "initializer_range",
+    "use_cache",
+    "attention_dropout",
+    "pad_token_id",
+    "pretraining_tp",
+    "_name_or_path",
+    "output_hidden_states",
+    "output_attentions",
+    "return_dict",
+    "id2label",
+    "label2id",
+    "problem_type",
+    "chunk_size_feed_forward",
+    "is_encoder_decoder",
+    "tokenizer_class",
+];
+
+fn invalid(message: String) -> Error {
+    Error::Invalid(format!("config: {message}"))
+}
+
+/// A number field of a rope map.
+fn rope_number(
+    map: &serde_json::Map<String, serde_json::Value>,
+    key: &str,
+    kind: &str,
+) -> Result<f64> {
+    map.get(key)
+        .and_then(|v| v.as_f64())
+        .filter(|x| x.is_finite() && *x > 0.0)
+        .ok_or_else(|| {
+            invalid(format!(
+                "rope type '{kind}' needs a positive number '{key}'"
+            ))
+        })
+}
+
+impl RopeScaling {
+    /// From `rope_parameters` (transformers 5) or `rope_scaling` (earlier); the theta it
+    /// carries, if any.
+    fn from_json(v: &serde_json::Value) -> Result<(RopeScaling, Option<f64>)> {
+        let Some(map) = v.as_object() else {
+            return Ok((RopeScaling::Default, None));
+        };
+        let kind = map
+            .get("rope_type")
+            .or_else(|| map.get("type"))
+            .and_then(|t| t.as_str())
+            .unwrap_or("default");
+        let known = [
+            "rope_type",
+            "type",
+            "rope_theta",
+            "factor",
+            "low_freq_factor",
+            "high_freq_factor",
+            "original_max_position_embeddings",
+        ];
+        if let Some(k) = map.keys().find(|k| !known.contains(&k.as_str())) {
+            return Err(invalid(format!("rope parameter '{k}' is not implemented")));
+        }
+        let theta = map.get("rope_theta").and_then(|t| t.as_f64());
+        let scaling = match kind {
+            "default" => RopeScaling::Default,
+            "linear" => RopeScaling::Linear {
+                factor: rope_number(map, "factor", kind)?,
+            },
+            "llama3" => RopeScaling::Llama3 {
+                factor: rope_number(map, "factor", kind)?,
+                low_freq_factor: rope_number(map, "low_freq_factor", kind)?,
+                high_freq_factor: rope_number(map, "high_freq_factor", kind)?,
+                original_max_position_embeddings: rope_number(
+                    map,
+                    "original_max_position_embeddings",
+                    kind,
+                )?,
+            },
+            other => {
+                return Err(invalid(format!(
+                    "rope type '{other}' is not implemented (default, linear, llama3)"
+                )))
+            }
+        };
+        if let RopeScaling::Llama3 {
+            low_freq_factor,
+            high_freq_factor,
+            ..
+        } = scaling
+        {
+            if high_freq_factor <= low_freq_factor {
+                return Err(invalid(
+                    "llama3 rope: high_freq_factor must exceed low_freq_factor".into(),
+                ));
+            }
+        }
+        Ok((scaling, theta))
+    }
+
+    /// The scaled inverse frequencies (transformers' computation, in f64).
+    pub fn apply(&self, inv_freq: &mut [f64]) {
+        match *self {
+            RopeScaling::Default => {}
+            RopeScaling::Linear { factor } => inv_freq.iter_mut().for_each(|f| *f /= factor),
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings: old,
+            } => {
+                let (low_wavelen, high_wavelen) = (old / low_freq_factor, old / high_freq_factor);
+                for f in inv_freq.iter_mut() {
+                    let wavelen = 2.0 * std::f64::consts::PI / *f;
+                    if wavelen > low_wavelen {
+                        *f /= factor;
+                    } else if wavelen >= high_wavelen {
+                        let smooth = (old / wavelen - low_freq_factor)
+                            / (high_freq_factor - low_freq_factor);
+                        *f = (1.0 - smooth) * *f / factor + smooth * *f;
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl LlamaConfig {
@@ -64,8 +251,104 @@ impl LlamaConfig {
             path: path.into(),
             source,
         })?;
-        let c: LlamaConfig = serde_json::from_str(&text)
+        let v: serde_json::Value = serde_json::from_str(&text)
             .map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))?;
+        LlamaConfig::from_json(&v).map_err(|e| Error::Invalid(format!("{}: {e}", path.display())))
+    }
+
+    /// A config from its JSON. Every field is either implemented (its value checked) or known
+    /// not to change inference; anything else is an error naming it, so that nothing the model
+    /// needs is silently ignored.
+    pub fn from_json(v: &serde_json::Value) -> Result<LlamaConfig> {
+        let map = v
+            .as_object()
+            .ok_or_else(|| invalid("not a JSON object".into()))?;
+        for key in map.keys() {
+            if !IMPLEMENTED.contains(&key.as_str()) && !INERT.contains(&key.as_str()) {
+                return Err(invalid(format!(
+                    "field '{key}' is not implemented by this runtime"
+                )));
+            }
+        }
+        let mut c: LlamaConfig =
+            serde_json::from_value(v.clone()).map_err(|e| invalid(e.to_string()))?;
+        let get = |k: &str| map.get(k).filter(|x| !x.is_null());
+        match c.model_type.as_str() {
+            "llama" | "mistral" | "qwen2" => {}
+            other => {
+                return Err(invalid(format!(
+                    "model_type '{other}' is not implemented (llama, mistral, qwen2)"
+                )))
+            }
+        }
+        if let Some(act) = get("hidden_act") {
+            if act.as_str() != Some("silu") {
+                return Err(invalid(format!(
+                    "hidden_act {act} is not implemented (silu)"
+                )));
+            }
+        }
+        if get("mlp_bias").and_then(|b| b.as_bool()) == Some(true) {
+            return Err(invalid("mlp_bias true is not implemented".into()));
+        }
+        if get("rope_interleaved").and_then(|b| b.as_bool()) == Some(true) {
+            return Err(invalid("rope_interleaved true is not implemented".into()));
+        }
+        if c.model_type != "qwen2" && c.attention_bias == Some(true) {
+            return Err(invalid(format!(
+                "attention_bias true (biases on q/k/v/o) is not implemented for {}",
+                c.model_type
+            )));
+        }
+        if c.model_type == "qwen2" {
+            // Qwen2 windows only the layers from max_window_layers on, and only when asked.
+            if get("use_sliding_window").and_then(|b| b.as_bool()) == Some(true) {
+                return Err(invalid(
+                    "qwen2 use_sliding_window true is not implemented".into(),
+                ));
+            }
+            c.sliding_window = None;
+        } else if get("use_sliding_window").is_some() || get("max_window_layers").is_some() {
+            return Err(invalid(format!(
+                "use_sliding_window/max_window_layers are Qwen2 fields, not {}",
+                c.model_type
+            )));
+        }
+        if let Some(types) = get("layer_types") {
+            let want = if c.sliding_window.is_some() {
+                "sliding_attention"
+            } else {
+                "full_attention"
+            };
+            let ok = types
+                .as_array()
+                .is_some_and(|a| a.iter().all(|t| t.as_str() == Some(want)));
+            if !ok {
+                return Err(invalid(format!(
+                    "layer_types {types} is not implemented (every layer '{want}')"
+                )));
+            }
+        }
+        let scaling = match (get("rope_parameters"), get("rope_scaling")) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "both rope_parameters and rope_scaling are given".into(),
+                ))
+            }
+            (Some(p), None) | (None, Some(p)) => Some(RopeScaling::from_json(p)?),
+            (None, None) => None,
+        };
+        if let Some((scaling, theta)) = scaling {
+            if let Some(t) = theta {
+                if get("rope_theta").is_some_and(|top| top.as_f64() != Some(t)) {
+                    return Err(invalid(
+                        "rope_theta differs between the top level and the rope parameters".into(),
+                    ));
+                }
+                c.rope_theta = t;
+            }
+            c.rope_scaling = scaling;
+        }
         c.validate()?;
         Ok(c)
     }
@@ -74,6 +357,21 @@ impl LlamaConfig {
     pub fn validate(&self) -> Result<()> {
         if self.hidden_size == 0 || self.num_attention_heads == 0 || self.num_hidden_layers == 0 {
             return Err(Error::Invalid("config: sizes must be positive".into()));
+        }
+        if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
+            return Err(invalid(format!(
+                "rope_theta {} must be positive",
+                self.rope_theta
+            )));
+        }
+        if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps > 0.0) {
+            return Err(invalid(format!(
+                "rms_norm_eps {} must be positive",
+                self.rms_norm_eps
+            )));
+        }
+        if self.kv_heads() == 0 {
+            return Err(invalid("num_key_value_heads must be positive".into()));
         }
         if self.num_attention_heads % self.kv_heads() != 0 {
             return Err(Error::Invalid(format!(
@@ -130,6 +428,7 @@ impl LlamaConfig {
             attention_bias: Some(false),
             bos_token_id: None,
             eos_token_id: None,
+            rope_scaling: RopeScaling::Default,
         }
     }
 }

@@ -26,7 +26,7 @@ mod text;
 pub use calib::{
     collect_stats, collect_stats_with, for_each_block_sequential, ActivationSums, CalibrationReport,
 };
-pub use config::LlamaConfig;
+pub use config::{LlamaConfig, RopeScaling};
 pub use eval::{lm_loss, perplexity, perplexity_with, token_windows, EvalConfig, Perplexity};
 pub use generate::generate_greedy;
 pub use load::{hub_cache_dir, is_hub_id, parse_device, resolve_model_dir, Loaded};

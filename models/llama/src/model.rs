@@ -260,9 +260,11 @@ impl Llama {
             }
         }
         let d = hd as f64;
-        let inv_freq: Vec<f32> = (0..hd / 2)
-            .map(|i| (1.0 / config.rope_theta.powf(2.0 * i as f64 / d)) as f32)
+        let mut inv_freq: Vec<f64> = (0..hd / 2)
+            .map(|i| 1.0 / config.rope_theta.powf(2.0 * i as f64 / d))
             .collect();
+        config.rope_scaling.apply(&mut inv_freq);
+        let inv_freq: Vec<f32> = inv_freq.iter().map(|&f| f as f32).collect();
         let inv_freq = Tensor::from_slice(&inv_freq).f_to_device(device)?;
         Ok(Llama {
             config,
