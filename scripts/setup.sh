@@ -23,6 +23,13 @@ if ! .venv/bin/python -c "import transformers, sys; sys.exit(transformers.__vers
   echo "== installing transformers==$TRANSFORMERS into .venv (the reference for the logits tests)"
   .venv/bin/pip install --quiet --disable-pip-version-check "transformers==$TRANSFORMERS"
 fi
+# gguf (llama.cpp's own GGUF reader and writer) writes the K-quant files the importer's tests
+# check against, with its reference dequantisation (tests only).
+GGUF=0.19.0
+if ! .venv/bin/python -c "import importlib.metadata as m, sys; sys.exit(m.version('gguf') != '$GGUF')" 2>/dev/null; then
+  echo "== installing gguf==$GGUF into .venv (the reference for the GGUF K-quant tests)"
+  .venv/bin/pip install --quiet --disable-pip-version-check "gguf==$GGUF"
+fi
 
 mkdir -p .cache/wheels
 fetch() { # name==version sha256 [extra pip args]

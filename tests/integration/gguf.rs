@@ -83,3 +83,38 @@ fn truncated_and_corrupt_files_are_clear_errors() {
         .to_string()
         .contains("not a GGUF file"));
 }
+
+#[test]
+fn k_quants_dequantize_as_the_gguf_package_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let (file, reference) = (dir.path().join("k.gguf"), dir.path().join("k.json"));
+    let out = std::process::Command::new(python())
+        .arg(workspace_root().join("scripts/gguf_kquants.py"))
+        .arg(&file)
+        .arg(&reference)
+        .output()
+        .expect("run the venv's python");
+    assert!(
+        out.status.success(),
+        "gguf_kquants.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&reference).unwrap()).unwrap();
+    let f = GgufFile::open(&file).unwrap();
+    for name in ["q4_k", "q5_k", "q6_k"] {
+        let t = f.tensor(name).unwrap_or_else(|| panic!("{name} missing"));
+        let want: Vec<f32> = serde_json::from_value(reference[name]["values"].clone()).unwrap();
+        let shape: Vec<u64> = serde_json::from_value(reference[name]["shape"].clone()).unwrap();
+        assert_eq!(t.shape, shape, "{name}");
+        let got = f.tensor_f32(t).unwrap();
+        assert_eq!(got.len(), want.len(), "{name}");
+        let worst = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs() / b.abs().max(1e-3))
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-5, "{name}: largest relative difference {worst}");
+        assert!(got.iter().any(|&x| x != 0.0), "{name} dequantized to zeros");
+    }
+}

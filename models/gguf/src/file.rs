@@ -6,7 +6,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::{quant, Error, Result};
+use crate::{kquant, quant, Error, Result};
 
 const MAGIC: &[u8; 4] = b"GGUF";
 const DEFAULT_ALIGNMENT: u64 = 32;
@@ -66,6 +66,7 @@ impl Value {
 
 /// GGML tensor storage types this reader knows the size of.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[allow(non_camel_case_types)]
 pub enum GgmlType {
     /// f32.
     F32,
@@ -79,6 +80,14 @@ pub enum GgmlType {
     Q4_1,
     /// 8-bit blocks of 32 with a scale.
     Q8_0,
+    /// K-quant: 4-bit, super-blocks of 256 with 6-bit sub-block scales and minimums.
+    Q4_K,
+    /// K-quant: 5-bit, as Q4_K with a fifth bit.
+    Q5_K,
+    /// K-quant: 6-bit, super-blocks of 256 with 8-bit sub-block scales.
+    Q6_K,
+    /// K-quant: 8-bit, super-blocks of 256 with an f32 scale.
+    Q8_K,
     /// Any other type, by its GGML number.
     Other(u32),
 }
@@ -91,6 +100,10 @@ impl GgmlType {
             2 => GgmlType::Q4_0,
             3 => GgmlType::Q4_1,
             8 => GgmlType::Q8_0,
+            12 => GgmlType::Q4_K,
+            13 => GgmlType::Q5_K,
+            14 => GgmlType::Q6_K,
+            15 => GgmlType::Q8_K,
             30 => GgmlType::BF16,
             other => GgmlType::Other(other),
         }
@@ -104,6 +117,10 @@ impl GgmlType {
             GgmlType::Q4_0 => (32, 18),
             GgmlType::Q4_1 => (32, 20),
             GgmlType::Q8_0 => (32, 34),
+            GgmlType::Q4_K => (256, 144),
+            GgmlType::Q5_K => (256, 176),
+            GgmlType::Q6_K => (256, 210),
+            GgmlType::Q8_K => (256, 292),
             GgmlType::Other(_) => return None,
         })
     }
@@ -353,7 +370,7 @@ impl GgufFile {
     pub fn tensor_f32(&self, t: &TensorInfo) -> Result<Vec<f32>> {
         let (start, end) = self.extent(t)?.ok_or_else(|| {
             Error::Unsupported(format!(
-                "tensor '{}' has GGML type {:?}; supported: F32, F16, BF16, Q4_0, Q4_1, Q8_0",
+                "tensor '{}' has GGML type {:?}; supported: F32, F16, BF16, Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K, Q8_K",
                 t.name, t.ggml_type
             ))
         })?;
@@ -375,6 +392,10 @@ impl GgufFile {
             GgmlType::Q4_0 => quant::q4_0(data, &mut out),
             GgmlType::Q4_1 => quant::q4_1(data, &mut out),
             GgmlType::Q8_0 => quant::q8_0(data, &mut out),
+            GgmlType::Q4_K => kquant::q4_k(data, &mut out),
+            GgmlType::Q5_K => kquant::q5_k(data, &mut out),
+            GgmlType::Q6_K => kquant::q6_k(data, &mut out),
+            GgmlType::Q8_K => kquant::q8_k(data, &mut out),
             GgmlType::Other(_) => unreachable!("extent() refused it"),
         }
         Ok(out)

@@ -3,6 +3,7 @@
 
 mod file;
 mod import;
+mod kquant;
 mod quant;
 mod tokenizer;
 
