@@ -48,17 +48,24 @@ pub struct ModelOut<'a> {
     pub provenance: Value,
 }
 
-/// The staging folder of `out`.
+/// The staging folder of `out`: hidden beside it, named for this process so two runs never
+/// share one.
 fn staging(out: &Path) -> PathBuf {
     let name = out
         .file_name()
         .map_or("out".into(), |n| n.to_string_lossy().into_owned());
-    out.with_file_name(format!(".{name}.birdbone-partial"))
+    out.with_file_name(format!(".{name}.birdbone-partial-{}", std::process::id()))
 }
 
 /// Checks, before any work, that `out` may be written: not the model folder, inside it or
 /// around it; and not a folder with files in it unless `overwrite`.
 pub fn check_target(out: &Path, source: &Path, overwrite: bool) -> anyhow::Result<()> {
+    if out.file_name().is_none() {
+        anyhow::bail!(
+            "--out {}: name the folder itself (not `.` or `..`)",
+            out.display()
+        );
+    }
     let src = source
         .canonicalize()
         .with_context(|| format!("model folder {}", source.display()))?;
@@ -138,22 +145,23 @@ pub fn write(out: &Path, m: &ModelOut) -> anyhow::Result<SavedModel> {
                 .with_context(|| format!("removing the old folder, now at {}", stage.display()))?;
             return Ok(saved);
         }
-        // No atomic exchange here: the old folder moves aside, then the new one in.
-        let old = out.with_file_name(format!(
-            ".{}.birdbone-old",
-            out.file_name()
-                .map_or("out".into(), |n| n.to_string_lossy().into_owned())
-        ));
-        if old.exists() {
-            std::fs::remove_dir_all(&old)?;
+        // No atomic exchange here: the old folder moves aside, then the new one in; if that
+        // fails, the old one comes back.
+        let old = stage.with_extension("old");
+        if let Err(e) = std::fs::rename(out, &old) {
+            let _ = std::fs::remove_dir_all(&stage);
+            return Err(e).with_context(|| format!("moving {} aside", out.display()));
         }
-        std::fs::rename(out, &old).with_context(|| format!("moving {} aside", out.display()))?;
-        std::fs::rename(&stage, out)
-            .with_context(|| format!("moving the new folder to {}", out.display()))?;
-        std::fs::remove_dir_all(&old)?;
-    } else {
-        std::fs::rename(&stage, out)
-            .with_context(|| format!("moving the new folder to {}", out.display()))?;
+        if let Err(e) = std::fs::rename(&stage, out) {
+            let _ = std::fs::rename(&old, out);
+            let _ = std::fs::remove_dir_all(&stage);
+            return Err(e).with_context(|| format!("moving the new folder to {}", out.display()));
+        }
+        std::fs::remove_dir_all(&old)
+            .with_context(|| format!("removing the old folder, now at {}", old.display()))?;
+    } else if let Err(e) = std::fs::rename(&stage, out) {
+        let _ = std::fs::remove_dir_all(&stage);
+        return Err(e).with_context(|| format!("moving the new folder to {}", out.display()));
     }
     if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
         let _ = std::fs::File::open(parent).and_then(|d| d.sync_all());
@@ -233,10 +241,12 @@ fn fill(dir: &Path, m: &ModelOut) -> anyhow::Result<SavedModel> {
         }
     }
     if let Some(masks) = m.masks {
-        masks.save(&dir.join("masks.safetensors"))?;
+        masks
+            .save(&dir.join("masks.safetensors"))
+            .context("writing masks.safetensors")?;
     }
     if let Some(r) = m.recipe {
-        std::fs::write(dir.join("recipe.yaml"), r.to_yaml())?;
+        std::fs::write(dir.join("recipe.yaml"), r.to_yaml()).context("writing recipe.yaml")?;
     }
     if let Some(r) = m.report {
         write_json(dir, "report.json", &report_json(r))?;

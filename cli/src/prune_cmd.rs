@@ -241,6 +241,9 @@ fn check_components(reg: &PluginRegistry, r: &mut Recipe) -> anyhow::Result<()> 
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     let started = Instant::now();
+    if a.dry_run && a.plot.is_some() {
+        anyhow::bail!("--plot draws what a pass pruned; a --dry-run prunes nothing: give one");
+    }
     if let Some(p) = &a.plot {
         let ext = p.extension().and_then(|e| e.to_str());
         anyhow::ensure!(
@@ -271,6 +274,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         output::check_target(out, &dir, a.overwrite)?;
     }
     let entries = checkpoint::read_header(&dir)?;
+    // config.json is copied beside the weights: a missing or broken one fails now, not after
+    // the pass.
+    let config_path = dir.join("config.json");
+    serde_json::from_str::<serde_json::Value>(
+        &std::fs::read_to_string(&config_path)
+            .with_context(|| format!("reading {}", config_path.display()))?,
+    )
+    .with_context(|| format!("{} is not JSON", config_path.display()))?;
     let cfg = recipe.pass_config();
     cfg.target()?;
     let chosen: Vec<&checkpoint::TensorEntry> = entries
@@ -285,10 +296,31 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             recipe.exclude
         );
     }
+    if recipe
+        .calibration
+        .as_ref()
+        .is_some_and(|c| c.mode == CalibrationMode::Sequential)
+    {
+        // Sequential calibration prunes block by block: a selected parameter outside the
+        // decoder blocks would never be reached.
+        if let Some(e) = chosen.iter().find(|e| {
+            birdbone_host::role_of(&e.name)
+                .layer
+                .into_option()
+                .is_none()
+        }) {
+            anyhow::bail!(
+                "sequential calibration prunes the decoder blocks one by one, but the recipe also selects '{}', outside them: exclude it or use one-pass calibration",
+                e.name
+            );
+        }
+    }
     if a.dry_run {
         return dry_run(&a, &reg, &recipe, &dir, &chosen, entries.len());
     }
     let out = out.expect("checked above");
+    // Without --dtype each tensor keeps its stored type; the model runtime (calibration) needs
+    // one type: the first floating one stored.
     let stored = entries
         .iter()
         .find(|e| matches!(e.dtype.as_str(), "F32" | "F16" | "BF16"))
@@ -299,7 +331,6 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 .expect("a float type")
         })
         .unwrap_or(Dtype::F32);
-    let dtype = recipe.dtype.unwrap_or(stored);
     let mut pruner = Pruner::new(
         &reg,
         &recipe.scorer.name,
@@ -314,10 +345,15 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         ..Default::default()
     })?;
 
+    // The type the weights are loaded (and written) in: --dtype, else as stored (one type for
+    // the model runtime, each tensor's own without calibration).
+    let calibrated = recipe.calibration.is_some();
+    let load_as = recipe.dtype.or(calibrated.then_some(stored));
     note!(
-        "loading {} ({} tensors) onto {device:?} in {dtype} ...",
+        "loading {} ({} tensors) onto {device:?} in {} ...",
         dir.display(),
-        entries.len()
+        entries.len(),
+        load_as.map_or("the stored types".to_string(), |d| d.to_string())
     );
     let t_load = Instant::now();
     let (tensors, report, masks, calibration) = match (&recipe.calibration, text) {
@@ -325,7 +361,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             let m = Loaded::load(
                 dir.to_str().context("a folder name that is UTF-8")?,
                 device,
-                common::kind(dtype),
+                common::kind(stored_or(load_as, stored)),
             )?;
             note!("loaded in {:.1} s", t_load.elapsed().as_secs_f64());
             let windows = birdbone_llama::token_windows(&m.tokenizer, &text, c.length, c.windows)
@@ -337,7 +373,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             (vars, report, masks, Some(cal))
         }
         _ => {
-            let params = checkpoint::load_dir(&dir, Some(common::kind(dtype)), device)?;
+            let params = checkpoint::load_dir(&dir, load_as.map(common::kind), device)?;
             note!(
                 "loaded in {:.1} s; pruning {} parameters with {} + {} ...",
                 t_load.elapsed().as_secs_f64(),
@@ -374,7 +410,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         &output::ModelOut {
             source: &dir,
             tensors: &tensors,
-            dtype: Some(dtype),
+            dtype: load_as,
             max_shard_bytes: recipe
                 .output
                 .max_shard_size
@@ -433,6 +469,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         out.display()
     );
     Ok(())
+}
+
+fn stored_or(d: Option<Dtype>, stored: Dtype) -> Dtype {
+    d.unwrap_or(stored)
 }
 
 /// Calibration and pruning: one-pass (statistics of the dense model, then one pass), or

@@ -180,7 +180,9 @@ pub fn to_recipe(v: &Value) -> Result<Recipe> {
             })?
             .to_string(),
     };
-    if structure == "0:0" {
+    // "0:M" prunes none of M: llm-compressor reads it as unstructured, as "0:0".
+    let unstructured = structure == "0:0" || structure.starts_with("0:");
+    if unstructured {
         let mut strategy = ComponentSpec::named("layerwise");
         strategy
             .params
@@ -215,10 +217,14 @@ pub fn to_recipe(v: &Value) -> Result<Recipe> {
         }
     }
     if let Some(i) = args.get("ignore") {
-        r.exclude = strings(i, "ignore")?
-            .iter()
-            .map(|t| module_pattern(t))
-            .collect();
+        for t in strings(i, "ignore")? {
+            if t.chars().next().is_some_and(|c| c.is_ascii_uppercase()) && !t.contains('.') {
+                return Err(invalid(format!(
+                    "ignore: class names such as '{t}' are not accepted; name modules or give re: patterns"
+                )));
+            }
+            r.exclude.push(module_pattern(&t));
+        }
     }
     let sequential = match args.get("sequential_update") {
         None => false,

@@ -130,7 +130,16 @@ fn llm_compressor_recipes_map_one_to_one() {
     assert_eq!(r.pattern, Some(NmPattern { n: 1, m: 4 }));
     assert_eq!(r.exclude, vec!["re:lm_head$".to_string()]);
 
+    // "0:M" prunes none of M: unstructured, as llm-compressor reads it.
+    let r =
+        read("m_modifiers:\n  WandaPruningModifier: {sparsity: 0.5, mask_structure: \"0:4\"}\n")
+            .unwrap();
+    assert_eq!((r.strategy.name.as_str(), r.pattern), ("layerwise", None));
     let err = |text: &str| read(text).unwrap_err().to_string();
+    assert!(
+        err("m_modifiers:\n  WandaPruningModifier: {ignore: [LlamaRMSNorm]}\n")
+            .contains("LlamaRMSNorm")
+    );
     assert!(err("s_stage:\n  m_modifiers:\n    GPTQModifier: {}\n").contains("GPTQModifier"));
     assert!(err(
         "s_stage:\n  m_modifiers:\n    WandaPruningModifier: {sparsity: 0.5, block_size: 128}\n"

@@ -567,6 +567,32 @@ fn bad_input_is_refused_before_loading_and_named_once() {
     let r = tmp.path().join("r.yaml");
     std::fs::write(&r, "scorer: wanda\nsparsty: 0.5\n").unwrap();
     assert!(prune(&["--recipe", r.to_str().unwrap()]).contains("sparsty"));
+    let err = fails(
+        birdbone()
+            .args(["prune", "--dry-run", "--plot", "x.png", "--model"])
+            .arg(&model),
+    );
+    assert!(err.contains("--dry-run"), "{err}");
+    assert!(prune(&[
+        "--scorer",
+        "wanda",
+        "--strategy",
+        "layerwise",
+        "--calibration-mode",
+        "sequential",
+        "--include",
+        "*proj.weight",
+        "--include",
+        "model.embed_tokens.weight"
+    ])
+    .contains("outside them"));
+    let err = fails(
+        birdbone()
+            .args(["prune", "--model"])
+            .arg(&model)
+            .args(["--out", "."]),
+    );
+    assert!(err.contains("not `.`"), "{err}");
     // --out may not be the model folder, inside it or around it.
     for out in [
         model.clone(),

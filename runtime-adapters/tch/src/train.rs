@@ -302,10 +302,12 @@ impl Compression {
     /// kept whole (see [`crate::undo`]), which returns entirely. `Ok(false)` when no pass is
     /// kept.
     pub fn undo_last_pass(&mut self) -> Result<bool> {
-        let Some((journal, masks, counts)) = self.undo.pop_back() else {
+        let Some((journal, _, _)) = self.undo.back() else {
             return Ok(false);
         };
+        // Kept until the restore succeeded, so a failed one can be tried again.
         journal.restore()?;
+        let (_, masks, counts) = self.undo.pop_back().expect("checked above");
         self.masks = masks;
         self.counts = counts;
         Ok(true)
@@ -429,7 +431,17 @@ impl Compression {
                 },
             )?;
             if let Some(r) = self.cfg.regrow.clone() {
-                regrown = self.regrow(&params, r.fraction, &protected)?;
+                regrown = match self.regrow(&params, r.fraction, &protected) {
+                    Ok(n) => n,
+                    Err(e) => {
+                        // With the pass kept for undo, regrowth's partial swaps and the pass
+                        // itself go back together.
+                        if self.undo_passes > 0 {
+                            self.undo_last_pass()?;
+                        }
+                        return Err(e);
+                    }
+                };
             }
             self.dense_grads.clear();
             protected.retain(|_, rows| {

@@ -131,6 +131,9 @@ impl Journal {
     /// Keeps the values of `target` at flat positions `index` (int64, on its device) before a
     /// write to them (regrowth's swaps, say).
     pub fn keep_indexed(&mut self, target: &Tensor, index: &Tensor) -> Result<()> {
+        if !target.is_contiguous() {
+            return self.keep_whole(target);
+        }
         let _g = tch::no_grad_guard();
         let old = target.f_reshape([-1])?.f_index_select(0, index)?;
         self.saved.push(Saved::Indexed {
@@ -144,28 +147,34 @@ impl Journal {
     /// After a completed commit: CPU parameters kept whole become their changed values when
     /// that is smaller. `bits[i]` is the keep mask the pass wrote into the `i`-th parameter
     /// kept, when it has one.
-    pub(crate) fn compact(&mut self, bits: &[Option<Tensor>]) -> Result<()> {
+    pub(crate) fn compact(&mut self, bits: &[Option<Tensor>]) {
         for (s, bits) in self.saved.iter_mut().zip(bits) {
             let Saved::Whole { target, old } = s else {
                 continue;
             };
-            if target.device() != Device::Cpu || !old.is_contiguous() {
+            if target.device() != Device::Cpu || !target.is_contiguous() || !old.is_contiguous() {
                 continue;
             }
             let Some(bits) = bits else {
                 continue;
             };
-            let keep = engine::unpack_keep(bits, old.numel() as i64)?;
-            let gone = old.f_view([-1])?.f_masked_select(&keep.f_logical_not()?)?;
-            if bytes_of(bits) + bytes_of(&gone) < bytes_of(old) {
-                *s = Saved::Pruned {
-                    target: target.shallow_clone(),
-                    keep_bits: bits.f_to_device(Device::Cpu)?,
-                    old: gone,
-                };
+            let smaller = || -> Result<Option<Saved>> {
+                let keep = engine::unpack_keep(bits, old.numel() as i64)?;
+                let gone = old.f_view([-1])?.f_masked_select(&keep.f_logical_not()?)?;
+                Ok(
+                    (bytes_of(bits) + bytes_of(&gone) < bytes_of(old)).then(|| Saved::Pruned {
+                        target: target.shallow_clone(),
+                        keep_bits: bits.shallow_clone(),
+                        old: gone,
+                    }),
+                )
+            };
+            match smaller() {
+                Ok(Some(c)) => *s = c,
+                Ok(None) => {}
+                Err(e) => tracing::debug!("journal entry kept whole: {e}"),
             }
         }
-        Ok(())
     }
 
     /// Host memory the journal holds.
@@ -250,15 +259,16 @@ impl UndoHistory {
         }
     }
 
-    /// Takes the newest kept pass back. `Ok(false)` when none is kept.
+    /// Takes the newest kept pass back. `Ok(false)` when none is kept. A restore that fails
+    /// keeps the pass, to be tried again.
     pub fn undo(&mut self) -> Result<bool> {
-        match self.passes.pop_back() {
-            None => Ok(false),
-            Some(j) => {
-                j.restore()?;
-                Ok(true)
-            }
-        }
+        let Some(j) = self.passes.back() else {
+            return Ok(false);
+        };
+        // Kept until the restore succeeded, so a failed one can be tried again.
+        j.restore()?;
+        self.passes.pop_back();
+        Ok(true)
     }
 
     /// Passes that can be taken back.

@@ -122,8 +122,11 @@ impl PrunePlan {
                 if rollback {
                     if let Err(r) = journal.restore() {
                         tracing::error!(
-                            "restoring the weights after a failed commit failed too: {r}"
+                            "commit failed ({e}); restoring the weights failed too: {r}"
                         );
+                        return Err(crate::Error::Host(birdbone_host::Error::Invalid(format!(
+                            "{e}; restoring the weights it had written failed too, so the model may be partly pruned: {r}"
+                        ))));
                     }
                     tracing::warn!("commit failed; every written parameter was restored: {e}");
                 }
@@ -135,7 +138,8 @@ impl PrunePlan {
             report.journal_bytes = journal.bytes();
         }
         let journal = if keep_journal {
-            journal.compact(&journal_bits)?;
+            // Best effort: a parameter that cannot be compacted stays whole.
+            journal.compact(&journal_bits);
             Some(journal)
         } else {
             None
