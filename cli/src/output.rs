@@ -252,11 +252,23 @@ fn fill(dir: &Path, m: &ModelOut) -> anyhow::Result<SavedModel> {
         write_json(dir, "report.json", &report_json(r))?;
     }
     write_json(dir, "birdbone.json", &m.provenance)?;
-    // Some writers create files readable by their owner only; a model folder is for sharing.
+    // Some writers create files readable by their owner only: every file gets the mode a new
+    // file has under the user's umask.
     #[cfg(unix)]
-    for entry in std::fs::read_dir(dir)? {
+    {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(entry?.path(), std::fs::Permissions::from_mode(0o644))?;
+        // SAFETY: umask only swaps the process's file-creation mask; it is put back at once.
+        let umask = unsafe {
+            let m = libc::umask(0o022);
+            libc::umask(m);
+            m
+        };
+        let mode = 0o666 & !(umask as u32);
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                .with_context(|| format!("setting the mode of {}", path.display()))?;
+        }
     }
     Ok(saved)
 }
