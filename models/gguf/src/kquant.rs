@@ -23,46 +23,46 @@ fn scale_min(j: usize, q: &[u8]) -> (u8, u8) {
     }
 }
 
-/// Q4_K, 144 bytes per 256 weights: `f16 d, f16 dmin, u8 scales[12], u8 qs[128]`; in each
-/// 64-weight half-pair, low nibbles then high nibbles; `x = d·sc·q − dmin·m`.
-pub fn q4_k(data: &[u8], out: &mut Vec<f32>) {
-    for block in data.chunks_exact(144) {
-        let (d, min) = (f16_at(block, 0), f16_at(block, 2));
-        let scales = &block[4..16];
-        let qs = &block[16..144];
-        for (k, q) in qs.chunks_exact(32).enumerate() {
-            let (sc1, m1) = scale_min(2 * k, scales);
-            let (sc2, m2) = scale_min(2 * k + 1, scales);
-            let (d1, m1) = (d * sc1 as f32, min * m1 as f32);
-            let (d2, m2) = (d * sc2 as f32, min * m2 as f32);
-            out.extend(q.iter().map(|&b| d1 * (b & 0x0f) as f32 - m1));
-            out.extend(q.iter().map(|&b| d2 * (b >> 4) as f32 - m2));
-        }
+/// One super-block of Q4_K or Q5_K: in each 64-weight pair `k` of sub-blocks, the low nibbles
+/// of 32 bytes then their high nibbles, plus (Q5_K) a fifth bit from `qh` (bit `2k` for the low
+/// nibbles, `2k+1` for the high); `x = d·sc·q − dmin·m`.
+fn q45_k_block(block: &[u8], qh: Option<&[u8]>, qs: &[u8], out: &mut Vec<f32>) {
+    let (d, min) = (f16_at(block, 0), f16_at(block, 2));
+    let scales = &block[4..16];
+    let fifth = |h: Option<&u8>, bit: usize| match h {
+        Some(h) if h & (1 << bit) != 0 => 16.0,
+        _ => 0.0,
+    };
+    for (k, q) in qs.chunks_exact(32).enumerate() {
+        let (sc1, m1) = scale_min(2 * k, scales);
+        let (sc2, m2) = scale_min(2 * k + 1, scales);
+        let (d1, m1) = (d * sc1 as f32, min * m1 as f32);
+        let (d2, m2) = (d * sc2 as f32, min * m2 as f32);
+        let h = |l: usize| qh.map(|qh| &qh[l]);
+        out.extend(
+            q.iter()
+                .enumerate()
+                .map(|(l, &b)| d1 * ((b & 0x0f) as f32 + fifth(h(l), 2 * k)) - m1),
+        );
+        out.extend(
+            q.iter()
+                .enumerate()
+                .map(|(l, &b)| d2 * ((b >> 4) as f32 + fifth(h(l), 2 * k + 1)) - m2),
+        );
     }
 }
 
-/// Q5_K, 176 bytes per 256 weights: `f16 d, f16 dmin, u8 scales[12], u8 qh[32], u8 qs[128]`;
-/// as Q4_K with a fifth bit from `qh` (bit `2k` for the low nibbles of pair `k`, `2k+1` for
-/// the high).
+/// Q4_K, 144 bytes per 256 weights: `f16 d, f16 dmin, u8 scales[12], u8 qs[128]`.
+pub fn q4_k(data: &[u8], out: &mut Vec<f32>) {
+    for block in data.chunks_exact(144) {
+        q45_k_block(block, None, &block[16..144], out);
+    }
+}
+
+/// Q5_K, 176 bytes per 256 weights: `f16 d, f16 dmin, u8 scales[12], u8 qh[32], u8 qs[128]`.
 pub fn q5_k(data: &[u8], out: &mut Vec<f32>) {
     for block in data.chunks_exact(176) {
-        let (d, min) = (f16_at(block, 0), f16_at(block, 2));
-        let scales = &block[4..16];
-        let qh = &block[16..48];
-        let qs = &block[48..176];
-        for (k, q) in qs.chunks_exact(32).enumerate() {
-            let (sc1, m1) = scale_min(2 * k, scales);
-            let (sc2, m2) = scale_min(2 * k + 1, scales);
-            let (d1, m1) = (d * sc1 as f32, min * m1 as f32);
-            let (d2, m2) = (d * sc2 as f32, min * m2 as f32);
-            let (u1, u2) = (1u8 << (2 * k), 1u8 << (2 * k + 1));
-            out.extend(q.iter().zip(qh).map(|(&b, &h)| {
-                d1 * ((b & 0x0f) as f32 + if h & u1 != 0 { 16.0 } else { 0.0 }) - m1
-            }));
-            out.extend(q.iter().zip(qh).map(|(&b, &h)| {
-                d2 * ((b >> 4) as f32 + if h & u2 != 0 { 16.0 } else { 0.0 }) - m2
-            }));
-        }
+        q45_k_block(block, Some(&block[16..48]), &block[48..176], out);
     }
 }
 
