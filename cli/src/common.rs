@@ -247,3 +247,14 @@ pub fn calibrate(
     bar.finish();
     Ok((birdbone_tch::ActivationStats::from(sums), cal))
 }
+
+/// `--max-shard-size` and `--overwrite`: how a model folder is written.
+#[derive(clap::Args, Clone, Debug)]
+pub struct OutputArgs {
+    /// Largest safetensors shard written, e.g. 5GB, 500MB [default: 5GB].
+    #[arg(long, value_name = "SIZE")]
+    pub max_shard_size: Option<birdbone_host::recipe::ByteSize>,
+    /// Replace a non-empty --out folder (swapped in only once the new one is complete).
+    #[arg(long)]
+    pub overwrite: bool,
+}

@@ -8,7 +8,11 @@ use birdbone_llama::{checkpoint, resolve_model_dir};
 use birdbone_tch::MaskSet;
 use serde_json::json;
 
-use crate::{common, output, progress::note};
+use crate::{
+    common::{self, OutputArgs},
+    output,
+    progress::note,
+};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -24,12 +28,8 @@ pub struct Args {
     /// Element type to write: f32, f16, bf16 [default: as stored].
     #[arg(long)]
     dtype: Option<Dtype>,
-    /// Largest safetensors shard written, e.g. 5GB, 500MB [default: 5GB].
-    #[arg(long, value_name = "SIZE")]
-    max_shard_size: Option<ByteSize>,
-    /// Replace a non-empty --out folder (swapped in only once the new one is complete).
-    #[arg(long)]
-    overwrite: bool,
+    #[command(flatten)]
+    written: OutputArgs,
     /// Print the result as JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -37,7 +37,7 @@ pub struct Args {
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     let dir = resolve_model_dir(&a.model)?;
-    output::check_target(&a.out, &dir, a.overwrite)?;
+    output::check_target(&a.out, &dir, a.written.overwrite)?;
     let masks = MaskSet::load(&a.masks, tch::Device::Cpu)
         .with_context(|| format!("mask file {}", a.masks.display()))?;
     let entries = checkpoint::read_header(&dir)?;
@@ -70,7 +70,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             source: &dir,
             tensors: &tensors,
             dtype: a.dtype,
-            max_shard_bytes: a.max_shard_size.unwrap_or(ByteSize::DEFAULT_SHARD).0,
+            max_shard_bytes: a
+                .written
+                .max_shard_size
+                .unwrap_or(ByteSize::DEFAULT_SHARD)
+                .0,
             masks: Some(&masks),
             recipe: None,
             report: None,

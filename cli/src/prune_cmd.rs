@@ -19,7 +19,7 @@ use serde_json::json;
 use tch::Tensor;
 
 use crate::{
-    common::{self, CalibrationArgs, PluginArgs},
+    common::{self, CalibrationArgs, OutputArgs, PluginArgs},
     output,
     progress::{note, Progress},
 };
@@ -66,12 +66,8 @@ pub struct Args {
     /// Element type to prune in and write: f32, f16, bf16 [default: as stored].
     #[arg(long)]
     dtype: Option<Dtype>,
-    /// Largest safetensors shard written, e.g. 5GB, 500MB [default: 5GB].
-    #[arg(long, value_name = "SIZE")]
-    max_shard_size: Option<ByteSize>,
-    /// Replace a non-empty --out folder (swapped in only once the new one is complete).
-    #[arg(long)]
-    overwrite: bool,
+    #[command(flatten)]
+    written: OutputArgs,
     #[command(flatten)]
     plugins: PluginArgs,
     /// Resolve the recipe, plugins and parameter selection, print what would be pruned, and
@@ -138,8 +134,8 @@ fn effective_recipe(a: &Args, reg: &PluginRegistry) -> anyhow::Result<Recipe> {
     if a.dtype.is_some() {
         r.dtype = a.dtype;
     }
-    if a.max_shard_size.is_some() {
-        r.output.max_shard_size = a.max_shard_size;
+    if a.written.max_shard_size.is_some() {
+        r.output.max_shard_size = a.written.max_shard_size;
     }
     if a.out.is_some() {
         r.output.dir = a.out.clone();
@@ -271,7 +267,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     };
     let dir = resolve_model_dir(&a.model)?;
     if let (Some(out), false) = (&out, a.dry_run) {
-        output::check_target(out, &dir, a.overwrite)?;
+        output::check_target(out, &dir, a.written.overwrite)?;
     }
     let entries = checkpoint::read_header(&dir)?;
     // config.json is copied beside the weights: a missing or broken one fails now, not after
