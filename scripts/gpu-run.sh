@@ -21,7 +21,7 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 if [ "$what" = finetune ]; then
   cat .device-gguf/part-a .device/gguf-part-b > /tmp/model.gguf
-  .device/birdbone import-gguf /tmp/model.gguf /tmp/smollm2-135m || exit 1
+  .device/birdbone import-gguf --overwrite /tmp/model.gguf /tmp/smollm2-135m || exit 1
   BIRDBONE_TEXT_DIR="$PWD/.device/text" .device/birdbone-finetune --model /tmp/smollm2-135m \
     --plugins .device "${@:2}"
   exit $?

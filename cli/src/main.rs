@@ -55,6 +55,9 @@ enum Command {
         file: PathBuf,
         /// The folder to write config.json, model.safetensors and tokenizer.json into.
         out_dir: PathBuf,
+        /// Replace a non-empty folder (swapped in only once the new one is complete).
+        #[arg(long)]
+        overwrite: bool,
     },
     /// Print the JSON Schema of recipe files (docs/recipe.schema.json).
     RecipeSchema,
@@ -71,7 +74,11 @@ fn main() {
     let cli = Cli::parse();
     progress::set_quiet(cli.quiet);
     let result = match cli.command {
-        Command::ImportGguf { file, out_dir } => import(&file, &out_dir),
+        Command::ImportGguf {
+            file,
+            out_dir,
+            overwrite,
+        } => import(&file, &out_dir, overwrite),
         Command::Plugins(a) => plugins_cmd::run(a),
         Command::Prune(a) => prune_cmd::run(*a),
         Command::ApplyMasks(a) => masks_cmd::run(a),
@@ -106,19 +113,29 @@ fn error_text(e: &anyhow::Error) -> String {
     out
 }
 
-fn import(file: &std::path::Path, out: &std::path::Path) -> anyhow::Result<()> {
+fn import(file: &std::path::Path, out: &std::path::Path, overwrite: bool) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
+    output::check_target(out, file, overwrite)?;
     let mut bar: Option<progress::Progress> = None;
-    let s = birdbone_gguf::import_llama_with(file, out, &mut |done, total| {
-        bar.get_or_insert_with(|| progress::Progress::new("import", total as u64, "tensors"))
-            .set(done as u64)
+    let s = output::write_folder(out, |stage| {
+        Ok(birdbone_gguf::import_llama_with(
+            file,
+            stage,
+            &mut |done, total| {
+                bar.get_or_insert_with(|| {
+                    progress::Progress::new("import", total as u64, "tensors")
+                })
+                .set(done as u64)
+            },
+        )?)
     })?;
     if let Some(b) = bar {
         b.finish();
     }
     println!(
-        "wrote {} ({} tensors, {:.1} M parameters, vocabulary {}) in {:.1} s",
+        "wrote {} ({}, {} tensors, {:.1} M parameters, vocabulary {}) in {:.1} s",
         out.display(),
+        s.architecture,
         s.tensors,
         s.parameters as f64 / 1e6,
         s.vocab_size,

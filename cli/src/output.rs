@@ -57,28 +57,28 @@ fn staging(out: &Path) -> PathBuf {
     out.with_file_name(format!(".{name}.birdbone-partial-{}", std::process::id()))
 }
 
-/// Checks, before any work, that `out` may be written: not the model folder, inside it or
-/// around it; and not a folder with files in it unless `overwrite`.
+/// Checks, before any work, that `out` may be written: not the source (a model folder or a
+/// file), inside it or around it; and not a folder with files in it unless `overwrite`.
 pub fn check_target(out: &Path, source: &Path, overwrite: bool) -> anyhow::Result<()> {
     if out.file_name().is_none() {
         anyhow::bail!(
-            "--out {}: name the folder itself (not `.` or `..`)",
+            "output folder {}: name the folder itself (not `.` or `..`)",
             out.display()
         );
     }
     let src = source
         .canonicalize()
-        .with_context(|| format!("model folder {}", source.display()))?;
+        .with_context(|| format!("{}", source.display()))?;
     let target = resolved(out)?;
     if target == src || target.starts_with(&src) || src.starts_with(&target) {
         anyhow::bail!(
-            "--out {} is the model folder {}, inside it or around it: choose another folder",
+            "output folder {} is the source {}, inside it or around it: choose another folder",
             out.display(),
             src.display()
         );
     }
     if out.exists() && !out.is_dir() {
-        anyhow::bail!("--out {} exists and is not a folder", out.display());
+        anyhow::bail!("output folder {} exists and is not a folder", out.display());
     }
     let occupied = out.is_dir()
         && std::fs::read_dir(out)
@@ -87,7 +87,7 @@ pub fn check_target(out: &Path, source: &Path, overwrite: bool) -> anyhow::Resul
             .is_some();
     if occupied && !overwrite {
         anyhow::bail!(
-            "--out {} exists and is not empty: pass --overwrite to replace it (it stays as it is until the new folder is complete)",
+            "output folder {} exists and is not empty: pass --overwrite to replace it (it stays as it is until the new folder is complete)",
             out.display()
         );
     }
@@ -116,12 +116,19 @@ fn resolved(p: &Path) -> anyhow::Result<PathBuf> {
     Ok(out)
 }
 
-/// Writes the folder; returns what the weights took. Everything goes into a staging folder
-/// beside `out`, is flushed to disk, and then takes `out`'s place in one step (an existing
-/// folder is exchanged with it atomically where the system can, and removed after), so an
-/// interrupted or failed run leaves any earlier folder as it was, and nothing of it survives a
-/// completed one.
+/// Writes the folder; returns what the weights took. See [`write_folder`].
 pub fn write(out: &Path, m: &ModelOut) -> anyhow::Result<SavedModel> {
+    write_folder(out, |stage| fill(stage, m))
+}
+
+/// Writes a folder through `fill`: everything goes into a staging folder beside `out`, is
+/// flushed to disk, and then takes `out`'s place in one step (an existing folder is exchanged
+/// with it atomically where the system can, and removed after), so an interrupted or failed run
+/// leaves any earlier folder as it was, and nothing of it survives a completed one.
+pub fn write_folder<T>(
+    out: &Path,
+    fill: impl FnOnce(&Path) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
     if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
@@ -131,8 +138,11 @@ pub fn write(out: &Path, m: &ModelOut) -> anyhow::Result<SavedModel> {
         std::fs::remove_dir_all(&stage).with_context(|| format!("removing {}", stage.display()))?;
     }
     std::fs::create_dir_all(&stage).with_context(|| format!("creating {}", stage.display()))?;
-    let saved = match fill(&stage, m).and_then(|s| sync_dir(&stage).map(|()| s)) {
-        Ok(s) => s,
+    let filled = fill(&stage)
+        .and_then(|v| set_modes(&stage).map(|()| v))
+        .and_then(|v| sync_dir(&stage).map(|()| v));
+    let value = match filled {
+        Ok(v) => v,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&stage);
             return Err(e);
@@ -143,7 +153,7 @@ pub fn write(out: &Path, m: &ModelOut) -> anyhow::Result<SavedModel> {
             // The stage now holds the old folder.
             std::fs::remove_dir_all(&stage)
                 .with_context(|| format!("removing the old folder, now at {}", stage.display()))?;
-            return Ok(saved);
+            return Ok(value);
         }
         // No atomic exchange here: the old folder moves aside, then the new one in; if that
         // fails, the old one comes back.
@@ -166,7 +176,31 @@ pub fn write(out: &Path, m: &ModelOut) -> anyhow::Result<SavedModel> {
     if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
         let _ = std::fs::File::open(parent).and_then(|d| d.sync_all());
     }
-    Ok(saved)
+    Ok(value)
+}
+
+/// Some writers create files readable by their owner only: every file gets the mode a new
+/// file has under the user's umask.
+fn set_modes(dir: &Path) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // SAFETY: umask only swaps the process's file-creation mask; it is put back at once.
+        let umask = unsafe {
+            let m = libc::umask(0o022);
+            libc::umask(m);
+            m
+        };
+        let mode = 0o666 & !(umask as u32);
+        for entry in std::fs::read_dir(dir)? {
+            let path = entry?.path();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                .with_context(|| format!("setting the mode of {}", path.display()))?;
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
 }
 
 /// Every file of `dir`, then `dir` itself, flushed to disk.
@@ -252,24 +286,6 @@ fn fill(dir: &Path, m: &ModelOut) -> anyhow::Result<SavedModel> {
         write_json(dir, "report.json", &report_json(r))?;
     }
     write_json(dir, "birdbone.json", &m.provenance)?;
-    // Some writers create files readable by their owner only: every file gets the mode a new
-    // file has under the user's umask.
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        // SAFETY: umask only swaps the process's file-creation mask; it is put back at once.
-        let umask = unsafe {
-            let m = libc::umask(0o022);
-            libc::umask(m);
-            m
-        };
-        let mode = 0o666 & !(umask as u32);
-        for entry in std::fs::read_dir(dir)? {
-            let path = entry?.path();
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
-                .with_context(|| format!("setting the mode of {}", path.display()))?;
-        }
-    }
     Ok(saved)
 }
 

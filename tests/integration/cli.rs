@@ -698,3 +698,49 @@ fn llm_compressor_and_sequential_recipes_through_prune() {
         .iter()
         .all(|p| (p["sparsity"].as_f64().unwrap() - 0.5).abs() < 1e-3));
 }
+
+/// `import-gguf` writes its folder whole or not at all: a non-empty folder needs --overwrite, a
+/// failed import leaves the old folder as it was (and no staging folder), and a folder holding
+/// the GGUF file is refused before anything is read.
+#[test]
+fn import_gguf_replaces_a_folder_only_when_the_new_one_is_complete() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("model");
+    std::fs::create_dir(&out).unwrap();
+    std::fs::write(out.join("keep.txt"), "old").unwrap();
+    let err = fails(birdbone().arg("import-gguf").arg(real_gguf()).arg(&out));
+    assert!(err.contains("--overwrite"), "{err}");
+
+    let bytes = std::fs::read(real_gguf()).unwrap();
+    let cut = tmp.path().join("cut.gguf");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let err = fails(
+        birdbone()
+            .args(["import-gguf", "--overwrite"])
+            .arg(&cut)
+            .arg(&out),
+    );
+    assert!(err.contains("truncated"), "{err}");
+    assert_eq!(
+        std::fs::read_to_string(out.join("keep.txt")).unwrap(),
+        "old"
+    );
+    let names: Vec<String> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        names.iter().all(|n| !n.contains("partial")),
+        "a staging folder was left: {names:?}"
+    );
+
+    // The folder that holds the file cannot be the output.
+    let err = fails(
+        birdbone()
+            .args(["import-gguf", "--overwrite"])
+            .arg(&cut)
+            .arg(tmp.path()),
+    );
+    assert!(err.contains("inside it or around it"), "{err}");
+    assert!(cut.exists());
+}

@@ -23,7 +23,7 @@ fn build_models(dir: &Path) {
     );
 }
 
-fn load(dir: &Path, edit: impl FnOnce(&mut LlamaConfig)) -> Llama {
+pub(crate) fn load(dir: &Path, edit: impl FnOnce(&mut LlamaConfig)) -> Llama {
     let mut config = LlamaConfig::from_file(&dir.join("config.json")).unwrap();
     edit(&mut config);
     let tensors = checkpoint::load_dir(dir, None, Device::Cpu).unwrap();
@@ -31,7 +31,7 @@ fn load(dir: &Path, edit: impl FnOnce(&mut LlamaConfig)) -> Llama {
 }
 
 /// The largest difference between the model's logits and the reference's, over every position.
-fn worst(model: &Llama, reference: &Value) -> f64 {
+pub(crate) fn worst(model: &Llama, reference: &Value) -> f64 {
     let ids: Vec<i64> = serde_json::from_value(reference["ids"].clone()).unwrap();
     let want: Vec<Vec<f64>> = serde_json::from_value(reference["logits"].clone()).unwrap();
     let got =

@@ -118,3 +118,56 @@ fn k_quants_dequantize_as_the_gguf_package_does() {
         assert!(got.iter().any(|&x| x != 0.0), "{name} dequantized to zeros");
     }
 }
+
+/// Files of the kinds people download, built with the `gguf` package: a Llama with a
+/// SentencePiece vocabulary (scores, byte fallback; Q8_0 and Q4_0 projections) and a Qwen2 with
+/// biases and Qwen2's split. Imported, each gives transformers' token ids for real text, decodes
+/// back to it, and the logits of a transformers model holding the file's weights.
+#[test]
+fn sentencepiece_llama_and_qwen2_files_import_as_transformers_reads_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(python())
+        .arg(workspace_root().join("scripts/gguf_families.py"))
+        .arg(dir.path())
+        .arg(real_text("c4.utf8"))
+        .arg(real_gguf())
+        .arg(real_text("wiki.utf8"))
+        .output()
+        .expect("run the venv's python");
+    assert!(
+        out.status.success(),
+        "gguf_families.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (name, arch) in [("llama-spm", "llama"), ("qwen2", "qwen2")] {
+        let reference: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.path().join(format!("{name}.json"))).unwrap(),
+        )
+        .unwrap();
+        let folder = dir.path().join(name);
+        let s = import_llama(&dir.path().join(format!("{name}.gguf")), &folder).unwrap();
+        assert_eq!(s.architecture, arch);
+
+        let tok = tokenizers::Tokenizer::from_file(folder.join("tokenizer.json")).unwrap();
+        let text = reference["text"].as_str().unwrap();
+        let want: Vec<u32> = serde_json::from_value(reference["token_ids"].clone()).unwrap();
+        let ids = tok.encode(text, false).unwrap().get_ids().to_vec();
+        assert_eq!(ids.len(), want.len(), "{name}: token count");
+        assert_eq!(ids, want, "{name}: token ids differ from transformers'");
+        assert_eq!(tok.decode(&ids, false).unwrap(), text, "{name}: round trip");
+
+        let model = crate::families::load(&folder, |_| {});
+        let w = crate::families::worst(&model, &reference);
+        assert!(w < 2e-3, "{name}: largest logit difference {w}");
+        eprintln!("{name}: largest logit difference against transformers {w:.2e}");
+    }
+    // Byte fallback is exercised: characters outside the learned vocabulary become byte pieces.
+    let tok =
+        tokenizers::Tokenizer::from_file(dir.path().join("llama-spm/tokenizer.json")).unwrap();
+    let enc = tok.encode("🦴", false).unwrap();
+    assert_eq!(
+        enc.get_tokens(),
+        ["▁", "<0xF0>", "<0x9F>", "<0xA6>", "<0xB4>"],
+        "byte fallback"
+    );
+}

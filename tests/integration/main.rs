@@ -4,7 +4,9 @@
 //! - `prune`: exact counts, N:M validity and failure safety on the real SmolLM2 weights.
 //! - `masks`: saving, loading, and holding pruned weights at zero through optimizer steps.
 //! - `models`: a `VarStore` and a TorchScript `CModule` pruned in place.
-//! - `gguf`: the importer on the real checkpoint, truncated and corrupt files.
+//! - `gguf`: the importer on the real checkpoint, SentencePiece and Qwen2 files against
+//!   transformers, K-quants against the gguf package, truncated and corrupt files.
+//! - `gguf_hostile`: crafted GGUF headers, each a named error.
 //! - `families`: Mistral, Qwen2 and Llama 3 against transformers; unimplemented config fields.
 //! - `llama`: the runtime on the real model: generation, logits against transformers,
 //!   perplexity, calibration statistics, Wanda against magnitude.
@@ -19,6 +21,7 @@ mod checks;
 mod cli;
 mod families;
 mod gguf;
+mod gguf_hostile;
 mod gpu;
 mod llama;
 mod loader;

@@ -12,6 +12,10 @@ const MAGIC: &[u8; 4] = b"GGUF";
 const DEFAULT_ALIGNMENT: u64 = 32;
 /// No real GGUF file has more; a larger count means a corrupt header.
 const SANE_COUNT: u64 = 1 << 24;
+/// Arrays of arrays are legal; deeper than this they are an attack on the reader's stack.
+const MAX_NESTING: usize = 4;
+/// The largest `general.alignment` accepted (llama.cpp writes 32).
+const MAX_ALIGNMENT: u64 = 1 << 16;
 
 /// A metadata value.
 #[derive(Clone, Debug, PartialEq)]
@@ -142,7 +146,7 @@ pub struct TensorInfo {
 impl TensorInfo {
     /// Number of elements.
     pub fn numel(&self) -> u64 {
-        self.shape.iter().product()
+        self.shape.iter().fold(1u64, |n, &d| n.saturating_mul(d))
     }
 }
 
@@ -196,13 +200,21 @@ impl Reader<'_> {
             self.take(8, what)?.try_into().expect("8 bytes"),
         ))
     }
+    fn malformed(&self, message: String) -> Error {
+        Error::Malformed {
+            path: self.path.into(),
+            message,
+        }
+    }
+    /// A count of things that follow, each at least a byte: more than the bytes left is a
+    /// corrupt header, found before anything is allocated for them.
     fn count(&mut self, what: &str) -> Result<u64> {
         let n = self.u64(what)?;
-        if n > SANE_COUNT.max(self.b.len() as u64) {
-            return Err(Error::Malformed {
-                path: self.path.into(),
-                message: format!("corrupt: {what} is {n}"),
-            });
+        let left = (self.b.len() - self.pos) as u64;
+        if n > SANE_COUNT.min(left) {
+            return Err(self.malformed(format!(
+                "truncated or corrupt: {what} is {n}, but {left} bytes follow"
+            )));
         }
         Ok(n)
     }
@@ -214,7 +226,7 @@ impl Reader<'_> {
             message: format!("{what} is not UTF-8"),
         })
     }
-    fn value(&mut self, ty: u32, key: &str) -> Result<Value> {
+    fn value(&mut self, ty: u32, key: &str, depth: usize) -> Result<Value> {
         let what = format!("the value of '{key}'");
         Ok(match ty {
             0 => Value::U64(self.take(1, &what)?[0] as u64),
@@ -227,11 +239,15 @@ impl Reader<'_> {
             7 => Value::Bool(self.take(1, &what)?[0] != 0),
             8 => Value::Str(self.string(&what)?),
             9 => {
+                if depth >= MAX_NESTING {
+                    return Err(self
+                        .malformed(format!("'{key}' nests arrays more than {MAX_NESTING} deep")));
+                }
                 let elem = self.u32(&what)?;
                 let n = self.count(&what)?;
                 let mut v = Vec::with_capacity(n.min(1 << 20) as usize);
                 for _ in 0..n {
-                    v.push(self.value(elem, key)?);
+                    v.push(self.value(elem, key, depth + 1)?);
                 }
                 Value::Array(v)
             }
@@ -280,10 +296,14 @@ impl GgufFile {
         for _ in 0..n_kv {
             let key = r.string("a metadata key")?;
             let ty = r.u32("a metadata type")?;
-            let v = r.value(ty, &key)?;
+            let v = r.value(ty, &key, 0)?;
+            if metadata.contains_key(&key) {
+                return Err(r.malformed(format!("metadata key '{key}' appears twice")));
+            }
             metadata.insert(key, v);
         }
         let mut tensors = Vec::with_capacity(n_tensors as usize);
+        let mut names = std::collections::HashSet::new();
         for _ in 0..n_tensors {
             let name = r.string("a tensor name")?;
             let nd = r.u32("a tensor rank")?;
@@ -298,8 +318,20 @@ impl GgufFile {
                 shape.push(r.u64("a tensor dimension")?);
             }
             shape.reverse();
+            if shape
+                .iter()
+                .try_fold(1u64, |n, &d| n.checked_mul(d))
+                .is_none_or(|n| n > i64::MAX as u64)
+            {
+                return Err(r.malformed(format!(
+                    "tensor '{name}' has dimensions {shape:?}, more elements than any file holds"
+                )));
+            }
             let ggml_type = GgmlType::from_u32(r.u32("a tensor type")?);
             let offset = r.u64("a tensor offset")?;
+            if !names.insert(name.clone()) {
+                return Err(r.malformed(format!("tensor '{name}' appears twice")));
+            }
             tensors.push(TensorInfo {
                 name,
                 shape,
@@ -307,12 +339,24 @@ impl GgufFile {
                 offset,
             });
         }
-        let align = metadata
-            .get("general.alignment")
-            .and_then(Value::as_u64)
-            .unwrap_or(DEFAULT_ALIGNMENT)
-            .max(1);
+        let align = match metadata.get("general.alignment") {
+            None => DEFAULT_ALIGNMENT,
+            Some(v) => v
+                .as_u64()
+                .filter(|a| a.is_power_of_two() && *a <= MAX_ALIGNMENT)
+                .ok_or_else(|| {
+                    r.malformed(format!(
+                        "general.alignment is {v:?}: expected a power of two up to {MAX_ALIGNMENT}"
+                    ))
+                })?,
+        };
         let data_start = (r.pos as u64).div_ceil(align) * align;
+        if let Some(t) = tensors.iter().find(|t| t.offset % align != 0) {
+            return Err(r.malformed(format!(
+                "tensor '{}' starts at offset {}, not a multiple of the alignment {align}",
+                t.name, t.offset
+            )));
+        }
         let f = GgufFile {
             path: path.into(),
             bytes,
@@ -352,8 +396,19 @@ impl GgufFile {
                 ),
             });
         }
-        let start = self.data_start + t.offset;
-        Ok(Some((start, start + n / per * bytes)))
+        let end = (n / per)
+            .checked_mul(bytes)
+            .and_then(|len| self.data_start.checked_add(t.offset)?.checked_add(len));
+        match end {
+            Some(end) => Ok(Some((self.data_start + t.offset, end))),
+            None => Err(Error::Malformed {
+                path: self.path.clone(),
+                message: format!(
+                    "tensor '{}' at offset {} with {n} elements lies past any file",
+                    t.name, t.offset
+                ),
+            }),
+        }
     }
 
     /// The tensor named `name`.

@@ -1,4 +1,8 @@
-//! GGUF (llama.cpp's Llama layout) to a Hugging Face model folder.
+//! GGUF (llama.cpp's Llama and Qwen2 layouts) to a Hugging Face model folder.
+//!
+//! Everything the file says is checked before anything is written: the hyperparameters against
+//! each other and sane bounds, every tensor's name, layer and shape against them, every tensor
+//! of every layer present once. A file that fails is an error naming the key or tensor.
 
 use std::{collections::HashMap, path::Path};
 
@@ -6,11 +10,17 @@ use safetensors::{tensor::TensorView, Dtype};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::{file::GgufFile, tokenizer::tokenizer_json, Error, Result};
+use crate::{
+    file::{GgufFile, TensorInfo},
+    tokenizer::{special_id, tokenizer_json},
+    Error, Result,
+};
 
 /// What an import wrote.
 #[derive(Clone, Debug, Serialize)]
 pub struct ImportSummary {
+    /// The GGUF architecture read (`llama`, `qwen2`).
+    pub architecture: String,
     /// Tensors written.
     pub tensors: usize,
     /// Parameters written.
@@ -21,38 +31,208 @@ pub struct ImportSummary {
     pub vocab_size: usize,
 }
 
-fn meta_u64(f: &GgufFile, key: &str) -> Result<u64> {
-    f.get(key)
-        .and_then(|v| v.as_u64())
-        .ok_or_else(|| Error::Unsupported(format!("the GGUF file has no integer '{key}'")))
+/// The architectures read, and how they differ.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Arch {
+    /// Llama, and Mistral (which llama.cpp writes as `llama`): q/k rows permuted for llama.cpp's
+    /// RoPE, no biases.
+    Llama,
+    /// Qwen2: biases on q/k/v, q/k rows as transformers has them.
+    Qwen2,
 }
 
-fn hf_name(gguf: &str) -> Option<String> {
+impl Arch {
+    fn of(name: &str) -> Result<Arch> {
+        match name {
+            "llama" => Ok(Arch::Llama),
+            "qwen2" => Ok(Arch::Qwen2),
+            other => Err(Error::Unsupported(format!(
+                "general.architecture '{other}' is not supported (llama, qwen2)"
+            ))),
+        }
+    }
+}
+
+/// Upper bounds no real model reaches; past them a header is corrupt, not large.
+const MAX_LAYERS: u64 = 1 << 10;
+const MAX_WIDTH: u64 = 1 << 20;
+const MAX_HEADS: u64 = 1 << 12;
+
+/// The hyperparameters, checked against each other.
+#[derive(Debug)]
+struct Hyper {
+    layers: usize,
+    hidden: usize,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    ffn: usize,
+    ctx: u64,
+    eps: f64,
+    theta: f64,
+}
+
+fn int(f: &GgufFile, key: &str, max: u64, default: Option<u64>) -> Result<usize> {
+    let v = match f.get(key) {
+        Some(v) => v
+            .as_u64()
+            .ok_or_else(|| Error::Unsupported(format!("{key} is {v:?}, not an integer")))?,
+        None => {
+            default.ok_or_else(|| Error::Unsupported(format!("the GGUF file has no '{key}'")))?
+        }
+    };
+    if v == 0 || v > max {
+        return Err(Error::Unsupported(format!(
+            "{key} is {v}: expected 1 to {max}"
+        )));
+    }
+    Ok(v as usize)
+}
+
+fn positive(f: &GgufFile, key: &str, default: f64) -> Result<f64> {
+    let v = match f.get(key) {
+        Some(v) => v
+            .as_f64()
+            .ok_or_else(|| Error::Unsupported(format!("{key} is {v:?}, not a number")))?,
+        None => default,
+    };
+    if !(v.is_finite() && v > 0.0) {
+        return Err(Error::Unsupported(format!(
+            "{key} is {v}: expected a finite number above 0"
+        )));
+    }
+    Ok(v)
+}
+
+impl Hyper {
+    fn read(f: &GgufFile, arch: &str) -> Result<Hyper> {
+        let k = |s: &str| format!("{arch}.{s}");
+        let layers = int(f, &k("block_count"), MAX_LAYERS, None)?;
+        let hidden = int(f, &k("embedding_length"), MAX_WIDTH, None)?;
+        let heads = int(f, &k("attention.head_count"), MAX_HEADS, None)?;
+        let kv_heads = int(
+            f,
+            &k("attention.head_count_kv"),
+            MAX_HEADS,
+            Some(heads as u64),
+        )?;
+        let ffn = int(f, &k("feed_forward_length"), MAX_WIDTH * 8, None)?;
+        let ctx = int(f, &k("context_length"), 1 << 24, Some(2048))? as u64;
+        let default_head_dim = (hidden / heads).max(1) as u64;
+        let head_dim = int(
+            f,
+            &k("attention.key_length"),
+            MAX_WIDTH,
+            Some(default_head_dim),
+        )?;
+        let value_dim = int(
+            f,
+            &k("attention.value_length"),
+            MAX_WIDTH,
+            Some(head_dim as u64),
+        )?;
+        if value_dim != head_dim {
+            return Err(Error::Unsupported(format!(
+                "{arch}.attention.value_length {value_dim} differs from the key length {head_dim}"
+            )));
+        }
+        if f.get(&k("attention.key_length")).is_none() && hidden % heads != 0 {
+            return Err(Error::Unsupported(format!(
+                "{arch}.embedding_length {hidden} is not a multiple of {arch}.attention.head_count {heads}"
+            )));
+        }
+        if heads % kv_heads != 0 {
+            return Err(Error::Unsupported(format!(
+                "{arch}.attention.head_count {heads} is not a multiple of {arch}.attention.head_count_kv {kv_heads}"
+            )));
+        }
+        if head_dim % 2 != 0 {
+            return Err(Error::Unsupported(format!(
+                "a head width of {head_dim} is odd: rotary embeddings need pairs"
+            )));
+        }
+        if let Some(d) = f.get(&k("rope.dimension_count")) {
+            if d.as_u64() != Some(head_dim as u64) {
+                return Err(Error::Unsupported(format!(
+                    "{arch}.rope.dimension_count is {d:?}: partial rotary embeddings are not implemented (head width {head_dim})"
+                )));
+            }
+        }
+        if let Some(s) = f.get(&k("rope.scaling.type")) {
+            if s.as_str() != Some("none") {
+                return Err(Error::Unsupported(format!(
+                    "{arch}.rope.scaling.type {s:?} is not implemented by the importer"
+                )));
+            }
+        }
+        Ok(Hyper {
+            layers,
+            hidden,
+            heads,
+            kv_heads,
+            head_dim,
+            ffn,
+            ctx,
+            eps: positive(f, &k("attention.layer_norm_rms_epsilon"), 1e-5)?,
+            theta: positive(f, &k("rope.freq_base"), 10000.0)?,
+        })
+    }
+}
+
+/// A GGUF tensor's Hugging Face name, its layer (if any), and the shape it must have.
+fn hf_name(
+    arch: Arch,
+    h: &Hyper,
+    vocab: usize,
+    gguf: &str,
+) -> Option<(String, Option<usize>, Vec<u64>)> {
+    let (hidden, q, kv, ffn) = (
+        h.hidden as u64,
+        (h.heads * h.head_dim) as u64,
+        (h.kv_heads * h.head_dim) as u64,
+        h.ffn as u64,
+    );
     Some(match gguf {
-        "token_embd.weight" => "model.embed_tokens.weight".into(),
-        "output_norm.weight" => "model.norm.weight".into(),
-        "output.weight" => "lm_head.weight".into(),
+        "token_embd.weight" => (
+            "model.embed_tokens.weight".into(),
+            None,
+            vec![vocab as u64, hidden],
+        ),
+        "output_norm.weight" => ("model.norm.weight".into(), None, vec![hidden]),
+        "output.weight" => ("lm_head.weight".into(), None, vec![vocab as u64, hidden]),
         _ => {
             let rest = gguf.strip_prefix("blk.")?;
-            let (layer, tail) = rest.split_once('.')?;
-            let module = match tail {
-                "attn_norm.weight" => "input_layernorm.weight",
-                "ffn_norm.weight" => "post_attention_layernorm.weight",
-                "attn_q.weight" => "self_attn.q_proj.weight",
-                "attn_k.weight" => "self_attn.k_proj.weight",
-                "attn_v.weight" => "self_attn.v_proj.weight",
-                "attn_output.weight" => "self_attn.o_proj.weight",
-                "attn_q.bias" => "self_attn.q_proj.bias",
-                "attn_k.bias" => "self_attn.k_proj.bias",
-                "attn_v.bias" => "self_attn.v_proj.bias",
-                "ffn_gate.weight" => "mlp.gate_proj.weight",
-                "ffn_up.weight" => "mlp.up_proj.weight",
-                "ffn_down.weight" => "mlp.down_proj.weight",
+            let (index, tail) = rest.split_once('.')?;
+            let layer: usize = index.parse().ok().filter(|l| *l < h.layers)?;
+            if layer.to_string() != index {
+                return None; // "blk.01." or "blk.+1." is not layer 1
+            }
+            let (module, shape) = match (tail, arch) {
+                ("attn_norm.weight", _) => ("input_layernorm.weight", vec![hidden]),
+                ("ffn_norm.weight", _) => ("post_attention_layernorm.weight", vec![hidden]),
+                ("attn_q.weight", _) => ("self_attn.q_proj.weight", vec![q, hidden]),
+                ("attn_k.weight", _) => ("self_attn.k_proj.weight", vec![kv, hidden]),
+                ("attn_v.weight", _) => ("self_attn.v_proj.weight", vec![kv, hidden]),
+                ("attn_output.weight", _) => ("self_attn.o_proj.weight", vec![hidden, q]),
+                ("attn_q.bias", Arch::Qwen2) => ("self_attn.q_proj.bias", vec![q]),
+                ("attn_k.bias", Arch::Qwen2) => ("self_attn.k_proj.bias", vec![kv]),
+                ("attn_v.bias", Arch::Qwen2) => ("self_attn.v_proj.bias", vec![kv]),
+                ("ffn_gate.weight", _) => ("mlp.gate_proj.weight", vec![ffn, hidden]),
+                ("ffn_up.weight", _) => ("mlp.up_proj.weight", vec![ffn, hidden]),
+                ("ffn_down.weight", _) => ("mlp.down_proj.weight", vec![hidden, ffn]),
                 _ => return None,
             };
-            format!("model.layers.{layer}.{module}")
+            (format!("model.layers.{layer}.{module}"), Some(layer), shape)
         }
     })
+}
+
+/// Tensors every layer has.
+fn per_layer(arch: Arch) -> usize {
+    match arch {
+        Arch::Llama => 9,
+        Arch::Qwen2 => 12,
+    }
 }
 
 /// llama.cpp stores q/k projection rows interleaved for its RoPE (per head, rows `2i` and
@@ -74,8 +254,66 @@ fn unpermute(w: &[f32], rows: usize, cols: usize, heads: usize) -> Vec<f32> {
     out
 }
 
-/// Imports a Llama-architecture GGUF checkpoint into `out_dir` as `config.json`,
-/// `model.safetensors` (f32, dequantised) and `tokenizer.json`.
+/// The plan of an import: every tensor's target name, checked, in file order.
+fn plan<'f>(
+    f: &'f GgufFile,
+    arch: Arch,
+    h: &Hyper,
+    vocab: usize,
+) -> Result<Vec<(&'f TensorInfo, String)>> {
+    let mut out = Vec::with_capacity(f.tensors.len());
+    let mut seen: HashMap<String, &str> = HashMap::new();
+    let mut in_layer = vec![0usize; h.layers];
+    for t in &f.tensors {
+        if t.name == "rope_freqs.weight" {
+            continue; // recomputed from rope theta
+        }
+        let Some((name, layer, shape)) = hf_name(arch, h, vocab, &t.name) else {
+            return Err(Error::Unsupported(format!(
+                "unexpected tensor '{}' in a {arch:?} GGUF with {} layers",
+                t.name, h.layers
+            )));
+        };
+        if t.shape != shape {
+            return Err(Error::Unsupported(format!(
+                "tensor '{}' has shape {:?}; the header's hyperparameters make it {shape:?}",
+                t.name, t.shape
+            )));
+        }
+        if let Some(first) = seen.insert(name.clone(), &t.name) {
+            return Err(Error::Unsupported(format!(
+                "tensor '{}' appears twice (first as '{first}')",
+                t.name
+            )));
+        }
+        if let Some(l) = layer {
+            in_layer[l] += 1;
+        }
+        out.push((t, name));
+    }
+    for name in ["token_embd.weight", "output_norm.weight"] {
+        if f.tensor(name).is_none() {
+            return Err(Error::Unsupported(format!("the GGUF file has no '{name}'")));
+        }
+    }
+    if let Some((l, n)) = in_layer
+        .iter()
+        .enumerate()
+        .find(|(_, &n)| n != per_layer(arch))
+    {
+        return Err(Error::Unsupported(format!(
+            "layer {l} has {n} tensors; a {arch:?} layer has {}",
+            per_layer(arch)
+        )));
+    }
+    Ok(out)
+}
+
+/// Imports a Llama- or Qwen2-architecture GGUF checkpoint into `out_dir` as `config.json`,
+/// `model.safetensors` (f32, dequantised), `tokenizer.json` and `tokenizer_config.json`.
+/// Nothing is written unless the whole file checks out; `config.json` is written last, so a
+/// folder without it is an unfinished import. (The `birdbone import-gguf` command writes into
+/// a staging folder and puts it in place only when complete.)
 pub fn import_llama(gguf: &Path, out_dir: &Path) -> Result<ImportSummary> {
     import_llama_with(gguf, out_dir, &mut |_, _| {})
 }
@@ -87,77 +325,116 @@ pub fn import_llama_with(
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<ImportSummary> {
     let f = GgufFile::open(gguf)?;
-    let arch = f
+    let arch_name = f
         .get("general.architecture")
         .and_then(|v| v.as_str())
-        .unwrap_or("");
-    if arch != "llama" {
+        .unwrap_or("")
+        .to_string();
+    let arch = Arch::of(&arch_name)?;
+    let h = Hyper::read(&f, &arch_name)?;
+    let tok = tokenizer_json(&f)?;
+    let tokens = tok["model"]["vocab"].as_object().map_or(0, |v| v.len());
+    let vocab = f
+        .tensor("token_embd.weight")
+        .and_then(|t| t.shape.first())
+        .map_or(tokens as u64, |&rows| rows);
+    if vocab < tokens as u64 {
         return Err(Error::Unsupported(format!(
-            "architecture '{arch}' (this importer reads 'llama')"
+            "token_embd.weight has {vocab} rows for {tokens} tokens"
         )));
     }
-    let k = |s: &str| format!("llama.{s}");
-    let layers = meta_u64(&f, &k("block_count"))? as usize;
-    let hidden = meta_u64(&f, &k("embedding_length"))? as usize;
-    let heads = meta_u64(&f, &k("attention.head_count"))? as usize;
-    let kv_heads = f
-        .get(&k("attention.head_count_kv"))
-        .and_then(|v| v.as_u64())
-        .unwrap_or(heads as u64) as usize;
-    let ffn = meta_u64(&f, &k("feed_forward_length"))?;
-    let ctx = f
-        .get(&k("context_length"))
-        .and_then(|v| v.as_u64())
-        .unwrap_or(2048);
-    let eps = f
-        .get(&k("attention.layer_norm_rms_epsilon"))
-        .and_then(|v| v.as_f64())
-        .unwrap_or(1e-5);
-    let theta = f
-        .get(&k("rope.freq_base"))
-        .and_then(|v| v.as_f64())
-        .unwrap_or(10000.0);
-    let tok = tokenizer_json(&f)?;
-    let vocab_size = tok["model"]["vocab"].as_object().map_or(0, |v| v.len());
+    let vocab = vocab as usize;
+    let plan = plan(&f, arch, &h, vocab)?;
     let tied = f.tensor("output.weight").is_none();
-    let bos = f
-        .get("tokenizer.ggml.bos_token_id")
-        .and_then(|v| v.as_u64());
-    let eos = f
-        .get("tokenizer.ggml.eos_token_id")
-        .and_then(|v| v.as_u64());
+    let bos = special_id(&f, "bos_token_id", tokens)?;
+    let eos = special_id(&f, "eos_token_id", tokens)?;
+    let unk = special_id(&f, "unknown_token_id", tokens)?;
+    let pad = special_id(&f, "padding_token_id", tokens)?;
+
+    let mut arrays: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut parameters = 0u64;
+    for (done, (t, name)) in plan.iter().enumerate() {
+        progress(done, plan.len());
+        let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
+        let mut data = f.tensor_f32(t)?;
+        if arch == Arch::Llama
+            && (name.ends_with("q_proj.weight") || name.ends_with("k_proj.weight"))
+        {
+            let heads = if name.contains("q_proj") {
+                h.heads
+            } else {
+                h.kv_heads
+            };
+            data = unpermute(&data, shape[0], shape[1], heads);
+        }
+        parameters += data.len() as u64;
+        let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        arrays.push((name.clone(), shape, bytes));
+    }
+    progress(plan.len(), plan.len());
+
+    let (architecture, model_type) = match arch {
+        Arch::Llama => ("LlamaForCausalLM", "llama"),
+        Arch::Qwen2 => ("Qwen2ForCausalLM", "qwen2"),
+    };
+    let mut config = json!({
+        "architectures": [architecture],
+        "model_type": model_type,
+        "hidden_size": h.hidden,
+        "intermediate_size": h.ffn,
+        "num_hidden_layers": h.layers,
+        "num_attention_heads": h.heads,
+        "num_key_value_heads": h.kv_heads,
+        "head_dim": h.head_dim,
+        "hidden_act": "silu",
+        "max_position_embeddings": h.ctx,
+        "rms_norm_eps": h.eps,
+        "rope_theta": h.theta,
+        "vocab_size": vocab,
+        "tie_word_embeddings": tied,
+        "bos_token_id": bos,
+        "eos_token_id": eos,
+        "torch_dtype": "float32",
+    });
+    match arch {
+        Arch::Llama => {
+            config["attention_bias"] = json!(false);
+            config["mlp_bias"] = json!(false);
+        }
+        Arch::Qwen2 => config["use_sliding_window"] = json!(false),
+    }
+    let name_of = |id: Option<u64>| {
+        id.and_then(|i| {
+            tok["model"]["vocab"].as_object().and_then(|v| {
+                v.iter()
+                    .find(|(_, n)| n.as_u64() == Some(i))
+                    .map(|(s, _)| json!(s))
+            })
+        })
+    };
+    let mut tok_config = json!({
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "model_max_length": h.ctx,
+        "clean_up_tokenization_spaces": false,
+    });
+    for (key, id) in [
+        ("bos_token", bos),
+        ("eos_token", eos),
+        ("unk_token", unk),
+        ("pad_token", pad),
+    ] {
+        if let Some(s) = name_of(id) {
+            tok_config[key] = s;
+        }
+    }
+    if let Some(t) = f.get("tokenizer.chat_template").and_then(|v| v.as_str()) {
+        tok_config["chat_template"] = json!(t);
+    }
 
     std::fs::create_dir_all(out_dir).map_err(|source| Error::Io {
         path: out_dir.into(),
         source,
     })?;
-    let mut arrays: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-    let mut parameters = 0u64;
-    for (done, t) in f.tensors.iter().enumerate() {
-        progress(done, f.tensors.len());
-        let Some(name) = hf_name(&t.name) else {
-            if t.name == "rope_freqs.weight" {
-                continue; // recomputed from rope theta
-            }
-            return Err(Error::Unsupported(format!(
-                "unexpected tensor '{}' in a llama GGUF",
-                t.name
-            )));
-        };
-        let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
-        let mut data = f.tensor_f32(t)?;
-        if name.ends_with("q_proj.weight") || name.ends_with("k_proj.weight") {
-            let h = if name.contains("q_proj") {
-                heads
-            } else {
-                kv_heads
-            };
-            data = unpermute(&data, shape[0], shape[1], h);
-        }
-        parameters += data.len() as u64;
-        let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
-        arrays.push((name, shape, bytes));
-    }
     let views: Vec<(String, TensorView<'_>)> = arrays
         .iter()
         .map(|(n, s, b)| {
@@ -182,43 +459,23 @@ pub fn import_llama_with(
     let st_path = out_dir.join("model.safetensors");
     safetensors::serialize_to_file(views, Some(meta), &st_path)
         .map_err(|e| Error::Output(format!("{}: {e}", st_path.display())))?;
-
-    let config = json!({
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "hidden_size": hidden,
-        "intermediate_size": ffn,
-        "num_hidden_layers": layers,
-        "num_attention_heads": heads,
-        "num_key_value_heads": kv_heads,
-        "head_dim": hidden / heads,
-        "hidden_act": "silu",
-        "max_position_embeddings": ctx,
-        "rms_norm_eps": eps,
-        "rope_theta": theta,
-        "vocab_size": vocab_size,
-        "tie_word_embeddings": tied,
-        "attention_bias": false,
-        "mlp_bias": false,
-        "bos_token_id": bos,
-        "eos_token_id": eos,
-        "torch_dtype": "float32",
-    });
     let write = |name: &str, v: &serde_json::Value| {
         let p = out_dir.join(name);
-        std::fs::write(&p, serde_json::to_string_pretty(v).expect("json"))
+        std::fs::write(&p, serde_json::to_string_pretty(v).expect("json") + "\n")
             .map_err(|source| Error::Io { path: p, source })
     };
-    write("config.json", &config)?;
     write("tokenizer.json", &tok)?;
+    write("tokenizer_config.json", &tok_config)?;
     // Prove the tokenizer file is one the tokenizers crate accepts before calling it done.
     tokenizers::Tokenizer::from_file(out_dir.join("tokenizer.json"))
         .map_err(|e| Error::Output(format!("the rebuilt tokenizer.json does not load: {e}")))?;
+    write("config.json", &config)?;
     Ok(ImportSummary {
+        architecture: arch_name,
         tensors: arrays.len(),
         parameters,
         config,
-        vocab_size,
+        vocab_size: vocab,
     })
 }
 
