@@ -133,6 +133,7 @@ pub fn write_folder<T>(
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
     }
+    remove_abandoned_stages(out);
     let stage = staging(out);
     if stage.exists() {
         std::fs::remove_dir_all(&stage).with_context(|| format!("removing {}", stage.display()))?;
@@ -177,6 +178,37 @@ pub fn write_folder<T>(
         let _ = std::fs::File::open(parent).and_then(|d| d.sync_all());
     }
     Ok(value)
+}
+
+/// Staging folders of `out` left by runs that were killed (their process is gone): removed, so
+/// nothing of an abandoned run stays beside the output.
+fn remove_abandoned_stages(out: &Path) {
+    let (Some(parent), Some(name)) = (out.parent(), out.file_name()) else {
+        return;
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    let prefix = format!(".{}.birdbone-partial-", name.to_string_lossy());
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let file_name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = file_name.strip_prefix(&prefix) else {
+            continue;
+        };
+        let pid = rest.trim_end_matches(".old");
+        let alive = pid
+            .parse::<u32>()
+            .is_ok_and(|p| p == std::process::id() || Path::new(&format!("/proc/{p}")).exists());
+        // Where /proc does not say which processes live, nothing is removed.
+        if !alive && cfg!(target_os = "linux") {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// Some writers create files readable by their owner only: every file gets the mode a new

@@ -55,11 +55,16 @@ pub fn read(path: &Path) -> Result<Vec<StoredMask>> {
         path: path.into(),
         source,
     })?;
+    read_bytes(&data, path)
+}
+
+/// [`read`] on a file's bytes; errors name `path`.
+pub fn read_bytes(data: &[u8], path: &Path) -> Result<Vec<StoredMask>> {
     let bad = |message: String| Error::Format {
         path: path.into(),
         message,
     };
-    let (_, metadata) = SafeTensors::read_metadata(&data)
+    let (_, metadata) = SafeTensors::read_metadata(data)
         .map_err(|e| bad(format!("not a safetensors file: {e}")))?;
     let meta = metadata.metadata().clone().unwrap_or_default();
     if meta.get(FORMAT_KEY).map(String::as_str) != Some(FORMAT) {
@@ -67,14 +72,27 @@ pub fn read(path: &Path) -> Result<Vec<StoredMask>> {
             "not a Birdbone mask file (metadata '{FORMAT_KEY}' is not '{FORMAT}')"
         )));
     }
-    let st = SafeTensors::deserialize(&data).map_err(|e| bad(e.to_string()))?;
+    let st = SafeTensors::deserialize(data).map_err(|e| bad(e.to_string()))?;
     let mut masks = Vec::new();
     for (name, view) in st.tensors() {
         let shape: Vec<i64> = meta
             .get(&format!("shape:{name}"))
             .and_then(|s| serde_json::from_str(s).ok())
             .ok_or_else(|| bad(format!("no shape recorded for '{name}'")))?;
-        let numel = shape.iter().product::<i64>() as usize;
+        // The shape decides the byte count: negative or overflowing dimensions are refused
+        // before any size is computed from them.
+        let numel = shape
+            .iter()
+            .try_fold(1u64, |n, &d| {
+                u64::try_from(d).ok().and_then(|d| n.checked_mul(d))
+            })
+            .filter(|&n| n <= view.data().len() as u64 * 8)
+            .ok_or_else(|| {
+                bad(format!(
+                    "mask '{name}' records shape {shape:?}, which its {} bytes cannot hold",
+                    view.data().len()
+                ))
+            })? as usize;
         if view.dtype() != Dtype::U8 || view.data().len() != mask_bytes(numel) {
             return Err(bad(format!(
                 "mask '{name}' has {} bytes; a {shape:?} parameter needs {}",

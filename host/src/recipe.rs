@@ -451,23 +451,49 @@ impl Recipe {
     /// tried as YAML, of which JSON is a subset), or an llm-compressor recipe (recognised by
     /// its `*_stage` / `*_modifiers` keys). Checked with [`Recipe::validate`].
     pub fn from_file(path: &Path) -> Result<Recipe> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        // A recipe is a few hundred bytes; a file past this is a mistake (or an attack), not a
+        // recipe, and is refused before it is read.
+        const MAX_RECIPE_BYTES: u64 = 1 << 20;
+        let io = |source| Error::Io {
             path: path.into(),
             source,
-        })?;
+        };
+        let len = std::fs::metadata(path).map_err(io)?.len();
+        if len > MAX_RECIPE_BYTES {
+            return Err(Error::Format {
+                path: path.into(),
+                message: format!("{len} bytes: a recipe is at most {MAX_RECIPE_BYTES}"),
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(io)?;
+        Recipe::from_text(&text, path.extension().is_some_and(|e| e == "json"), path)
+    }
+
+    /// A recipe from its text: JSON when `json`, else YAML (of which JSON is a subset). Errors
+    /// name `origin`.
+    pub fn from_text(text: &str, json: bool, origin: &Path) -> Result<Recipe> {
+        let path = origin;
         let format_err = |message: String| Error::Format {
             path: path.into(),
             message,
         };
-        let value: serde_json::Value = if path.extension().is_some_and(|e| e == "json") {
-            serde_json::from_str(&text).map_err(|e| format_err(e.to_string()))?
+        let value: serde_json::Value = if json {
+            serde_json::from_str(text).map_err(|e| format_err(e.to_string()))?
         } else {
-            serde_norway::from_str(&text).map_err(|e| format_err(e.to_string()))?
+            serde_norway::from_str(text).map_err(|e| format_err(e.to_string()))?
         };
         let recipe = if crate::llm_compressor::is_llm_compressor(&value) {
             crate::llm_compressor::to_recipe(&value).map_err(|e| format_err(e.to_string()))?
         } else {
-            Recipe::deserialize(value).map_err(|e| format_err(e.to_string()))?
+            // The error names the field it is about (`sparsity: invalid type ...`).
+            serde_path_to_error::deserialize(value).map_err(|e| {
+                let field = e.path().to_string();
+                format_err(if field == "." {
+                    e.into_inner().to_string()
+                } else {
+                    format!("{field}: {}", e.into_inner())
+                })
+            })?
         };
         recipe.validate().map_err(|e| format_err(e.to_string()))?;
         Ok(recipe)

@@ -6,7 +6,8 @@
 //! - `models`: a `VarStore` and a TorchScript `CModule` pruned in place.
 //! - `gguf`: the importer on the real checkpoint, SentencePiece and Qwen2 files against
 //!   transformers, K-quants against the gguf package, truncated and corrupt files.
-//! - `gguf_hostile`: crafted GGUF headers, each a named error.
+//! - `faults`: the fault suite (hostile files, configs, parameters, outputs, signals, a full
+//!   disk), which writes docs/fault-suite.md.
 //! - `families`: Mistral, Qwen2 and Llama 3 against transformers; unimplemented config fields.
 //! - `llama`: the runtime on the real model: generation, logits against transformers,
 //!   perplexity, calibration statistics, Wanda against magnitude.
@@ -20,8 +21,8 @@
 mod checks;
 mod cli;
 mod families;
+mod faults;
 mod gguf;
-mod gguf_hostile;
 mod gpu;
 mod llama;
 mod loader;

@@ -272,6 +272,11 @@ impl GgufFile {
             path: path.into(),
             source,
         })?;
+        GgufFile::from_bytes(bytes, path)
+    }
+
+    /// [`GgufFile::open`] on a file's bytes; errors name `path`.
+    pub fn from_bytes(bytes: Vec<u8>, path: &Path) -> Result<GgufFile> {
         let mut r = Reader {
             path,
             b: &bytes,

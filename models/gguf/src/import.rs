@@ -309,30 +309,36 @@ fn plan<'f>(
     Ok(out)
 }
 
-/// Imports a Llama- or Qwen2-architecture GGUF checkpoint into `out_dir` as `config.json`,
-/// `model.safetensors` (f32, dequantised), `tokenizer.json` and `tokenizer_config.json`.
-/// Nothing is written unless the whole file checks out; `config.json` is written last, so a
-/// folder without it is an unfinished import. (The `birdbone import-gguf` command writes into
-/// a staging folder and puts it in place only when complete.)
-pub fn import_llama(gguf: &Path, out_dir: &Path) -> Result<ImportSummary> {
-    import_llama_with(gguf, out_dir, &mut |_, _| {})
+/// What an import writes, decided and checked before anything touches the disk.
+pub struct ImportPlan<'f> {
+    /// The GGUF architecture (`llama`, `qwen2`).
+    pub architecture: String,
+    arch: Arch,
+    heads: usize,
+    kv_heads: usize,
+    /// Every tensor and its Hugging Face name, in file order.
+    pub tensors: Vec<(&'f TensorInfo, String)>,
+    /// The `config.json`.
+    pub config: serde_json::Value,
+    /// The `tokenizer.json`.
+    pub tokenizer: serde_json::Value,
+    /// The `tokenizer_config.json`.
+    pub tokenizer_config: serde_json::Value,
+    /// Rows of the embedding (the config's `vocab_size`).
+    pub vocab_size: usize,
 }
 
-/// [`import_llama`], calling `progress(tensors done, tensors in all)` after each tensor.
-pub fn import_llama_with(
-    gguf: &Path,
-    out_dir: &Path,
-    progress: &mut dyn FnMut(usize, usize),
-) -> Result<ImportSummary> {
-    let f = GgufFile::open(gguf)?;
+/// Checks everything an import reads from `f` (hyperparameters, tensors, tokenizer) and
+/// decides what it writes.
+pub fn plan_import(f: &GgufFile) -> Result<ImportPlan<'_>> {
     let arch_name = f
         .get("general.architecture")
         .and_then(|v| v.as_str())
         .unwrap_or("")
         .to_string();
     let arch = Arch::of(&arch_name)?;
-    let h = Hyper::read(&f, &arch_name)?;
-    let tok = tokenizer_json(&f)?;
+    let h = Hyper::read(f, &arch_name)?;
+    let tok = tokenizer_json(f)?;
     let tokens = tok["model"]["vocab"].as_object().map_or(0, |v| v.len());
     let vocab = f
         .tensor("token_embd.weight")
@@ -344,35 +350,12 @@ pub fn import_llama_with(
         )));
     }
     let vocab = vocab as usize;
-    let plan = plan(&f, arch, &h, vocab)?;
+    let tensors = plan(f, arch, &h, vocab)?;
     let tied = f.tensor("output.weight").is_none();
-    let bos = special_id(&f, "bos_token_id", tokens)?;
-    let eos = special_id(&f, "eos_token_id", tokens)?;
-    let unk = special_id(&f, "unknown_token_id", tokens)?;
-    let pad = special_id(&f, "padding_token_id", tokens)?;
-
-    let mut arrays: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-    let mut parameters = 0u64;
-    for (done, (t, name)) in plan.iter().enumerate() {
-        progress(done, plan.len());
-        let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
-        let mut data = f.tensor_f32(t)?;
-        if arch == Arch::Llama
-            && (name.ends_with("q_proj.weight") || name.ends_with("k_proj.weight"))
-        {
-            let heads = if name.contains("q_proj") {
-                h.heads
-            } else {
-                h.kv_heads
-            };
-            data = unpermute(&data, shape[0], shape[1], heads);
-        }
-        parameters += data.len() as u64;
-        let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
-        arrays.push((name.clone(), shape, bytes));
-    }
-    progress(plan.len(), plan.len());
-
+    let bos = special_id(f, "bos_token_id", tokens)?;
+    let eos = special_id(f, "eos_token_id", tokens)?;
+    let unk = special_id(f, "unknown_token_id", tokens)?;
+    let pad = special_id(f, "padding_token_id", tokens)?;
     let (architecture, model_type) = match arch {
         Arch::Llama => ("LlamaForCausalLM", "llama"),
         Arch::Qwen2 => ("Qwen2ForCausalLM", "qwen2"),
@@ -431,6 +414,73 @@ pub fn import_llama_with(
         tok_config["chat_template"] = json!(t);
     }
 
+    Ok(ImportPlan {
+        architecture: arch_name,
+        arch,
+        heads: h.heads,
+        kv_heads: h.kv_heads,
+        tensors,
+        config,
+        tokenizer: tok,
+        tokenizer_config: tok_config,
+        vocab_size: vocab,
+    })
+}
+
+/// One tensor as the Hugging Face layout has it: f32 values, q/k rows put back in order.
+pub fn convert_tensor(
+    f: &GgufFile,
+    p: &ImportPlan,
+    t: &TensorInfo,
+    name: &str,
+) -> Result<Vec<f32>> {
+    let data = f.tensor_f32(t)?;
+    if p.arch == Arch::Llama && (name.ends_with("q_proj.weight") || name.ends_with("k_proj.weight"))
+    {
+        let heads = if name.contains("q_proj") {
+            p.heads
+        } else {
+            p.kv_heads
+        };
+        return Ok(unpermute(
+            &data,
+            t.shape[0] as usize,
+            t.shape[1] as usize,
+            heads,
+        ));
+    }
+    Ok(data)
+}
+
+/// Imports a Llama- or Qwen2-architecture GGUF checkpoint into `out_dir` as `config.json`,
+/// `model.safetensors` (f32, dequantised), `tokenizer.json` and `tokenizer_config.json`.
+/// Nothing is written unless the whole file checks out; `config.json` is written last, so a
+/// folder without it is an unfinished import. (The `birdbone import-gguf` command writes into
+/// a staging folder and puts it in place only when complete.)
+pub fn import_llama(gguf: &Path, out_dir: &Path) -> Result<ImportSummary> {
+    import_llama_with(gguf, out_dir, &mut |_, _| {})
+}
+
+/// [`import_llama`], calling `progress(tensors done, tensors in all)` after each tensor.
+pub fn import_llama_with(
+    gguf: &Path,
+    out_dir: &Path,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<ImportSummary> {
+    let f = GgufFile::open(gguf)?;
+    let p = plan_import(&f)?;
+    let mut arrays: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut parameters = 0u64;
+    for (done, (t, name)) in p.tensors.iter().enumerate() {
+        progress(done, p.tensors.len());
+        let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
+        let data = convert_tensor(&f, &p, t, name)?;
+        parameters += data.len() as u64;
+        let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        arrays.push((name.clone(), shape, bytes));
+    }
+    progress(p.tensors.len(), p.tensors.len());
+
     std::fs::create_dir_all(out_dir).map_err(|source| Error::Io {
         path: out_dir.into(),
         source,
@@ -464,18 +514,32 @@ pub fn import_llama_with(
         std::fs::write(&p, serde_json::to_string_pretty(v).expect("json") + "\n")
             .map_err(|source| Error::Io { path: p, source })
     };
-    write("tokenizer.json", &tok)?;
-    write("tokenizer_config.json", &tok_config)?;
+    write("tokenizer.json", &p.tokenizer)?;
+    write("tokenizer_config.json", &p.tokenizer_config)?;
     // Prove the tokenizer file is one the tokenizers crate accepts before calling it done.
-    tokenizers::Tokenizer::from_file(out_dir.join("tokenizer.json"))
-        .map_err(|e| Error::Output(format!("the rebuilt tokenizer.json does not load: {e}")))?;
-    write("config.json", &config)?;
+    let loaded = std::panic::catch_unwind(|| {
+        tokenizers::Tokenizer::from_file(out_dir.join("tokenizer.json"))
+    });
+    match loaded {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            return Err(Error::Output(format!(
+                "the rebuilt tokenizer.json does not load: {e}"
+            )))
+        }
+        Err(_) => {
+            return Err(Error::Output(
+                "the tokenizers library failed on the rebuilt tokenizer.json".into(),
+            ))
+        }
+    }
+    write("config.json", &p.config)?;
     Ok(ImportSummary {
-        architecture: arch_name,
+        architecture: p.architecture.clone(),
         tensors: arrays.len(),
         parameters,
-        config,
-        vocab_size: vocab,
+        config: p.config.clone(),
+        vocab_size: p.vocab_size,
     })
 }
 

@@ -8,7 +8,9 @@ mod quant;
 mod tokenizer;
 
 pub use file::{GgmlType, GgufFile, TensorInfo, Value};
-pub use import::{import_llama, import_llama_with, ImportSummary};
+pub use import::{
+    convert_tensor, import_llama, import_llama_with, plan_import, ImportPlan, ImportSummary,
+};
 pub use tokenizer::tokenizer_json;
 
 /// What can go wrong reading or importing a GGUF file.

@@ -179,10 +179,13 @@ pub fn tokenizer_json(f: &GgufFile) -> Result<Json> {
     }
 }
 
-fn merges_of(f: &GgufFile) -> Result<Option<Vec<Json>>> {
+/// The file's merges, each two tokens of the vocabulary whose join is a token too (what BPE
+/// needs; tokenizers 0.23 panics on some merges that break this, so they are refused here).
+fn merges_of(f: &GgufFile, v: &Vocab) -> Result<Option<Vec<Json>>> {
     let Some(raw) = array(f, "tokenizer.ggml.merges")? else {
         return Ok(None);
     };
+    let known: std::collections::HashSet<&str> = v.tokens.iter().copied().collect();
     raw.iter()
         .enumerate()
         .map(|(i, m)| {
@@ -191,6 +194,15 @@ fn merges_of(f: &GgufFile) -> Result<Option<Vec<Json>>> {
                     "tokenizer.ggml.merges[{i}] is not two tokens separated by a space"
                 ))
             })?;
+            let joined = format!("{}{}", pair.0, pair.1);
+            if let Some(t) = [pair.0, pair.1, &joined]
+                .into_iter()
+                .find(|t| !known.contains(t))
+            {
+                return Err(Error::Unsupported(format!(
+                    "tokenizer.ggml.merges[{i}] needs {t:?}, which is not a token"
+                )));
+            }
             Ok(json!([pair.0, pair.1]))
         })
         .collect::<Result<_>>()
@@ -232,7 +244,7 @@ fn byte_level(f: &GgufFile, v: &Vocab) -> Result<Json> {
         "model": {
             "type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
             "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
-            "vocab": vocab_map(v), "merges": merges_of(f)?.unwrap_or_default(),
+            "vocab": vocab_map(v), "merges": merges_of(f, v)?.unwrap_or_default(),
         },
     }))
 }
@@ -241,7 +253,7 @@ fn byte_level(f: &GgufFile, v: &Vocab) -> Result<Json> {
 /// text, merges from the file or recovered from the scores; the unknown and control tokens
 /// special; BOS added in front when `tokenizer.ggml.add_bos_token` (default true) says so.
 fn sentencepiece(f: &GgufFile, v: &Vocab) -> Result<Json> {
-    let merges = match merges_of(f)? {
+    let merges = match merges_of(f, v)? {
         Some(m) => m,
         None => recovered_merges(v)
             .into_iter()

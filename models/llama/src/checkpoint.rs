@@ -1,7 +1,7 @@
 //! Hugging Face-style checkpoints: `model.safetensors`, or shards listed in
 //! `model.safetensors.index.json`.
 
-use std::{collections::BTreeSet, path::Path};
+use std::path::Path;
 
 use tch::{Device, Kind, Tensor};
 
@@ -10,25 +10,10 @@ use crate::{Error, Result};
 /// Every tensor of the checkpoint in `dir`, converted to `kind` (floating tensors only) and
 /// moved to `device`, sorted by name. A truncated or corrupt file is an error naming it.
 pub fn load_dir(dir: &Path, kind: Option<Kind>, device: Device) -> Result<Vec<(String, Tensor)>> {
-    let index = dir.join("model.safetensors.index.json");
-    let files: Vec<std::path::PathBuf> = if index.exists() {
-        let text = std::fs::read_to_string(&index).map_err(|source| Error::Io {
-            path: index.clone(),
-            source,
-        })?;
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Format {
-            path: index.clone(),
-            message: e.to_string(),
-        })?;
-        let map = v["weight_map"].as_object().ok_or_else(|| Error::Format {
-            path: index.clone(),
-            message: "no weight_map".into(),
-        })?;
-        let shards: BTreeSet<&str> = map.values().filter_map(|s| s.as_str()).collect();
-        shards.into_iter().map(|s| dir.join(s)).collect()
-    } else {
-        vec![dir.join("model.safetensors")]
-    };
+    // The headers and the index are checked first (sizes, offsets, every tensor in the shard
+    // the index names), so libtorch only ever reads files that hold together.
+    read_header(dir)?;
+    let files = birdbone_model_folder::shard_files(dir)?;
     let mut out = Vec::new();
     for f in files {
         if !f.exists() {
@@ -183,81 +168,4 @@ pub fn save_model(
     })
 }
 
-/// One tensor of a checkpoint, as its file header describes it.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct TensorEntry {
-    /// Its name.
-    pub name: String,
-    /// Its shape.
-    pub shape: Vec<i64>,
-    /// Its safetensors element type (F32, BF16, ...).
-    pub dtype: String,
-}
-
-/// The tensors of the checkpoint in `dir` from the file headers alone (nothing is loaded),
-/// sorted by name.
-pub fn read_header(dir: &Path) -> Result<Vec<TensorEntry>> {
-    use std::io::Read;
-    let index = dir.join("model.safetensors.index.json");
-    let files: Vec<std::path::PathBuf> = if index.exists() {
-        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&index).map_err(
-            |source| Error::Io {
-                path: index.clone(),
-                source,
-            },
-        )?)
-        .map_err(|e| Error::Format {
-            path: index.clone(),
-            message: e.to_string(),
-        })?;
-        let shards: BTreeSet<String> = v["weight_map"]
-            .as_object()
-            .map(|m| {
-                m.values()
-                    .filter_map(|s| s.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default();
-        shards.into_iter().map(|s| dir.join(s)).collect()
-    } else {
-        vec![dir.join("model.safetensors")]
-    };
-    let mut out = vec![];
-    for f in files {
-        let io = |source| Error::Io {
-            path: f.clone(),
-            source,
-        };
-        let fmt = |message: String| Error::Format {
-            path: f.clone(),
-            message,
-        };
-        let mut file = std::fs::File::open(&f).map_err(io)?;
-        let mut len = [0u8; 8];
-        file.read_exact(&mut len).map_err(io)?;
-        let len = u64::from_le_bytes(len);
-        let file_len = file.metadata().map_err(io)?.len();
-        if len > file_len.saturating_sub(8) || len > 100_000_000 {
-            return Err(fmt(format!(
-                "header length {len} does not fit the file ({file_len} bytes)"
-            )));
-        }
-        let mut header = vec![0u8; len as usize];
-        file.read_exact(&mut header).map_err(io)?;
-        let v: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_slice(&header).map_err(|e| fmt(format!("header: {e}")))?;
-        for (name, info) in v {
-            if name == "__metadata__" {
-                continue;
-            }
-            let shape = info["shape"]
-                .as_array()
-                .map(|a| a.iter().filter_map(|d| d.as_i64()).collect())
-                .ok_or_else(|| fmt(format!("tensor '{name}' has no shape")))?;
-            let dtype = info["dtype"].as_str().unwrap_or("?").to_string();
-            out.push(TensorEntry { name, shape, dtype });
-        }
-    }
-    out.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(out)
-}
+pub use birdbone_model_folder::{read_header, TensorEntry};

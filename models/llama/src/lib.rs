@@ -16,17 +16,16 @@
 
 mod calib;
 pub mod checkpoint;
-mod config;
 mod eval;
 mod generate;
 mod load;
 mod model;
 mod text;
 
+pub use birdbone_model_folder::{LlamaConfig, RopeScaling};
 pub use calib::{
     collect_stats, collect_stats_with, for_each_block_sequential, ActivationSums, CalibrationReport,
 };
-pub use config::{LlamaConfig, RopeScaling};
 pub use eval::{lm_loss, perplexity, perplexity_with, token_windows, EvalConfig, Perplexity};
 pub use generate::generate_greedy;
 pub use load::{hub_cache_dir, is_hub_id, parse_device, resolve_model_dir, Loaded};
@@ -61,6 +60,17 @@ pub enum Error {
     /// The tokenizer failed.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+}
+
+impl From<birdbone_model_folder::Error> for Error {
+    fn from(e: birdbone_model_folder::Error) -> Error {
+        use birdbone_model_folder::Error as F;
+        match e {
+            F::Io { path, source } => Error::Io { path, source },
+            F::Invalid(m) => Error::Invalid(m),
+            F::Format { path, message } => Error::Format { path, message },
+        }
+    }
 }
 
 /// Result of this crate.

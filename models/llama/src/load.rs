@@ -3,7 +3,7 @@ use std::path::{Path, PathBuf};
 use tch::{Device, Kind};
 use tokenizers::Tokenizer;
 
-use crate::{config::LlamaConfig, model::Llama, Error, Result};
+use crate::{model::Llama, Error, LlamaConfig, Result};
 
 /// The local Hugging Face hub cache: `HF_HUB_CACHE`, else `HF_HOME/hub`, else
 /// `~/.cache/huggingface/hub` (as `huggingface_hub` decides).
@@ -106,8 +106,8 @@ impl Loaded {
         let tensors = crate::checkpoint::load_dir(&dir, None, Device::Cpu)?;
         let model = Llama::from_tensors(config, tensors, device, kind)?;
         let tok_path = dir.join("tokenizer.json");
-        let tokenizer = Tokenizer::from_file(&tok_path)
-            .map_err(|e| Error::Tokenizer(format!("{}: {e}", tok_path.display())))?;
+        let tokenizer = birdbone_model_folder::load_tokenizer(&tok_path)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
         Ok(Loaded {
             model,
             tokenizer,

@@ -2,7 +2,7 @@ use std::collections::BTreeMap;
 
 use tch::{nn::VarStore, Device, Kind, Tensor};
 
-use crate::{config::LlamaConfig, Error, Result};
+use crate::{Error, LlamaConfig, Result};
 
 /// Which weights a recorder keeps.
 type NameFilter = Box<dyn Fn(&str) -> bool + Send>;
@@ -162,6 +162,12 @@ impl Llama {
                     let t = map.get(name).ok_or_else(|| {
                         Error::Invalid(format!("the checkpoint has no tensor '{name}'"))
                     })?;
+                    if !t.is_floating_point() {
+                        return Err(Error::Invalid(format!(
+                            "'{name}' is stored as {:?}; weights must be floating point",
+                            t.kind()
+                        )));
+                    }
                     if t.size() != dims {
                         return Err(Error::Invalid(format!(
                             "'{name}' is {:?} in the checkpoint; the config says {dims:?}",

@@ -1,173 +1,34 @@
-//! Crafted GGUF headers, each against the importer: every one is an error naming what is
-//! wrong (never a panic, an abort or a hang), and nothing is left that looks like a model.
+//! Crafted GGUF headers against the importer (the same path `import-gguf` takes, in process):
+//! each is an error naming what is wrong, never a panic, an abort or a hang, and nothing is
+//! left that looks like a model. Plus files cut short at every part of the real checkpoint.
 
+use birdbone_fuzz_entry::gguf_writer::{str_array, Builder, V};
 use birdbone_gguf::{import_llama, GgufFile};
+use birdbone_tests::*;
 
-/// A metadata value as GGUF writes it: type tag, then payload.
-#[derive(Clone)]
-enum V {
-    U32(u32),
-    F32(f32),
-    Str(&'static str),
-    /// Element type tag, count written, elements (already encoded, without tags).
-    Raw(u32, Vec<u8>),
-}
+use super::{Case, Failure};
 
-fn string(out: &mut Vec<u8>, s: &str) {
-    out.extend((s.len() as u64).to_le_bytes());
-    out.extend(s.as_bytes());
-}
+const CHECKED: &str = "import in process: an error naming the field, no config.json written";
 
-impl V {
-    fn write(&self, out: &mut Vec<u8>) {
-        match self {
-            V::U32(x) => {
-                out.extend(4u32.to_le_bytes());
-                out.extend(x.to_le_bytes());
-            }
-            V::F32(x) => {
-                out.extend(6u32.to_le_bytes());
-                out.extend(x.to_le_bytes());
-            }
-            V::Str(s) => {
-                out.extend(8u32.to_le_bytes());
-                string(out, s);
-            }
-            V::Raw(tag, payload) => {
-                out.extend(tag.to_le_bytes());
-                out.extend(payload);
-            }
-        }
-    }
-}
-
-fn str_array(items: &[&str]) -> V {
-    let mut p = 8u32.to_le_bytes().to_vec();
-    p.extend((items.len() as u64).to_le_bytes());
-    for s in items {
-        string(&mut p, s);
-    }
-    V::Raw(9, p)
-}
-
-/// One tensor of the directory: name, dims in GGUF order (innermost first), type, offset.
-#[derive(Clone)]
-struct T(String, Vec<u64>, u32, Option<u64>);
-
-/// A valid one-layer Llama (hidden 8, 2 heads, 1 KV head, MLP 16, 4 byte-level tokens), F32.
-struct Builder {
-    kv: Vec<(String, V)>,
-    tensors: Vec<T>,
-}
-
-impl Builder {
-    fn llama() -> Builder {
-        let kv: Vec<(String, V)> = [
-            ("general.architecture", V::Str("llama")),
-            ("llama.block_count", V::U32(1)),
-            ("llama.embedding_length", V::U32(8)),
-            ("llama.attention.head_count", V::U32(2)),
-            ("llama.attention.head_count_kv", V::U32(1)),
-            ("llama.feed_forward_length", V::U32(16)),
-            ("llama.attention.layer_norm_rms_epsilon", V::F32(1e-5)),
-            ("llama.rope.freq_base", V::F32(10000.0)),
-            ("tokenizer.ggml.model", V::Str("gpt2")),
-            ("tokenizer.ggml.tokens", str_array(&["a", "b", "c", "ab"])),
-            ("tokenizer.ggml.merges", str_array(&["a b"])),
-            ("tokenizer.ggml.bos_token_id", V::U32(0)),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-        let t = |n: &str, d: &[u64]| T(n.into(), d.to_vec(), 0, None);
-        let mut tensors = vec![
-            t("token_embd.weight", &[8, 4]),
-            t("output_norm.weight", &[8]),
-        ];
-        for (n, d) in [
-            ("attn_norm.weight", vec![8]),
-            ("ffn_norm.weight", vec![8]),
-            ("attn_q.weight", vec![8, 8]),
-            ("attn_k.weight", vec![8, 4]),
-            ("attn_v.weight", vec![8, 4]),
-            ("attn_output.weight", vec![8, 8]),
-            ("ffn_gate.weight", vec![8, 16]),
-            ("ffn_up.weight", vec![8, 16]),
-            ("ffn_down.weight", vec![16, 8]),
-        ] {
-            tensors.push(t(&format!("blk.0.{n}"), &d));
-        }
-        Builder { kv, tensors }
-    }
-    fn set(mut self, key: &str, v: V) -> Builder {
-        self.kv.retain(|(k, _)| k != key);
-        self.kv.push((key.into(), v));
-        self
-    }
-    fn remove(mut self, key: &str) -> Builder {
-        self.kv.retain(|(k, _)| k != key);
-        self
-    }
-    fn tensor(mut self, name: &str, edit: impl FnOnce(&mut T)) -> Builder {
-        let t = self.tensors.iter_mut().find(|t| t.0 == name).expect(name);
-        edit(t);
-        self
-    }
-    fn bytes(&self) -> Vec<u8> {
-        let mut out = b"GGUF".to_vec();
-        out.extend(3u32.to_le_bytes());
-        out.extend((self.tensors.len() as u64).to_le_bytes());
-        out.extend((self.kv.len() as u64).to_le_bytes());
-        for (k, v) in &self.kv {
-            string(&mut out, k);
-            v.write(&mut out);
-        }
-        let mut offset = 0u64;
-        for T(name, dims, ty, fixed) in &self.tensors {
-            string(&mut out, name);
-            out.extend((dims.len() as u32).to_le_bytes());
-            for d in dims {
-                out.extend(d.to_le_bytes());
-            }
-            out.extend(ty.to_le_bytes());
-            out.extend(fixed.unwrap_or(offset).to_le_bytes());
-            let n: u64 = dims.iter().fold(1u64, |a, &d| a.saturating_mul(d));
-            offset += (n.min(1 << 20) * 4).div_ceil(32) * 32;
-        }
-        while !out.len().is_multiple_of(32) {
-            out.push(0);
-        }
-        // Small deterministic values, so a valid file imports to finite weights.
-        out.extend((0..offset / 4).flat_map(|i| ((i % 7) as f32 * 0.01).to_le_bytes()));
-        out
-    }
-}
-
-/// Imports the builder's file: the error text, or None when it imported.
-fn import(b: &Builder) -> Option<String> {
+/// Imports `bytes`: Ok(error text), or the failure.
+fn import_refused(bytes: &[u8], needle: &str) -> Result<String, (Failure, String)> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("crafted.gguf");
-    std::fs::write(&path, b.bytes()).unwrap();
+    std::fs::write(&path, bytes).unwrap();
     let out = dir.path().join("out");
     match import_llama(&path, &out) {
-        Ok(_) => None,
-        Err(e) => {
-            assert!(
-                !out.join("config.json").exists(),
-                "a failed import left a config.json"
-            );
-            Some(e.to_string())
+        Ok(_) => Err((Failure::Silent, "imported".into())),
+        Err(_) if out.join("config.json").exists() => {
+            Err((Failure::Silent, "a failed import left a config.json".into()))
         }
+        Err(e) if !e.to_string().contains(needle) => {
+            Err((Failure::Silent, format!("does not name {needle:?}: {e}")))
+        }
+        Err(_) => Ok(format!("refused, names `{needle}`")),
     }
 }
 
-#[test]
-fn the_builder_makes_a_file_that_imports() {
-    assert_eq!(import(&Builder::llama()), None);
-}
-
-#[test]
-fn crafted_headers_are_errors_that_name_the_field() {
+pub fn cases() -> Vec<Case> {
     let nested = {
         // An array of arrays of arrays ... 10,000 deep.
         let mut p = vec![];
@@ -230,7 +91,7 @@ fn crafted_headers_are_errors_that_name_the_field() {
         ),
         (
             "block count as a string",
-            Builder::llama().set("llama.block_count", V::Str("1")),
+            Builder::llama().set("llama.block_count", V::str("1")),
             "block_count",
         ),
         (
@@ -260,12 +121,12 @@ fn crafted_headers_are_errors_that_name_the_field() {
         ),
         (
             "rope scaling",
-            Builder::llama().set("llama.rope.scaling.type", V::Str("yarn")),
+            Builder::llama().set("llama.rope.scaling.type", V::str("yarn")),
             "scaling",
         ),
         (
             "unknown architecture",
-            Builder::llama().set("general.architecture", V::Str("gemma3")),
+            Builder::llama().set("general.architecture", V::str("gemma3")),
             "architecture",
         ),
         (
@@ -399,43 +260,81 @@ fn crafted_headers_are_errors_that_name_the_field() {
         ),
         (
             "an unknown tokenizer",
-            Builder::llama().set("tokenizer.ggml.model", V::Str("rwkv")),
+            Builder::llama().set("tokenizer.ggml.model", V::str("rwkv")),
             "tokenizer.ggml.model",
         ),
         (
             "an unknown pre-tokenizer",
-            Builder::llama().set("tokenizer.ggml.pre", V::Str("chameleon")),
+            Builder::llama().set("tokenizer.ggml.pre", V::str("chameleon")),
             "tokenizer.ggml.pre",
         ),
     ];
-    let mut failures = vec![];
-    for (what, b, needle) in &cases {
-        match import(b) {
-            None => failures.push(format!("{what}: imported")),
-            Some(e) if !e.contains(needle) => failures.push(format!("{what}: {e}")),
-            Some(_) => {}
-        }
+    let mut out: Vec<Case> = cases
+        .into_iter()
+        .map(|(what, b, needle)| {
+            let bytes = b.bytes();
+            Case::new("GGUF headers", what, CHECKED, move || {
+                import_refused(&bytes, needle)
+            })
+        })
+        .collect();
+    out.push(Case::new(
+        "GGUF headers",
+        "the crafted model itself (the control case)",
+        "imports, with 11 tensors",
+        || {
+            let dir = tempfile::tempdir().unwrap();
+            let p = dir.path().join("ok.gguf");
+            std::fs::write(&p, Builder::llama().bytes()).unwrap();
+            match import_llama(&p, &dir.path().join("out")) {
+                Ok(s) if s.tensors == 11 => Ok("imports".into()),
+                Ok(s) => Err((Failure::Silent, format!("{} tensors", s.tensors))),
+                Err(e) => Err((Failure::Silent, e.to_string())),
+            }
+        },
+    ));
+    for (field, at) in [("the tensor count", 8usize), ("the metadata count", 16)] {
+        out.push(Case::new(
+            "GGUF headers",
+            format!("{field} claiming 2^60"),
+            "open: refused before allocating",
+            move || {
+                let mut b = Builder::llama().bytes();
+                b[at..at + 8].copy_from_slice(&(1u64 << 60).to_le_bytes());
+                import_refused(&b, "corrupt")
+            },
+        ));
     }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
-}
-
-#[test]
-fn header_counts_past_the_file_are_refused_before_allocating() {
-    let mut bytes = Builder::llama().bytes();
-    // The tensor count, then the metadata count, each claiming 2^60.
-    for at in [8usize, 16] {
-        let mut b = bytes.clone();
-        b[at..at + 8].copy_from_slice(&(1u64 << 60).to_le_bytes());
-        let dir = tempfile::tempdir().unwrap();
-        let p = dir.path().join("counts.gguf");
-        std::fs::write(&p, &b).unwrap();
-        let e = GgufFile::open(&p).err().expect("opened").to_string();
-        assert!(e.contains("corrupt"), "{e}");
+    out.push(Case::new(
+        "GGUF headers",
+        "a key length past the end of the file",
+        "open: refused",
+        || {
+            let mut b = Builder::llama().bytes();
+            b[24..32].copy_from_slice(&u64::MAX.to_le_bytes());
+            import_refused(&b, "truncated")
+        },
+    ));
+    let real = std::fs::read(real_gguf()).unwrap();
+    for cut in [3usize, 24, 1_000, 1_000_000, real.len() - 10] {
+        let bytes = real[..cut].to_vec();
+        out.push(Case::new(
+            "GGUF files",
+            format!("the real SmolLM2 file cut at {cut} bytes"),
+            "open: an error saying truncated",
+            move || {
+                let dir = tempfile::tempdir().unwrap();
+                let p = dir.path().join("cut.gguf");
+                std::fs::write(&p, &bytes).unwrap();
+                match GgufFile::open(&p) {
+                    Ok(_) => Err((Failure::Silent, "opened".into())),
+                    Err(e) if e.to_string().contains("truncated") => {
+                        Ok("refused, names `truncated`".into())
+                    }
+                    Err(e) => Err((Failure::Silent, e.to_string())),
+                }
+            },
+        ));
     }
-    // A key whose length claims more bytes than the file has.
-    bytes[24..32].copy_from_slice(&u64::MAX.to_le_bytes());
-    let dir = tempfile::tempdir().unwrap();
-    let p = dir.path().join("key.gguf");
-    std::fs::write(&p, &bytes).unwrap();
-    assert!(GgufFile::open(&p).is_err());
+    out
 }

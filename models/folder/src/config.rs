@@ -270,8 +270,10 @@ impl LlamaConfig {
                 )));
             }
         }
-        let mut c: LlamaConfig =
-            serde_json::from_value(v.clone()).map_err(|e| invalid(e.to_string()))?;
+        let mut c: LlamaConfig = serde_path_to_error::deserialize(v.clone()).map_err(|e| {
+            let field = e.path().to_string();
+            invalid(format!("{field}: {}", e.into_inner()))
+        })?;
         let get = |k: &str| map.get(k).filter(|x| !x.is_null());
         match c.model_type.as_str() {
             "llama" | "mistral" | "qwen2" => {}
@@ -353,10 +355,44 @@ impl LlamaConfig {
         Ok(c)
     }
 
-    /// Checks the numbers fit together.
+    /// Checks the numbers fit together and stay inside bounds no real model reaches (past them
+    /// a config is corrupt, and building its model would abort on allocation).
     pub fn validate(&self) -> Result<()> {
-        if self.hidden_size == 0 || self.num_attention_heads == 0 || self.num_hidden_layers == 0 {
-            return Err(Error::Invalid("config: sizes must be positive".into()));
+        let bounded = [
+            ("hidden_size", self.hidden_size, 1 << 20),
+            ("intermediate_size", self.intermediate_size, 1 << 23),
+            ("num_hidden_layers", self.num_hidden_layers, 1 << 10),
+            ("num_attention_heads", self.num_attention_heads, 1 << 12),
+            ("num_key_value_heads", self.kv_heads(), 1 << 12),
+            ("vocab_size", self.vocab_size, 1 << 24),
+        ];
+        for (field, v, max) in bounded {
+            if v == 0 || v > max {
+                return Err(invalid(format!("{field} is {v}: expected 1 to {max}")));
+            }
+        }
+        match self.head_dim {
+            Some(d) if d == 0 || d > 1 << 16 || d % 2 != 0 => {
+                return Err(invalid(format!(
+                    "head_dim is {d}: expected an even number from 2 to 65536"
+                )))
+            }
+            Some(_) => {}
+            None if self.hidden_size % self.num_attention_heads != 0
+                || (self.hidden_size / self.num_attention_heads) % 2 != 0 =>
+            {
+                return Err(invalid(format!(
+                    "hidden_size {} over {} heads is not an even head width (give head_dim)",
+                    self.hidden_size, self.num_attention_heads
+                )))
+            }
+            None => {}
+        }
+        if self.max_position_embeddings == Some(0) {
+            return Err(invalid("max_position_embeddings is 0".into()));
+        }
+        if self.sliding_window == Some(0) {
+            return Err(invalid("sliding_window is 0".into()));
         }
         if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
             return Err(invalid(format!(
@@ -369,9 +405,6 @@ impl LlamaConfig {
                 "rms_norm_eps {} must be positive",
                 self.rms_norm_eps
             )));
-        }
-        if self.kv_heads() == 0 {
-            return Err(invalid("num_key_value_heads must be positive".into()));
         }
         if self.num_attention_heads % self.kv_heads() != 0 {
             return Err(Error::Invalid(format!(
