@@ -6,8 +6,8 @@
 use std::sync::{Arc, OnceLock};
 
 use birdbone_cuda::{
-    chunk_starts, gpu, Dt, Gpu, ScoreKind, Seg, Source, BAND_MAX, BINS, CHUNK_VECTORS, SEGW,
-    TIE_PARTS,
+    chunk_starts, gpu, ApplyMode, Dt, Gpu, ScoreKind, Seg, Source, BAND_MAX, BINS, CHUNK_VECTORS,
+    SEGW, TIE_PARTS,
 };
 use birdbone_select::{mask_bytes, GlobalSelection, ParamQuota};
 use tch::{Device, Kind, Tensor};
@@ -1333,17 +1333,17 @@ fn band_hints(
     Ok(out)
 }
 
-/// The apply kernels' mode: 0 keeps every tie, 1 prunes every tie, 2 prunes the first `take`
-/// in index order (ranked while applying), 3 prunes ties up to a located flat index.
-fn mode_of(q: &ParamQuota) -> u64 {
+/// How the apply kernels treat a parameter's ties: all kept, all pruned, pruned up to a located
+/// flat index, or the first `take` in index order ranked while applying.
+fn mode_of(q: &ParamQuota) -> ApplyMode {
     if q.take == 0 {
-        0
+        ApplyMode::KeepTies
     } else if q.take >= q.ties {
-        1
+        ApplyMode::PruneTies
     } else if q.tie_cut.is_some() {
-        3
+        ApplyMode::TiesToIndex
     } else {
-        2
+        ApplyMode::RankTies
     }
 }
 
@@ -1441,8 +1441,9 @@ fn run_rules(
                     Rule::Threshold(q) => *q,
                     _ => unreachable!("grouped as threshold"),
                 };
-                let (ranked, streamed): (Vec<usize>, Vec<usize>) =
-                    members.iter().partition(|&&i| mode_of(&quota(i)) == 2);
+                let (ranked, streamed): (Vec<usize>, Vec<usize>) = members
+                    .iter()
+                    .partition(|&&i| mode_of(&quota(i)) == ApplyMode::RankTies);
                 if !streamed.is_empty() {
                     let segs: Vec<Seg> = streamed
                         .iter()
@@ -1451,7 +1452,7 @@ fn run_rules(
                             Seg {
                                 t: q.threshold as u64,
                                 take: q.tie_cut.unwrap_or(q.take),
-                                mode: mode_of(&q),
+                                mode: mode_of(&q) as u64,
                                 ..base(i)
                             }
                         })
@@ -1473,7 +1474,7 @@ fn run_rules(
                             let seg = Seg {
                                 t: q.threshold as u64,
                                 take: q.take,
-                                mode: 2,
+                                mode: ApplyMode::RankTies as u64,
                                 first,
                                 ..base(i)
                             };
