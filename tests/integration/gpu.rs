@@ -666,3 +666,28 @@ fn cuda_a_failed_commit_is_rolled_back_and_passes_can_be_undone() {
     crate::undo::passes_undone_in_order_return_to_the_start(&params);
     crate::undo::the_training_callback_takes_a_pass_back_with_its_masks(&params);
 }
+
+/// The CUDA engine launches on libtorch's current stream, asked through the C++ shim built
+/// against the installed torch: the shim is in this build (the pinned torch has CUDA), and on a
+/// GPU the lookup answers. A torch whose API changed fails the build or this test, never a
+/// launch on the wrong stream.
+#[test]
+fn libtorch_current_stream_is_found_through_the_shim() {
+    use birdbone_tch::cuda_stream;
+    assert!(
+        cuda_stream::shim_built(),
+        "the stream shim was not built: is the pinned (CUDA) torch in .venv?"
+    );
+    // Without a GPU the lookup says it cannot answer; it must not crash.
+    let answer = cuda_stream::current_cuda_stream(0);
+    if !cuda_or_skip("libtorch_current_stream_is_found_through_the_shim") {
+        return;
+    }
+    let stream = answer.expect("libtorch's current CUDA stream lookup failed on a GPU");
+    // Nothing here set a stream, so libtorch's current one is the default (legacy, null) one.
+    assert!(stream.is_null(), "unexpected current stream {stream:?}");
+    assert!(
+        cuda_stream::current_cuda_stream(99).is_none(),
+        "device 99 answered"
+    );
+}

@@ -29,7 +29,7 @@ use parking_lot::Mutex;
 pub mod layout;
 pub use layout::{word, ApplyMode, BAND_MAX, ROW_REG_V, SEGW, TIE_PARTS};
 use layout::{ROW_BITS, ROW_CAND, TILE_U, WARP_BINS};
-pub use stream::torch_current_stream;
+pub use stream::{current_stream, set_stream_source, StreamSource};
 
 /// The CUDA C++ source of every kernel: the families in `kernels/`, joined in this order into
 /// one source (NVRTC on the GPU machine sees no files, so nothing is `#include`d), after the
@@ -598,7 +598,7 @@ impl Gpu {
 
     /// The stream libtorch uses for this device now.
     pub fn stream(&self) -> Arc<CudaStream> {
-        match torch_current_stream(self.ctx.ordinal() as i8) {
+        match current_stream(self.ctx.ordinal() as i8) {
             // SAFETY: libtorch owns the stream and keeps it alive; it belongs to the primary
             // context of this device, which `ctx` retains; ordering is libtorch's own.
             Some(s) if !s.is_null() => unsafe { self.ctx.wrap_borrowed_stream(s as _) },

@@ -24,6 +24,8 @@
 mod deferred;
 pub mod direct;
 mod engine;
+/// libtorch's current CUDA stream, as the CUDA engine's launches use it.
+pub use engine::stream as cuda_stream;
 mod error;
 mod mask;
 mod ops;

@@ -6,13 +6,19 @@
 use std::sync::{Arc, OnceLock};
 
 use birdbone_cuda::{
-    chunk_starts, gpu, ApplyMode, Dt, Gpu, ScoreKind, Seg, Source, BAND_MAX, BINS, CHUNK_VECTORS,
-    SEGW, TIE_PARTS,
+    chunk_starts, ApplyMode, Dt, Gpu, ScoreKind, Seg, Source, BAND_MAX, BINS, CHUNK_VECTORS, SEGW,
+    TIE_PARTS,
 };
 use birdbone_select::{mask_bytes, GlobalSelection, ParamQuota};
 use tch::{Device, Kind, Tensor};
 
 use super::{Count, FiniteCheck, GlobalSel, Located, RowSel, Rule, Scores};
+
+/// The device's kernels, launching on libtorch's current stream.
+fn gpu(ordinal: usize) -> std::result::Result<Arc<Gpu>, birdbone_cuda::CudaError> {
+    super::stream::register();
+    birdbone_cuda::gpu(ordinal)
+}
 use crate::error::{Error, HostError, Result};
 
 fn dt_of(kind: Kind) -> Result<Dt> {

@@ -4,6 +4,7 @@
 
 mod cpu;
 mod cuda;
+pub mod stream;
 
 use std::sync::Arc;
 
@@ -466,7 +467,10 @@ pub(crate) fn mark(device: Device, label: &str) {
     static MARKS: parking_lot::Mutex<Vec<Mark>> = parking_lot::Mutex::new(Vec::new());
     if timeline() {
         let event = match device {
-            Device::Cuda(i) => birdbone_cuda::gpu(i).ok().and_then(|g| g.mark().ok()),
+            Device::Cuda(i) => {
+                stream::register();
+                birdbone_cuda::gpu(i).ok().and_then(|g| g.mark().ok())
+            }
             _ => None,
         };
         let mut marks = MARKS.lock();
