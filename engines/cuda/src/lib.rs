@@ -17,18 +17,20 @@ use std::{
 use cudarc::{
     driver::{
         sys::CUfunction_attribute_enum, CudaContext, CudaFunction, CudaModule, CudaStream,
-        LaunchConfig, PushKernelArg,
+        LaunchConfig,
     },
     nvrtc::{compile_ptx_with_opts, CompileOptions},
 };
 use parking_lot::Mutex;
 
+mod launch;
 /// What the kernels and the host must agree on, written once: `build.rs` includes this file and
 /// writes the CUDA side (`#define`s and the `ApplyMode` enum) into `$OUT_DIR/layout.cuh`, which
 /// the kernel source starts with, so the two sides cannot drift apart.
 pub mod layout;
+pub use launch::*;
 pub use layout::{word, ApplyMode, BAND_MAX, ROW_REG_V, SEGW, TIE_PARTS};
-use layout::{ROW_BITS, ROW_CAND, TILE_U, WARP_BINS};
+use layout::{ROW_BITS, ROW_CAND, WARP_BINS};
 pub use stream::{current_stream, set_stream_source, StreamSource};
 
 /// The CUDA C++ source of every kernel: the families in `kernels/`, joined in this order into
@@ -224,18 +226,18 @@ pub const BINS: usize = 65536;
 /// threads are ranked): seven blocks of 4 096-weight rows then need 194 KiB with the static and
 /// reserved shared memory, under the 196 KiB carve-out, which leaves L1 60 KiB for the column
 /// scales every row re-reads.
-fn row_reg_smem(nvec: u64, row_buffers: bool) -> u32 {
+pub(crate) const fn row_reg_smem(nvec: u64, row_buffers: bool) -> u32 {
     (((1u64 << ROW_BITS) + ROW_CAND as u64) * 4 + if row_buffers { 2 * nvec * 16 } else { 0 })
         as u32
 }
 
 /// Shared memory of a warp-per-row select block: eight warps with a private histogram each.
-const ROW_SMEM: u32 = 8 * WARP_BINS * 4;
+pub(crate) const ROW_SMEM: u32 = 8 * WARP_BINS * 4;
 /// Largest block of the register-resident row kernels (capped at 72 registers a thread,
 /// `ROW_REG_MAXNREG`, so a block of 896 fits an SM's register file): rows up to 28 672 bf16 or
 /// f16 weights (14 336 f32).
 pub const ROW_REG_MAX_THREADS: u64 = 896;
-const APPLY_THREADS: u32 = 256;
+pub(crate) const APPLY_THREADS: u32 = 256;
 
 /// The chunked kernels split segments into chunks of at most `chunk` units each, described by a
 /// table of 3 u64 per chunk `{segment, first unit, units}` that `Gpu::expand_chunks` builds on the
@@ -255,7 +257,7 @@ pub fn chunk_starts(units: &[u64], chunk: u64) -> Vec<i64> {
 pub struct Gpu {
     ctx: Arc<CudaContext>,
     module: Arc<CudaModule>,
-    sms: u32,
+    pub(crate) sms: u32,
     functions: Mutex<HashMap<String, Arc<CudaFunction>>>,
     build: KernelBuild,
 }
@@ -462,7 +464,7 @@ pub fn gpu(ordinal: usize) -> Result<Arc<Gpu>> {
     Ok(g)
 }
 
-fn cfg(grid: u64, block: u32, smem: u32) -> LaunchConfig {
+pub(crate) fn cfg(grid: u64, block: u32, smem: u32) -> LaunchConfig {
     LaunchConfig {
         grid_dim: (grid.clamp(1, u32::MAX as u64) as u32, 1, 1),
         block_dim: (block, 1, 1),
@@ -518,7 +520,7 @@ impl Gpu {
             .map_err(|e| CudaError::at("reading memory use", e))
     }
 
-    fn function(&self, name: &str) -> Result<Arc<CudaFunction>> {
+    pub(crate) fn function(&self, name: &str) -> Result<Arc<CudaFunction>> {
         let mut f = self.functions.lock();
         if let Some(x) = f.get(name) {
             return Ok(x.clone());
@@ -528,40 +530,26 @@ impl Gpu {
                 .load_function(name)
                 .map_err(|e| CudaError::at(name, e))?,
         );
-        let smem = if name.starts_with("hist_high")
-            || name.starts_with("sample_hist_") && name.ends_with("_mag")
-        {
-            32768 * 4
-        } else if name.starts_with("row_select_warp") {
-            ROW_SMEM as i32
-        } else if name.starts_with("row_prune_reg") {
-            row_reg_smem(ROW_REG_MAX_THREADS * ROW_REG_V, true) as i32
-        } else {
-            0
-        };
-        if smem > 0 {
+        let spec = launch::spec(name)?;
+        if spec.smem > 0 {
             func.set_attribute(
                 CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                smem,
+                spec.smem as i32,
             )
             .map_err(|e| CudaError::at("allowing dynamic shared memory", e))?;
         }
         if tracing::enabled!(tracing::Level::DEBUG) {
-            let (block, smem) = if name.starts_with("hist_high") {
-                (1024, 32768 * 4)
-            } else if name.starts_with("row_select_warp") {
-                (256, ROW_SMEM as usize)
-            } else if name.starts_with("band_pass") {
-                (512, 0)
-            } else {
-                (256, 0)
-            };
+            let block = if spec.block == 0 { 256 } else { spec.block };
             tracing::debug!(
                 "{name}: {} registers, {} B local, {} blocks of {block} per SM",
                 func.num_regs().unwrap_or(-1),
                 func.local_size_bytes().unwrap_or(-1),
-                func.occupancy_max_active_blocks_per_multiprocessor(block, smem, None)
-                    .unwrap_or(0)
+                func.occupancy_max_active_blocks_per_multiprocessor(
+                    block,
+                    spec.smem as usize,
+                    None
+                )
+                .unwrap_or(0)
             );
         }
         f.insert(name.to_string(), func.clone());
@@ -604,637 +592,6 @@ impl Gpu {
             Some(s) if !s.is_null() => unsafe { self.ctx.wrap_borrowed_stream(s as _) },
             _ => self.ctx.default_stream(),
         }
-    }
-
-    /// Pass 1: histograms of the high key halves. `segs` holds 6 u64 per segment
-    /// `{ptr, scale, n, cols, slot, aligned}`, `chunks` 3 u64 per chunk `{segment, first vector,
-    /// vectors}`; `hists` 65536 u32 per slot; `bad_flag` u32, `bad_index` one u64 per slot
-    /// (init !0): the first non-finite element's index.
-    #[allow(clippy::too_many_arguments)]
-    pub fn hist_high(
-        &self,
-        dt: Dt,
-        kind: ScoreKind,
-        segs: u64,
-        chunks: u64,
-        nchunks: u32,
-        hists: u64,
-        bad_flag: u64,
-        bad_index: u64,
-    ) -> Result<()> {
-        let f = self.function(&format!("hist_high_{}_{}", dt.name(), kind.name()))?;
-        let s = self.stream();
-        let mut b = s.launch_builder(&f);
-        b.arg(&segs)
-            .arg(&chunks)
-            .arg(&nchunks)
-            .arg(&hists)
-            .arg(&bad_flag)
-            .arg(&bad_index);
-        // SAFETY: the arguments match the kernel's signature; the caller guarantees the pointers.
-        unsafe { b.launch(cfg((nchunks as u64).min(self.sms as u64), 1024, 32768 * 4)) }
-            .map_err(|e| CudaError::at("hist_high", e))?;
-        Ok(())
-    }
-
-    /// Pass 2: histograms of the low key halves of keys whose high half is their slot's entry
-    /// of `his` (u32 per slot).
-    #[allow(clippy::too_many_arguments)]
-    pub fn hist_low(
-        &self,
-        dt: Dt,
-        kind: ScoreKind,
-        segs: u64,
-        chunks: u64,
-        nchunks: u32,
-        his: u64,
-        hists: u64,
-    ) -> Result<()> {
-        let f = self.function(&format!("hist_low_{}_{}", dt.name(), kind.name()))?;
-        let s = self.stream();
-        let mut b = s.launch_builder(&f);
-        b.arg(&segs)
-            .arg(&chunks)
-            .arg(&nchunks)
-            .arg(&his)
-            .arg(&hists);
-        // SAFETY: as above.
-        unsafe { b.launch(cfg((nchunks as u64).min(self.sms as u64 * 4), 1024, 0)) }
-            .map_err(|e| CudaError::at("hist_low", e))?;
-        Ok(())
-    }
-
-    /// Totals over `slots` histograms into `total` (65536 u64).
-    pub fn sum_slots(&self, hists: u64, slots: u32, total: u64) -> Result<()> {
-        let f = self.function("sum_slots")?;
-        let s = self.stream();
-        let mut b = s.launch_builder(&f);
-        b.arg(&hists).arg(&slots).arg(&total);
-        // SAFETY: as above.
-        unsafe { b.launch(cfg(256, 256, 0)) }.map_err(|e| CudaError::at("sum_slots", e))?;
-        Ok(())
-    }
-
-    /// Per slot: the count in `bin` (into `at`) and below it (into `below`), u64 each.
-    pub fn slot_counts(&self, hists: u64, slots: u32, bin: u32, at: u64, below: u64) -> Result<()> {
-        let f = self.function("slot_counts")?;
-        let s = self.stream();
-        let mut b = s.launch_builder(&f);
-        b.arg(&hists).arg(&slots).arg(&bin).arg(&at).arg(&below);
-        // SAFETY: as above.
-        unsafe { b.launch(cfg(slots as u64, 256, 0)) }
-            .map_err(|e| CudaError::at("slot_counts", e))?;
-        Ok(())
-    }
-
-    /// Per slot: the bin of its `ks[slot]`-th smallest key (u32; !0 when k is 0), the count
-    /// before that bin and in it (u64 each).
-    #[allow(clippy::too_many_arguments)]
-    pub fn find_slot_bins(
-        &self,
-        hists: u64,
-        slots: u32,
-        ks: u64,
-        bins: u64,
-        before: u64,
-        at: u64,
-    ) -> Result<()> {
-        let f = self.function("find_slot_bins")?;
-        let s = self.stream();
-        let mut b = s.launch_builder(&f);
-        b.arg(&hists)
-            .arg(&slots)
-            .arg(&ks)
-            .arg(&bins)
-            .arg(&before)
-            .arg(&at);
-        // SAFETY: as above.
-        unsafe { b.launch(cfg(slots as u64, 256, 0)) }
-            .map_err(|e| CudaError::at("find_slot_bins", e))?;
-        Ok(())
-    }
-
-    /// Tiles an apply launch needs for `n` elements of `dt`.
-    pub fn apply_tiles(&self, dt: Dt, n: u64) -> u64 {
-        n.div_ceil(dt.per_vector())
-            .div_ceil(APPLY_THREADS as u64 * TILE_U)
-    }
-
-    fn launch(&self, name: &str, grid: u64, block: u32, args: &[&dyn ArgValue]) -> Result<()> {
-        self.launch_smem(name, grid, block, 0, args)
-    }
-
-    fn launch_smem(
-        &self,
-        name: &str,
-        grid: u64,
-        block: u32,
-        smem: u32,
-        args: &[&dyn ArgValue],
-    ) -> Result<()> {
-        let f = self.function(name)?;
-        let s = self.stream();
-        let mut b = s.launch_builder(&f);
-        for a in args {
-            a.push(&mut b);
-        }
-        // SAFETY: every entry point's parameters are listed in `args` in order and with the
-        // kernel's types; pointers come from live libtorch tensors the caller holds.
-        unsafe { b.launch(cfg(grid, block, smem)) }.map_err(|e| CudaError::at(name, e))?;
-        Ok(())
-    }
-
-    /// Threshold apply over `nsegs` segments whose tiles (`Seg::first`) total `tiles`.
-    /// `status`: one zeroed u64 per tile; `ticket`: a zeroed u32; `pruned`: u64 per slot.
-    #[allow(clippy::too_many_arguments)]
-    pub fn apply_threshold(
-        &self,
-        dt: Dt,
-        kind: ScoreKind,
-        segs: u64,
-        nsegs: i32,
-        tiles: u64,
-        status: u64,
-        ticket: u64,
-        pruned: u64,
-    ) -> Result<()> {
-        let name = format!("apply_threshold_{}_{}", dt.name(), kind.name());
-        // Persistent blocks: a few per SM, each taking tiles from the ticket until none is left.
-        self.launch(
-            &name,
-            tiles.min(self.sms as u64 * 8),
-            APPLY_THREADS,
-            &[&segs, &nsegs, &tiles, &status, &ticket, &pruned],
-        )
-    }
-
-    /// Per-row selection over the rows of the segments (`Seg::first` = first row), outputs
-    /// through the per-segment pointers `t`/`take`/`mode`.
-    ///
-    /// `max_cols`: the longest row of the launch. Rows of whole vectors up to
-    /// [`ROW_REG_MAX_THREADS`] × [`ROW_REG_V`] vectors are selected by a block each holding the
-    /// row in registers; others by a warp each re-reading the row.
-    #[allow(clippy::too_many_arguments)]
-    pub fn row_select(
-        &self,
-        dt: Dt,
-        kind: ScoreKind,
-        segs: u64,
-        nsegs: i32,
-        rows: u64,
-        max_cols: u64,
-        whole_vectors: bool,
-        bad_flag: u64,
-        bad_index: u64,
-    ) -> Result<()> {
-        let nvec = max_cols.div_ceil(dt.per_vector());
-        if whole_vectors && nvec <= ROW_REG_MAX_THREADS * ROW_REG_V {
-            let name = format!("row_select_reg_{}_{}", dt.name(), kind.name());
-            let (grid, threads, smem) = self.row_reg_shape(&name, dt, rows, max_cols, false)?;
-            self.launch_smem(
-                &name,
-                grid,
-                threads,
-                smem,
-                &[&segs, &nsegs, &rows, &bad_flag, &bad_index],
-            )
-        } else {
-            let name = format!("row_select_warp_{}_{}", dt.name(), kind.name());
-            let grid = rows.div_ceil(8).min(self.sms as u64 * 3);
-            self.launch_smem(
-                &name,
-                grid,
-                256,
-                ROW_SMEM,
-                &[&segs, &nsegs, &rows, &bad_flag, &bad_index],
-            )
-        }
-    }
-
-    /// Per-row selection and pruning in one pass (magnitude or scaled-magnitude sources only):
-    /// `Seg::k` weights of every row pruned, `Seg::first` the segment's first row in the launch,
-    /// the mask written when `Seg::mask` is set and the weight when `Seg::write`; counts per slot
-    /// into `pruned`. Rows must be whole vectors, at most [`ROW_REG_MAX_THREADS`] ×
-    /// [`ROW_REG_V`] of them ([`Gpu::row_prune_fits`]), and every score finite (checked before:
-    /// the pass writes as it goes). `same_length`: every row of the launch has `max_cols`
-    /// weights; when they also fill whole warps' registers (a multiple of 32 × [`ROW_REG_V`]
-    /// vectors, as LLM shapes do), a kernel without per-vector bounds takes them. Each row's
-    /// selection starts from a band around the threshold of the block's previous row of the same
-    /// segment, a block's first row of a segment from the segment's hint (`Seg::t`: a pointer to
-    /// a u32 threshold key of one of its rows, or 0 for none); `band_stats` (0 for none, else two
-    /// u64) receives the rows that tried a band and the rows whose threshold lay outside it (they
-    /// are selected without, exactly the same).
-    #[allow(clippy::too_many_arguments)]
-    pub fn row_prune(
-        &self,
-        dt: Dt,
-        kind: ScoreKind,
-        segs: u64,
-        nsegs: i32,
-        rows: u64,
-        max_cols: u64,
-        same_length: bool,
-        pruned: u64,
-        band_stats: u64,
-    ) -> Result<()> {
-        let full = same_length && Self::row_fills_warps(dt, max_cols);
-        let name = format!(
-            "row_prune_reg_{}{}_{}",
-            if full { "full_" } else { "" },
-            dt.name(),
-            kind.name()
-        );
-        let (grid, threads, smem) = self.row_reg_shape(&name, dt, rows, max_cols, true)?;
-        self.launch_smem(
-            &name,
-            grid,
-            threads,
-            smem,
-            &[&segs, &nsegs, &rows, &pruned, &band_stats],
-        )
-    }
-
-    /// Whether rows of `cols` weights give every thread of [`Gpu::row_prune`]'s whole-warp
-    /// blocks exactly [`ROW_REG_V`] vectors (the kernel without per-vector bounds).
-    pub fn row_fills_warps(dt: Dt, cols: u64) -> bool {
-        let v = dt.per_vector();
-        cols % v == 0 && (cols / v) % (32 * ROW_REG_V) == 0
-    }
-
-    /// Whether [`Gpu::row_prune`] takes rows of `src`.
-    pub fn row_prune_fits(src: &Source) -> bool {
-        let v = src.dt.per_vector();
-        src.kind != ScoreKind::Dense
-            && src.aligned()
-            && src.cols % v == 0
-            && src.cols / v <= ROW_REG_MAX_THREADS * ROW_REG_V
-    }
-
-    /// Launch shape of the register-resident row kernels: the fewest warps that hold the longest
-    /// row in registers (more rows in flight per SM, and cheaper barriers, than a fixed large
-    /// block), as many blocks as are resident on the SMs at once (the blocks are persistent), and
-    /// the shared memory of [`row_reg_smem`].
-    fn row_reg_shape(
-        &self,
-        name: &str,
-        dt: Dt,
-        rows: u64,
-        max_cols: u64,
-        row_buffers: bool,
-    ) -> Result<(u64, u32, u32)> {
-        let nvec = max_cols.div_ceil(dt.per_vector());
-        let threads = nvec.div_ceil(ROW_REG_V).div_ceil(32).max(1) * 32;
-        let smem = row_reg_smem(nvec, row_buffers);
-        let per_sm = self
-            .function(name)?
-            .occupancy_max_active_blocks_per_multiprocessor(threads as u32, smem as usize, None)
-            .map_err(|e| CudaError::at(name, e))?
-            .max(1) as u64;
-        Ok((rows.min(self.sms as u64 * per_sm), threads as u32, smem))
-    }
-
-    /// Per-row apply of `row_select`'s thresholds (key and tie-cut arrays through `Seg::t` and
-    /// `Seg::take`), streaming over chunks of vectors.
-    pub fn row_apply(
-        &self,
-        dt: Dt,
-        kind: ScoreKind,
-        segs: u64,
-        chunks: u64,
-        nchunks: u32,
-        pruned: u64,
-    ) -> Result<()> {
-        let name = format!("row_apply_stream_{}_{}", dt.name(), kind.name());
-        self.launch(
-            &name,
-            (nchunks as u64).min(self.sms as u64 * 4),
-            256,
-            &[&segs, &chunks, &nchunks, &pruned],
-        )
-    }
-
-    /// Sampling for band selection: every `Seg::scope`-th vector of each segment into the 65536-bin
-    /// histogram of its `Seg::slot` (the scope); chunks count sampled vectors.
-    #[allow(clippy::too_many_arguments)]
-    pub fn sample_hist(
-        &self,
-        dt: Dt,
-        kind: ScoreKind,
-        segs: u64,
-        chunks: u64,
-        nchunks: u32,
-        hists: u64,
-    ) -> Result<()> {
-        let name = format!("sample_hist_{}_{}", dt.name(), kind.name());
-        // Magnitudes count in a 32768-bin shared histogram per block (see the kernel).
-        let (block, smem) = if kind == ScoreKind::Magnitude {
-            (1024, 32768 * 4)
-        } else {
-            (256, 0)
-        };
-        self.launch_smem(
-            &name,
-            (nchunks as u64).min(self.sms as u64 * 8),
-            block,
-            smem,
-            &[&segs, &chunks, &nchunks, &hists],
-        )
-    }
-
-    /// The band pass (bf16 keys): per segment, keys below its scope's band counted into `below`
-    /// (u64 per segment) and keys inside it histogrammed into `band` (`BAND_MAX` u32 per segment).
-    #[allow(clippy::too_many_arguments)]
-    pub fn band_pass(
-        &self,
-        dt: Dt,
-        kind: ScoreKind,
-        segs: u64,
-        chunks: u64,
-        nchunks: u32,
-        lo: u64,
-        width: u64,
-        band: u64,
-        below: u64,
-        bad_flag: u64,
-        bad_index: u64,
-        band_chunks: u64,
-        chunk_stride: u32,
-    ) -> Result<()> {
-        let name = format!("band_pass_{}_{}", dt.name(), kind.name());
-        self.launch(
-            &name,
-            (nchunks as u64).min(self.sms as u64 * 4),
-            512,
-            &[
-                &segs,
-                &chunks,
-                &nchunks,
-                &lo,
-                &width,
-                &band,
-                &below,
-                &bad_flag,
-                &bad_index,
-                &band_chunks,
-                &chunk_stride,
-            ],
-        )
-    }
-
-    /// Per item (5 u64: segment, first chunk, chunks, band bin, take; chunks 0: nothing to
-    /// locate), the flat index of the segment's take-th key equal to the bin's threshold, from
-    /// the band pass's per-chunk counts (`band_chunks`, `chunk_stride` words per chunk) and one
-    /// scan of one chunk by `TIE_PARTS` blocks. `parts` (`TIE_PARTS` u32 per item) and `done`
-    /// (u32 per item) must be zeroed.
-    #[allow(clippy::too_many_arguments)]
-    pub fn tie_locate(
-        &self,
-        dt: Dt,
-        kind: ScoreKind,
-        segs: u64,
-        chunks: u64,
-        items: u64,
-        nitems: u32,
-        band_chunks: u64,
-        chunk_stride: u32,
-        lo: u64,
-        out: u64,
-        parts: u64,
-        done: u64,
-    ) -> Result<()> {
-        let name = format!("tie_locate_{}_{}", dt.name(), kind.name());
-        self.launch(
-            &name,
-            nitems as u64 * TIE_PARTS,
-            512,
-            &[
-                &segs,
-                &chunks,
-                &items,
-                &band_chunks,
-                &chunk_stride,
-                &lo,
-                &out,
-                &parts,
-                &done,
-            ],
-        )
-    }
-
-    /// The chunk table (see `chunk_starts`) written at `out` from `starts` (`chunk_starts`, nseg + 1
-    /// words) and `units` (nseg words) on the device, so the host never builds or copies a 7B
-    /// model's table of thousands of chunks.
-    pub fn expand_chunks(
-        &self,
-        starts: u64,
-        units: u64,
-        nseg: u32,
-        chunk: u64,
-        nchunks: u64,
-        out: u64,
-    ) -> Result<()> {
-        self.launch(
-            "expand_chunks",
-            nchunks.div_ceil(256).clamp(1, self.sms as u64 * 8),
-            256,
-            &[&starts, &units, &nseg, &chunk, &out],
-        )
-    }
-
-    /// Per scope, its band from its 65536-bin sample histogram: the bins of two sample ranks
-    /// (`ranks`: 2 u64 per scope; 0 and !0 leave that end open, at `floor_key` and 0xffff) into
-    /// `lo` and `width` (u32 per scope); width 0 when the band is empty or wider than `band_max`.
-    /// Also sets `nseg` u64 first-bad indices at `bad_index` to !0 for the band pass.
-    #[allow(clippy::too_many_arguments)]
-    pub fn band_choose(
-        &self,
-        nscopes: u32,
-        sample: u64,
-        ranks: u64,
-        floor_key: u32,
-        band_max: u32,
-        lo: u64,
-        width: u64,
-        bad_index: u64,
-        nseg: u32,
-    ) -> Result<()> {
-        self.launch(
-            "band_choose",
-            nscopes as u64,
-            1024,
-            &[
-                &sample, &ranks, &floor_key, &band_max, &lo, &width, &bad_index, &nseg,
-            ],
-        )
-    }
-
-    /// Per scope, the band bin of its k-th smallest key (or !0 on a miss) and, per segment, the
-    /// counts below that bin and in it, and a `tie_locate` item (whose chunks are 0 when the
-    /// segment needs no locating; `chunk_starts`: as for `expand_chunks`).
-    #[allow(clippy::too_many_arguments)]
-    pub fn band_resolve(
-        &self,
-        nscopes: u32,
-        band: u64,
-        below: u64,
-        first_seg: u64,
-        width: u64,
-        ks: u64,
-        chunk_starts: u64,
-        chunk_stride: u32,
-        out_bin: u64,
-        seg_below: u64,
-        seg_ties: u64,
-        items: u64,
-    ) -> Result<()> {
-        self.launch(
-            "band_resolve",
-            nscopes as u64,
-            256,
-            &[
-                &band,
-                &below,
-                &first_seg,
-                &width,
-                &ks,
-                &chunk_starts,
-                &chunk_stride,
-                &out_bin,
-                &seg_below,
-                &seg_ties,
-                &items,
-            ],
-        )
-    }
-
-    /// Threshold apply without tie ranks (modes 0, 1 and 3: ties kept, pruned, or pruned up to a
-    /// located flat index), streaming over chunks of vectors.
-    #[allow(clippy::too_many_arguments)]
-    pub fn apply_stream(
-        &self,
-        dt: Dt,
-        kind: ScoreKind,
-        segs: u64,
-        chunks: u64,
-        nchunks: u32,
-        pruned: u64,
-    ) -> Result<()> {
-        let name = format!("apply_stream_{}_{}", dt.name(), kind.name());
-        self.launch(
-            &name,
-            (nchunks as u64).min(self.sms as u64 * 4),
-            256,
-            &[&segs, &chunks, &nchunks, &pruned],
-        )
-    }
-
-    /// Units an N:M launch counts per segment: groups of `max(m, vector)` elements on the fast
-    /// path (`m` 4 or 8, aligned rows), single groups otherwise.
-    pub fn nm_units(&self, src: &Source, m: u64) -> (u64, bool) {
-        let fast = (m == 4 || m == 8) && src.aligned() && src.cols % m == 0;
-        if fast {
-            (src.n.div_ceil(m.max(src.dt.per_vector())), true)
-        } else {
-            (src.n / m, false)
-        }
-    }
-
-    /// N:M over chunks of units (see [`Gpu::nm_units`]); all segments of one launch share `m`
-    /// and the fast or generic path.
-    #[allow(clippy::too_many_arguments)]
-    pub fn nm(
-        &self,
-        dt: Dt,
-        kind: ScoreKind,
-        m: u64,
-        fast: bool,
-        segs: u64,
-        chunks: u64,
-        nchunks: u32,
-        pruned: u64,
-    ) -> Result<()> {
-        let prefix = match (fast, m) {
-            (true, 4) => "nm4",
-            (true, 8) => "nm8",
-            _ => "nm",
-        };
-        let name = format!("{prefix}_{}_{}", dt.name(), kind.name());
-        self.launch(
-            &name,
-            (nchunks as u64).min(self.sms as u64 * 8),
-            256,
-            &[&segs, &chunks, &nchunks, &pruned],
-        )
-    }
-
-    /// `out = sqrtf(in)` (correctly rounded, as libtorch's) for `count` f32 arrays; `table`
-    /// holds `{in, out, n}` u64 words per array. A block per array.
-    pub fn sqrt_many(&self, table: u64, count: u32) -> Result<()> {
-        self.launch("sqrt_many_f32", count as u64, 256, &[&table, &count])
-    }
-
-    /// The smallest flat index of a non-finite element per slot into `first` (u64 per slot,
-    /// set to !0 before), over chunks of vectors. `scaled`: of the scaled magnitudes
-    /// `|w| * scale[col]` instead (an overflow counts); segments then hold rows of whole 16-byte
-    /// vectors, aligned.
-    pub fn find_non_finite(
-        &self,
-        dt: Dt,
-        scaled: bool,
-        segs: u64,
-        chunks: u64,
-        nchunks: u32,
-        first: u64,
-    ) -> Result<()> {
-        let what = if scaled { "_scaled" } else { "" };
-        let name = format!("find_non_finite{what}_{}", dt.name());
-        self.launch(
-            &name,
-            (nchunks as u64).min(self.sms as u64 * 8),
-            256,
-            &[&segs, &chunks, &nchunks, &first],
-        )
-    }
-
-    /// Zeroes the elements whose mask bit is 0 (mask pointer per segment); counts per slot.
-    pub fn apply_mask(
-        &self,
-        dt: Dt,
-        segs: u64,
-        chunks: u64,
-        nchunks: u32,
-        pruned: u64,
-    ) -> Result<()> {
-        let name = format!("apply_mask_{}", dt.name());
-        self.launch(
-            &name,
-            (nchunks as u64).min(self.sms as u64 * 8),
-            256,
-            &[&segs, &chunks, &nchunks, &pruned],
-        )
-    }
-}
-
-/// A kernel argument pushed into a launch (the values are copied by the driver at launch).
-trait ArgValue {
-    fn push<'a>(&'a self, b: &mut cudarc::driver::LaunchArgs<'a>);
-}
-
-impl ArgValue for u64 {
-    fn push<'a>(&'a self, b: &mut cudarc::driver::LaunchArgs<'a>) {
-        b.arg(self);
-    }
-}
-
-impl ArgValue for u32 {
-    fn push<'a>(&'a self, b: &mut cudarc::driver::LaunchArgs<'a>) {
-        b.arg(self);
-    }
-}
-
-impl ArgValue for i32 {
-    fn push<'a>(&'a self, b: &mut cudarc::driver::LaunchArgs<'a>) {
-        b.arg(self);
     }
 }
 

@@ -40,16 +40,22 @@ pub(super) fn launch_hist(
             } => g.hist_high(
                 dt,
                 kind,
-                t.segs,
-                t.chunks,
+                Segs(t.segs),
+                Chunks(t.chunks),
                 nchunks,
-                ptr(hists),
-                ptr(bad_flag),
-                ptr(bad_index),
+                Hists(ptr(hists)),
+                BadFlag(ptr(bad_flag)),
+                BadIndex(ptr(bad_index)),
             )?,
-            Pass::Low { his } => {
-                g.hist_low(dt, kind, t.segs, t.chunks, nchunks, ptr(his), ptr(hists))?
-            }
+            Pass::Low { his } => g.hist_low(
+                dt,
+                kind,
+                Segs(t.segs),
+                Chunks(t.chunks),
+                nchunks,
+                HighBins(ptr(his)),
+                Hists(ptr(hists)),
+            )?,
         }
     }
     Ok(())
@@ -324,21 +330,21 @@ pub(super) fn band_select(
     let work = zeros((lay.bytes / 8) as i64, Kind::Int64, device).map_err(e)?;
     let wb = ptr(&work);
     g.expand_chunks(
-        tb + sample_starts_at,
-        tb + sample_units_at,
+        ChunkStarts(tb + sample_starts_at),
+        SegUnits(tb + sample_units_at),
         sample_units.len() as u32,
         4096,
         sample_nchunks,
-        wb + sample_chunks_at,
+        Chunks(wb + sample_chunks_at),
     )
     .map_err(ec)?;
     g.expand_chunks(
-        tb + starts_at,
-        tb + units_at,
+        ChunkStarts(tb + starts_at),
+        SegUnits(tb + units_at),
         nseg as u32,
         STREAM_CHUNK,
         nchunks as u64,
-        wb + chunks_at,
+        Chunks(wb + chunks_at),
     )
     .map_err(ec)?;
     super::mark(device, "band: work zeroed, chunks expanded");
@@ -347,10 +353,10 @@ pub(super) fn band_select(
     g.sample_hist(
         dt,
         kind,
-        tb + sample_segs_at,
-        wb + sample_chunks_at,
+        Segs(tb + sample_segs_at),
+        Chunks(wb + sample_chunks_at),
         sample_nchunks as u32,
-        wb + sample_at,
+        Hists(wb + sample_at),
     )
     .map_err(ec)?;
     super::mark(device, "band: sample launched");
@@ -361,13 +367,13 @@ pub(super) fn band_select(
     };
     g.band_choose(
         nq as u32,
-        wb + sample_at,
-        tb + ranks_at,
+        Hists(wb + sample_at),
+        SampleRanks(tb + ranks_at),
         floor,
         BAND_MAX as u32,
-        wb + lo_at,
-        wb + width_at,
-        wb + index_at,
+        BandLo(wb + lo_at),
+        BandWidth(wb + width_at),
+        BadIndex(wb + index_at),
         nseg as u32,
     )
     .map_err(ec)?;
@@ -376,16 +382,16 @@ pub(super) fn band_select(
     g.band_pass(
         dt,
         kind,
-        tb + segs_at,
-        wb + chunks_at,
+        Segs(tb + segs_at),
+        Chunks(wb + chunks_at),
         nchunks as u32,
-        wb + lo_at,
-        wb + width_at,
-        wb + band_at,
-        wb + below_at,
-        wb + flag_at,
-        wb + index_at,
-        bc,
+        BandLo(wb + lo_at),
+        BandWidth(wb + width_at),
+        BandHists(wb + band_at),
+        BelowBand(wb + below_at),
+        BadFlag(wb + flag_at),
+        BadIndex(wb + index_at),
+        BandChunks(bc),
         stride,
     )
     .map_err(ec)?;
@@ -394,17 +400,17 @@ pub(super) fn band_select(
     // all of its ties located.
     g.band_resolve(
         nq as u32,
-        wb + band_at,
-        wb + below_at,
-        tb + first_seg_at,
-        wb + width_at,
-        tb + ks_at,
-        tb + starts_at,
+        BandHists(wb + band_at),
+        BelowBand(wb + below_at),
+        FirstSeg(tb + first_seg_at),
+        BandWidth(wb + width_at),
+        Ks(tb + ks_at),
+        ChunkStarts(tb + starts_at),
         stride,
-        wb + out_bin_at,
-        wb + seg_below_at,
-        wb + seg_ties_at,
-        wb + items_at,
+        BandBin(wb + out_bin_at),
+        SegBelow(wb + seg_below_at),
+        SegTies(wb + seg_ties_at),
+        TieItems(wb + items_at),
     )
     .map_err(ec)?;
     super::mark(device, "band: resolve launched");
@@ -412,16 +418,16 @@ pub(super) fn band_select(
         g.tie_locate(
             dt,
             kind,
-            tb + segs_at,
-            wb + chunks_at,
-            wb + items_at,
+            Segs(tb + segs_at),
+            Chunks(wb + chunks_at),
+            TieItems(wb + items_at),
             nseg as u32,
-            bc,
+            BandChunks(bc),
             stride,
-            wb + lo_at,
-            wb + cuts_at,
-            wb + parts_at,
-            wb + done_at,
+            BandLo(wb + lo_at),
+            TieCuts(wb + cuts_at),
+            TieParts(wb + parts_at),
+            TieDone(wb + done_at),
         )
         .map_err(ec)?;
     }

@@ -41,7 +41,14 @@ pub(crate) fn find_non_finite_into(ts: &[&Tensor], slots: &[usize], first: &Tens
             .map(|&i| (data[i].numel() as u64).div_ceil(dt.per_vector()))
             .collect();
         let t = chunked_tables(&g, &segs, &units, STREAM_CHUNK, device)?;
-        g.find_non_finite(dt, false, t.segs, t.chunks, t.nchunks, ptr(first))?;
+        g.find_non_finite(
+            dt,
+            false,
+            Segs(t.segs),
+            Chunks(t.chunks),
+            t.nchunks,
+            FirstBad(ptr(first)),
+        )?;
     }
     super::mark(device, "finiteness checked");
     Ok(())
@@ -87,7 +94,13 @@ pub(crate) fn apply_masks(items: &[(&Tensor, &Tensor)]) -> Result<Vec<Count>> {
             .map(|&j| (items[contiguous[j]].0.numel() as u64).div_ceil(dt.per_vector()))
             .collect();
         let t = chunked_tables(&g, &segs, &units, STREAM_CHUNK, device)?;
-        g.apply_mask(dt, t.segs, t.chunks, t.nchunks, ptr(&pruned))?;
+        g.apply_mask(
+            dt,
+            Segs(t.segs),
+            Chunks(t.chunks),
+            t.nchunks,
+            Pruned(ptr(&pruned)),
+        )?;
     }
     let copy = HostCopy::new(pruned);
     for &i in &contiguous {

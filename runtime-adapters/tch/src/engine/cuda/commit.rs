@@ -21,7 +21,7 @@ pub(crate) fn sqrt_many(pairs: &[(Tensor, Tensor)]) -> Result<()> {
             .flat_map(|(x, y)| [ptr(x) as i64, ptr(y) as i64, x.numel() as i64])
             .collect();
         let table = upload(&words, device)?;
-        gpu(ordinal(device))?.sqrt_many(ptr(&table), (words.len() / 3) as u32)?;
+        gpu(ordinal(device))?.sqrt_many(SqrtTable(ptr(&table)), (words.len() / 3) as u32)?;
     }
     Ok(())
 }
@@ -73,13 +73,13 @@ pub(super) fn band_hints(
     g.row_select(
         dt,
         kind,
-        ptr(&table),
+        Segs(ptr(&table)),
         segs.len() as i32,
         m,
         max_cols,
         true,
-        bad_flag,
-        bad_index,
+        BadFlag(bad_flag),
+        BadIndex(bad_index),
     )?;
     Ok(out)
 }
@@ -214,7 +214,14 @@ pub(super) fn run_rules(
                         .collect();
                     let t = chunked_tables(&g, &segs, &units, STREAM_CHUNK, device)?;
                     super::mark(device, "rules: stream tables built");
-                    g.apply_stream(dt, kind, t.segs, t.chunks, t.nchunks, ptr(&pruned))?;
+                    g.apply_stream(
+                        dt,
+                        kind,
+                        Segs(t.segs),
+                        Chunks(t.chunks),
+                        t.nchunks,
+                        Pruned(ptr(&pruned)),
+                    )?;
                 }
                 if !ranked.is_empty() {
                     let mut first = 0u64;
@@ -239,12 +246,12 @@ pub(super) fn run_rules(
                     g.apply_threshold(
                         dt,
                         kind,
-                        ptr(&table),
+                        Segs(ptr(&table)),
                         segs.len() as i32,
                         first,
-                        ptr(&status),
-                        ptr(&ticket),
-                        ptr(&pruned),
+                        TileStatus(ptr(&status)),
+                        Ticket(ptr(&ticket)),
+                        Pruned(ptr(&pruned)),
                     )?;
                 }
             }
@@ -268,7 +275,14 @@ pub(super) fn run_rules(
                     .map(|&i| sources[i].n.div_ceil(dt.per_vector()))
                     .collect();
                 let t = chunked_tables(&g, &segs, &units, STREAM_CHUNK, device)?;
-                g.row_apply(dt, kind, t.segs, t.chunks, t.nchunks, ptr(&pruned))?;
+                g.row_apply(
+                    dt,
+                    kind,
+                    Segs(t.segs),
+                    Chunks(t.chunks),
+                    t.nchunks,
+                    Pruned(ptr(&pruned)),
+                )?;
             }
             What::RowsAtApply(_) => {
                 if let Some(&i) = members.iter().find(|&&i| !Gpu::row_prune_fits(&sources[i])) {
@@ -308,13 +322,13 @@ pub(super) fn run_rules(
                 g.row_prune(
                     dt,
                     kind,
-                    ptr(&table),
+                    Segs(ptr(&table)),
                     segs.len() as i32,
                     rows,
                     max_cols,
                     same_length,
-                    ptr(&pruned),
-                    band_stats.as_ref().map_or(0, ptr),
+                    Pruned(ptr(&pruned)),
+                    BandStats(band_stats.as_ref().map_or(0, ptr)),
                 )?;
                 if let Some(b) = &band_stats {
                     let v = to_host_i64(b)?;
@@ -345,7 +359,16 @@ pub(super) fn run_rules(
                     .map(|&i| g.nm_units(&sources[i], m).0)
                     .collect();
                 let t = chunked_tables(&g, &segs, &units, STREAM_CHUNK, device)?;
-                g.nm(dt, kind, m, fast, t.segs, t.chunks, t.nchunks, ptr(&pruned))?;
+                g.nm(
+                    dt,
+                    kind,
+                    m,
+                    fast,
+                    Segs(t.segs),
+                    Chunks(t.chunks),
+                    t.nchunks,
+                    Pruned(ptr(&pruned)),
+                )?;
             }
         }
     }

@@ -126,18 +126,18 @@ impl CudaGlobal {
     pub(super) fn totals(&self, hists: &Tensor) -> Result<Vec<i64>> {
         let total = zeros(BINS as i64, Kind::Int64, self.device)?;
         self.g
-            .sum_slots(ptr(hists), self.params as u32, ptr(&total))?;
+            .sum_slots(Hists(ptr(hists)), self.params as u32, Totals(ptr(&total)))?;
         to_host_i64(&total)
     }
     pub(super) fn slot_counts(&self, hists: &Tensor, bin: usize) -> Result<(Vec<i64>, Vec<i64>)> {
         let at = zeros(self.params as i64, Kind::Int64, self.device)?;
         let below = zeros(self.params as i64, Kind::Int64, self.device)?;
         self.g.slot_counts(
-            ptr(hists),
+            Hists(ptr(hists)),
             self.params as u32,
             bin as u32,
-            ptr(&at),
-            ptr(&below),
+            CountsAt(ptr(&at)),
+            CountsBelow(ptr(&below)),
         )?;
         Ok((to_host_i64(&at)?, to_host_i64(&below)?))
     }

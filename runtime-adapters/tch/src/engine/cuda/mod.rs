@@ -11,6 +11,13 @@
 use std::sync::{Arc, OnceLock};
 
 use birdbone_cuda::{Dt, Gpu, ScoreKind, Seg, Source, SEGW};
+// The kernels' typed device pointers, for the step modules (`use super::*`).
+use birdbone_cuda::{
+    BadFlag, BadIndex, BandBin, BandChunks, BandHists, BandLo, BandStats, BandWidth, BelowBand,
+    Bins, ChunkStarts, Chunks, CountsAt, CountsBelow, FirstBad, FirstSeg, HighBins, Hists, Ks,
+    Pruned, SampleRanks, SegBelow, SegTies, SegUnits, Segs, SqrtTable, Ticket, TieCuts, TieDone,
+    TieItems, TieParts, TileStatus, Totals,
+};
 use tch::{Device, Kind, Tensor};
 
 mod band;
@@ -174,12 +181,12 @@ pub(super) fn chunked_tables(
     let chunks = Tensor::f_empty([(3 * nchunks).max(1) as i64], (Kind::Int64, device))?;
     if nchunks > 0 {
         g.expand_chunks(
-            b + starts_at,
-            b + units_at,
+            ChunkStarts(b + starts_at),
+            SegUnits(b + units_at),
             units.len() as u32,
             chunk,
             nchunks,
-            ptr(&chunks),
+            Chunks(ptr(&chunks)),
         )?;
     }
     Ok(Tables {

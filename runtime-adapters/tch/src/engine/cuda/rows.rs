@@ -44,7 +44,14 @@ pub(crate) fn select_rows(
             .collect();
         let t = chunked_tables(&g, &segs, &units, STREAM_CHUNK, device)?;
         let scaled = kind == ScoreKind::Scaled;
-        g.find_non_finite(dt, scaled, t.segs, t.chunks, t.nchunks, ptr(&check.index))?;
+        g.find_non_finite(
+            dt,
+            scaled,
+            Segs(t.segs),
+            Chunks(t.chunks),
+            t.nchunks,
+            FirstBad(ptr(&check.index)),
+        )?;
         for &i in &members {
             sels[i] = Some(RowSel::AtApply { k: ks[i] });
         }
@@ -103,13 +110,13 @@ pub(crate) fn select_rows(
             g.row_select(
                 dt,
                 kind,
-                ptr(&table),
+                Segs(ptr(&table)),
                 segs.len() as i32,
                 rows,
                 max_cols,
                 b < 2,
-                ptr(&check.flag),
-                ptr(&check.index),
+                BadFlag(ptr(&check.flag)),
+                BadIndex(ptr(&check.index)),
             )?;
         }
     }

@@ -68,12 +68,12 @@ pub(crate) fn select_each(
     let before = zeros(p as i64, Kind::Int64, device).map_err(e)?;
     let at = zeros(p as i64, Kind::Int64, device).map_err(e)?;
     g.find_slot_bins(
-        ptr(&high),
+        Hists(ptr(&high)),
         p as u32,
-        ptr(&ks_d),
-        ptr(&bins),
-        ptr(&before),
-        ptr(&at),
+        Ks(ptr(&ks_d)),
+        Bins(ptr(&bins)),
+        CountsBelow(ptr(&before)),
+        CountsAt(ptr(&at)),
     )
     .map_err(|x| e(x.into()))?;
     let fit16 = sources.iter().all(|(_, s)| keys_fit_16(s));
@@ -87,12 +87,12 @@ pub(crate) fn select_each(
         let lbe = zeros(p as i64, Kind::Int64, device).map_err(e)?;
         let la = zeros(p as i64, Kind::Int64, device).map_err(e)?;
         g.find_slot_bins(
-            ptr(&low),
+            Hists(ptr(&low)),
             p as u32,
-            ptr(&ks2),
-            ptr(&lb),
-            ptr(&lbe),
-            ptr(&la),
+            Ks(ptr(&ks2)),
+            Bins(ptr(&lb)),
+            CountsBelow(ptr(&lbe)),
+            CountsAt(ptr(&la)),
         )
         .map_err(|x| e(x.into()))?;
         Some((lb, lbe, la))
