@@ -46,6 +46,7 @@ pub const KERNELS: &str = concat!(
     include_str!("kernels/band.cu"),
     include_str!("kernels/rows_warp.cu"),
     include_str!("kernels/rows_reg.cu"),
+    include_str!("kernels/rows_apply.cu"),
     include_str!("kernels/bookkeeping.cu"),
     include_str!("kernels/entries.cu"),
 );
