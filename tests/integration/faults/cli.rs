@@ -3,7 +3,9 @@
 
 use std::path::Path;
 
-use super::{birdbone, leftovers, refused, snapshot, succeeds, untouched, Case, Failure};
+use super::{
+    birdbone, leftovers, refused, short_eval, snapshot, succeeds, untouched, Case, Failure,
+};
 
 pub fn cases(root: &Path, model: &Path) -> Vec<Case> {
     let mut out = vec![];
@@ -245,21 +247,7 @@ pub fn cases(root: &Path, model: &Path) -> Vec<Case> {
             {
                 return Err((Failure::Silent, format!("stale files survive: {files:?}")));
             }
-            succeeds(
-                birdbone()
-                    .args([
-                        "eval",
-                        "--quiet",
-                        "--device",
-                        "cpu",
-                        "--windows",
-                        "1",
-                        "--window",
-                        "16",
-                        "--model",
-                    ])
-                    .arg(&stale),
-            )?;
+            succeeds(&mut short_eval(&stale))?;
             if !leftovers(&stale).is_empty() {
                 return Err((Failure::Silent, "a staging folder was left".into()));
             }

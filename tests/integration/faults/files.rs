@@ -8,7 +8,7 @@ use birdbone_host::mask_file::{self, StoredMask};
 use birdbone_llama::checkpoint;
 use serde_json::{json, Value};
 
-use super::{birdbone, copy_dir, refused, succeeds, untouched, Case, Failure};
+use super::{birdbone, copy_dir, refused, short_eval, succeeds, untouched, Case, Failure};
 
 const EVAL: &str = "eval: exit 1, an error naming it, the folder unchanged";
 
@@ -24,26 +24,7 @@ fn eval_refused(
     dir: PathBuf,
     needle: &'static str,
 ) -> impl FnOnce() -> Result<String, (Failure, String)> {
-    move || {
-        untouched(&[&dir], || {
-            refused(
-                birdbone()
-                    .args([
-                        "eval",
-                        "--quiet",
-                        "--device",
-                        "cpu",
-                        "--windows",
-                        "1",
-                        "--window",
-                        "16",
-                        "--model",
-                    ])
-                    .arg(&dir),
-                needle,
-            )
-        })
-    }
+    move || untouched(&[&dir], || refused(&mut short_eval(&dir), needle))
 }
 
 fn edit_config(d: &Path, f: impl FnOnce(&mut Value)) {
@@ -314,22 +295,7 @@ pub fn cases(root: &Path, model: &Path) -> Vec<Case> {
         "a sharded checkpoint (the control case)",
         "eval: runs, a finite perplexity",
         move || {
-            let r = succeeds(
-                birdbone()
-                    .args([
-                        "eval",
-                        "--quiet",
-                        "--device",
-                        "cpu",
-                        "--windows",
-                        "1",
-                        "--window",
-                        "16",
-                        "--json",
-                        "--model",
-                    ])
-                    .arg(&d),
-            )?;
+            let r = succeeds(short_eval(&d).arg("--json"))?;
             let v: Value =
                 serde_json::from_str(&r.stdout).map_err(|e| (Failure::Silent, e.to_string()))?;
             match v["perplexity"].as_f64() {

@@ -65,6 +65,25 @@ pub fn birdbone() -> Command {
     Command::new(build_dir().join("birdbone"))
 }
 
+/// `birdbone eval` on `model` at its shortest (one 16-token window, CPU): enough to load and
+/// run every part of a model folder.
+pub fn short_eval(model: &Path) -> Command {
+    let mut c = birdbone();
+    c.args([
+        "eval",
+        "--quiet",
+        "--device",
+        "cpu",
+        "--windows",
+        "1",
+        "--window",
+        "16",
+        "--model",
+    ])
+    .arg(model);
+    c
+}
+
 /// How a command ended.
 pub struct Ran {
     pub code: Option<i32>,
