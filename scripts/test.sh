@@ -14,6 +14,8 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "== build (plugins are loaded by the tests from their .so files)"
 cargo build --workspace --quiet
 cargo build --quiet --manifest-path examples/third-party-plugin/Cargo.toml
+# A plugin built against the previous ABI minor, for the compatibility test.
+cargo build --quiet --manifest-path tests/fixtures/abi-1.0/plugin/Cargo.toml --target-dir target/fixtures
 
 echo "== import the real model"
 if [ ! -f .cache/smollm2-135m/model.safetensors ]; then

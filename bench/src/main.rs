@@ -30,6 +30,7 @@ use birdbone_tch::{
     UndoPolicy,
 };
 
+mod reconstruct;
 mod rollback;
 use clap::Parser;
 use tch::{Device, Kind, Tensor};
@@ -65,6 +66,31 @@ struct Args {
     /// With --rollback --device cpu: the model folder.
     #[arg(long)]
     model: Option<PathBuf>,
+    /// Time a whole sequential SparseGPT (or --method wanda) pass on a Mistral-7B-shaped model
+    /// with random weights and random calibration tokens (see reconstruct.rs).
+    #[arg(long)]
+    sparsegpt: bool,
+    /// With --sparsegpt: sparsegpt or wanda.
+    #[arg(long, default_value = "sparsegpt")]
+    method: String,
+    /// With --sparsegpt: the fraction pruned (ignored with --pattern).
+    #[arg(long, default_value_t = 0.5)]
+    sparsity: f64,
+    /// With --sparsegpt: an N:M pattern, N kept of every M (e.g. 2:4).
+    #[arg(long)]
+    pattern: Option<String>,
+    /// With --sparsegpt: calibration sequences.
+    #[arg(long, default_value_t = 128)]
+    samples: usize,
+    /// With --sparsegpt: tokens per calibration sequence.
+    #[arg(long, default_value_t = 2048)]
+    seq_len: usize,
+    /// With --sparsegpt: sequences per forward pass.
+    #[arg(long, default_value_t = 8)]
+    calib_batch: usize,
+    /// With --sparsegpt: compare masks with the reference's dump in this folder instead.
+    #[arg(long)]
+    agree: Option<PathBuf>,
     /// Only compile the kernels for this architecture (e.g. sm_90) into the kernel cache
     /// (BIRDBONE_KERNEL_CACHE) and exit; needs NVRTC, not a GPU.
     #[arg(long)]
@@ -289,6 +315,9 @@ fn main() -> anyhow::Result<()> {
         }
     );
     let reg = builtin_plugins(&args.plugins)?;
+    if args.sparsegpt {
+        return reconstruct::run(&args, &reg, gpu);
+    }
 
     let started = Instant::now();
     let params = build(args.layers);
@@ -458,10 +487,17 @@ fn main() -> anyhow::Result<()> {
 /// The built-in plugins the paths use, from `dir`; a refused one is an error.
 fn builtin_plugins(dir: &std::path::Path) -> anyhow::Result<PluginRegistry> {
     let mut reg = PluginRegistry::new();
-    let files: Vec<PathBuf> = ["magnitude", "global", "layerwise", "nm", "wanda"]
-        .iter()
-        .map(|n| dir.join(format!("libbirdbone_plugin_{n}.so")))
-        .collect();
+    let files: Vec<PathBuf> = [
+        "magnitude",
+        "global",
+        "layerwise",
+        "nm",
+        "wanda",
+        "sparsegpt",
+    ]
+    .iter()
+    .map(|n| dir.join(format!("libbirdbone_plugin_{n}.so")))
+    .collect();
     let s = reg.load_paths(&files);
     if !s.rejected.is_empty() {
         bail!("plugins rejected: {:?}", s.rejected);

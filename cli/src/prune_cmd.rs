@@ -11,9 +11,7 @@ use birdbone_host::{
     },
     PassReport, Recipe,
 };
-use birdbone_llama::{
-    checkpoint, collect_stats_with, for_each_block_sequential, resolve_model_dir, Loaded,
-};
+use birdbone_llama::{calibrate, checkpoint, for_each_block_calibrated, resolve_model_dir, Loaded};
 use birdbone_tch::{ActivationStats, MaskSet, PassInputs, PluginRegistry, Pruner, UndoPolicy};
 use serde_json::json;
 use tch::Tensor;
@@ -191,7 +189,14 @@ fn check_components(reg: &PluginRegistry, r: &mut Recipe) -> anyhow::Result<()> 
     let scorer = reg.component(&r.scorer.name).expect("created above");
     let strategy = reg.component(&r.strategy.name).expect("created above");
     let inputs = scorer.info.capabilities.inputs.0;
-    let needs_stats = inputs & 1 != 0;
+    // SparseGPT-like strategies need XᵀX of every Linear's inputs: a calibration, sequential by
+    // default as in the paper.
+    let needs_hessians = strategy
+        .info
+        .capabilities
+        .inputs
+        .contains(birdbone_host_api::InputSet::HESSIAN);
+    let needs_stats = inputs & 1 != 0 || needs_hessians;
     if inputs & 2 != 0 {
         anyhow::bail!(
             "scorer '{}' needs gradients, which only a training loop has: use it through the fine-tuning callback",
@@ -220,10 +225,20 @@ fn check_components(reg: &PluginRegistry, r: &mut Recipe) -> anyhow::Result<()> 
         }
     }
     match (&r.calibration, needs_stats) {
-        (None, true) => r.calibration = Some(Calibration::default()),
+        (None, true) => {
+            r.calibration = Some(Calibration {
+                mode: if needs_hessians {
+                    CalibrationMode::Sequential
+                } else {
+                    CalibrationMode::OnePass
+                },
+                ..Calibration::default()
+            })
+        }
         (Some(_), false) => anyhow::bail!(
-            "calibration is set, but scorer '{}' uses no activation statistics: drop the calibration or choose a scorer that needs it (wanda)",
-            r.scorer.name
+            "calibration is set, but neither scorer '{}' nor strategy '{}' uses calibration statistics: drop the calibration or choose a component that needs it (wanda, ria, sparsegpt)",
+            r.scorer.name,
+            r.strategy.name
         ),
         _ => {}
     }
@@ -481,13 +496,15 @@ fn prune_calibrated(
     cfg: &birdbone_host::PassConfig,
 ) -> anyhow::Result<(PassReport, MaskSet, birdbone_llama::CalibrationReport)> {
     let vs = m.model.var_store();
+    let hessians = pruner.needs_hessians();
     match c.mode {
         CalibrationMode::OnePass => {
             let mut bar = Progress::new("calibration", windows.len() as u64, "windows");
-            let (sums, cal) =
-                collect_stats_with(&m.model, windows, c.batch, &mut |d| bar.set(d as u64))?;
+            let (got, cal) = calibrate(&m.model, windows, c.batch, hessians, &mut |d| {
+                bar.set(d as u64)
+            })?;
             bar.finish();
-            let stats = ActivationStats::from(sums);
+            let stats = ActivationStats::from_parts(got.sums, got.hessians);
             let spin = Progress::spinner("prune");
             let (report, masks) = pruner.run(
                 vs,
@@ -502,24 +519,21 @@ fn prune_calibrated(
         }
         CalibrationMode::Sequential => {
             let mut bar = Progress::new("sequential", m.model.num_blocks() as u64, "blocks");
-            let mut parts = vec![];
-            let mut masks = MaskSet::new();
-            let cal = for_each_block_sequential(
+            let mut pass = pruner.sequential(cfg);
+            let cal = for_each_block_calibrated(
                 &m.model,
                 windows,
                 c.batch,
-                |i, names, sums| -> anyhow::Result<()> {
-                    let stats = ActivationStats::from(sums);
-                    if let Some((r, mk)) = pruner.run_block(vs, names, &stats, cfg)? {
-                        parts.push(r);
-                        masks.extend(mk);
-                    }
+                hessians,
+                |i, names, got| -> anyhow::Result<()> {
+                    let stats = ActivationStats::from_parts(got.sums, got.hessians);
+                    pass.block(vs, names, &stats)?;
                     bar.set(i as u64 + 1);
                     Ok(())
                 },
             )?;
             bar.finish();
-            let report = PassReport::merge(parts).context("no block had a parameter to prune")?;
+            let (report, masks) = pass.finish()?;
             Ok((report, masks, cal))
         }
     }

@@ -122,9 +122,16 @@ impl InputSet {
     pub const ACTIVATION_STATS: InputSet = InputSet(1);
     /// The gradient of the loss with respect to the weight.
     pub const GRADIENTS: InputSet = InputSet(2);
+    /// `XᵀX` of the Linear's calibration inputs, through [`crate::PlanContext::hessian`]
+    /// (ABI 1.1; a strategy asks for it).
+    pub const HESSIAN: InputSet = InputSet(4);
     /// Whether every input of `other` is in `self`.
     pub fn contains(self, other: InputSet) -> bool {
         self.0 & other.0 == other.0
+    }
+    /// Union.
+    pub const fn with(self, other: InputSet) -> InputSet {
+        InputSet(self.0 | other.0)
     }
 }
 
@@ -180,7 +187,8 @@ impl GranularitySet {
 pub struct Capabilities {
     /// Devices whose tensors it handles.
     pub devices: DeviceSet,
-    /// Inputs a scorer needs besides the weight (always `NONE` for strategies).
+    /// Inputs a component needs besides the weight: a scorer's in its [`crate::ScoreInputs`],
+    /// a strategy's ([`InputSet::HESSIAN`], from ABI 1.1) through its plan context.
     pub inputs: InputSet,
     /// Whether it keeps state across calls (a training-time scorer that accumulates, say).
     pub stateful: bool,

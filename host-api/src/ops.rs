@@ -5,6 +5,7 @@ use abi_stable::{
 
 use crate::{
     error::PluginError,
+    plan::NmPattern,
     tensor::{DType, Device, Tensor, TensorId},
     version::AbiVersion,
 };
@@ -190,4 +191,72 @@ pub struct HostOps {
         dim: i64,
         largest: bool,
     ) -> RResult<Tuple2<Tensor, Tensor>, PluginError>,
+
+    // ---- ABI 1.1: linear algebra for methods that reconstruct weights (SparseGPT). Read
+    // through the `Option` getters (`ops.matmul()`): a 1.0 host has none of them. Matrices are
+    // 2-D floating-point tensors; results are new f32 tensors unless said otherwise.
+    //
+    /// `op(a) @ op(b)`, `op` transposing when asked; into `out` when given (which may be a view
+    /// of a tensor the caller owns, so `W[:, j:] -= E @ H` is `matmul` into a scratch and a
+    /// `binary` Sub into the view). Capability `ops.linalg`.
+    pub matmul: extern "C" fn(
+        a: TensorId,
+        b: TensorId,
+        transpose_a: bool,
+        transpose_b: bool,
+        out: ROption<TensorId>,
+    ) -> RResult<Tensor, PluginError>,
+    /// The Cholesky factor of a symmetric positive-definite matrix, lower (`L Lᵀ = A`) or upper
+    /// (`Uᵀ U = A`). A matrix that is not positive definite is an `InvalidArgument` error
+    /// naming the first failing leading minor; nothing is returned. Capability `ops.linalg`.
+    pub cholesky: extern "C" fn(a: TensorId, upper: bool) -> RResult<Tensor, PluginError>,
+    /// `A⁻¹` from the Cholesky factor of `A` (lower unless `upper`). Capability `ops.linalg`.
+    pub cholesky_inverse:
+        extern "C" fn(factor: TensorId, upper: bool) -> RResult<Tensor, PluginError>,
+    /// `X` with `A X = B` (`left`) or `X A = B`, for a triangular `A` (upper or lower, with a
+    /// unit diagonal when `unit_diagonal`). Capability `ops.linalg`.
+    pub solve_triangular: extern "C" fn(
+        a: TensorId,
+        b: TensorId,
+        upper: bool,
+        left: bool,
+        unit_diagonal: bool,
+    ) -> RResult<Tensor, PluginError>,
+    /// Elements `start..start + length` along `dim`. A **view** when the caller owns `x`
+    /// (writes through it change `x`; releasing it does not release `x`), else a copy: a
+    /// plugin never gets a writable view of a host tensor. Capability `ops.linalg`.
+    pub narrow: extern "C" fn(
+        x: TensorId,
+        dim: i64,
+        start: i64,
+        length: i64,
+    ) -> RResult<Tensor, PluginError>,
+    /// The main diagonal of a 2-D tensor (`[min(rows, cols)]`): a view when the caller owns `x`
+    /// (`H[i][i] += d` is a `binary_scalar` into it), else a copy. Capability `ops.linalg`.
+    pub diagonal: extern "C" fn(x: TensorId) -> RResult<Tensor, PluginError>,
+    /// A bool tensor of `x`'s shape, true at exactly the `k` smallest elements of `x`; among
+    /// equal values the lower flat (row-major) index is taken first. NaN anywhere is a
+    /// `NonFinite` error. Capability `ops.select-mask`.
+    pub smallest_mask: extern "C" fn(x: TensorId, k: u64) -> RResult<Tensor, PluginError>,
+    /// The optimal-brain-surgeon column sweep of SparseGPT over one block of columns, each row
+    /// on its own, in place. `w`: f32 `[rows, B]` the caller owns (a view is fine; the last
+    /// dimension contiguous). `hinv`: f32 `[B, B]`, the block of the upper Cholesky factor of
+    /// `H⁻¹`. `prune`: a bool `[rows, B]` the caller owns, contiguous. For each column `i` in
+    /// order, every row does:
+    ///
+    /// - with `nm = n:m` and `i % m == 0`: marks in `prune` the `m - n` columns of `i..i+m` with
+    ///   the smallest `w[j]² / hinv[j][j]²` (the current, already updated `w`; ties: lower
+    ///   column first). Without `nm`, `prune` is read as given;
+    /// - `e = (w[i] - q) / hinv[i][i]` with `q = 0` where pruned, else `w[i]`;
+    /// - `w[j] -= e · hinv[i][j]` for every `j > i` (product and difference each rounded, as an
+    ///   outer product followed by a subtraction rounds them), then `w[i] = q`.
+    ///
+    /// Returns the errors `e`, a new f32 `[rows, B]` (for the lazy update of the columns after
+    /// the block: `W[:, after] -= E @ Hinv[block, after]`). Capability `ops.obs-sweep`.
+    pub obs_sweep: extern "C" fn(
+        w: TensorId,
+        hinv: TensorId,
+        prune: TensorId,
+        nm: ROption<NmPattern>,
+    ) -> RResult<Tensor, PluginError>,
 }

@@ -121,8 +121,56 @@ pub trait PlanContext {
     ) -> RResult<RVec<Selection>, PluginError>;
 
     /// Records what to do with one parameter. Every parameter needs exactly one decision.
+    ///
+    /// This is the last method of ABI 1.0; the methods below came in 1.1 (a 1.0 host refuses
+    /// a plugin built against 1.1 before any is called).
     #[sabi(last_prefix_field)]
     fn decide(&mut self, param: u32, decision: Decision) -> RResult<(), PluginError>;
+
+    /// The weight of `param` itself, borrowed until `select` returns: read it, never write
+    /// through it. ABI 1.1, capability `plan.reconstruct`.
+    fn weight(&mut self, param: u32) -> RResult<Tensor, PluginError> {
+        let _ = param;
+        RResult::RErr(PluginError::unsupported("this host predates ABI 1.1"))
+    }
+
+    /// `XᵀX` of the calibration inputs of `param` (a Linear weight `[out, in]`), borrowed until
+    /// `select` returns. `InvalidArgument` when the pass has none (a strategy that declares
+    /// [`crate::InputSet::HESSIAN`] always gets them). ABI 1.1, capability `inputs.hessian`.
+    fn hessian(&mut self, param: u32) -> RResult<Hessian, PluginError> {
+        let _ = param;
+        RResult::RErr(PluginError::unsupported("this host predates ABI 1.1"))
+    }
+
+    /// Decides `param` with new values: at commit its weight becomes `values` where `keep` is
+    /// nonzero and 0 elsewhere (`values`: any float type, cast to the weight's; `keep`: u8 or
+    /// bool; both of the weight's shape). The host copies both during the call; the plugin
+    /// keeps ownership. Counts as the parameter's one decision. The commit is transactional as
+    /// every commit is: a failure puts back every weight it wrote. ABI 1.1, capability
+    /// `plan.reconstruct`.
+    fn propose(
+        &mut self,
+        param: u32,
+        values: TensorId,
+        keep: TensorId,
+    ) -> RResult<(), PluginError> {
+        let _ = (param, values, keep);
+        RResult::RErr(PluginError::unsupported("this host predates ABI 1.1"))
+    }
+}
+
+/// A parameter's Hessian statistics, from [`PlanContext::hessian`] (ABI 1.1).
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy)]
+pub struct Hessian {
+    /// `Σ x xᵀ` over the calibration tokens `x` entering the Linear: f32 `[in, in]`, on the
+    /// weight's device. Borrowed: never write through it.
+    pub matrix: Tensor,
+    /// How many tokens were summed.
+    pub tokens: u64,
+    /// Equal for parameters that read the same input (q/k/v of a block, gate/up), so a plugin
+    /// can factor the matrix once for them; unique within the pass otherwise.
+    pub group: u64,
 }
 
 /// How a strategy receives the plan context: a borrowed trait object.

@@ -3,7 +3,7 @@ use abi_stable::StableAbi;
 /// Major version of the Birdbone plugin ABI. A plugin of another major is refused.
 pub const ABI_MAJOR: u32 = 1;
 /// Minor version of the Birdbone plugin ABI. A host accepts plugins of this minor or older.
-pub const ABI_MINOR: u32 = 0;
+pub const ABI_MINOR: u32 = 1;
 
 /// Capabilities a host of this ABI version offers; components name the ones they require in
 /// [`crate::Capabilities::requires`].
@@ -15,11 +15,27 @@ pub const ABI_MINOR: u32 = 0;
 /// - `decide.nm`: [`crate::Decision::NM`].
 /// - `scores.fused-magnitude`: [`crate::ScoreOut::Magnitude`], evaluated inside the host's
 ///   selection kernels without materialising scores.
+///
+/// Added in ABI 1.1, for methods that reconstruct the weights they keep (SparseGPT):
+///
+/// - `ops.linalg`: [`crate::HostOps`]' `matmul`, `cholesky`, `cholesky_inverse`,
+///   `solve_triangular`, `narrow` and `diagonal`;
+/// - `ops.select-mask`: `smallest_mask`, an exact k-smallest mask of one tensor;
+/// - `ops.obs-sweep`: `obs_sweep`, the optimal-brain-surgeon column sweep;
+/// - `inputs.hessian`: [`crate::PlanContext::hessian`], `XᵀX` of each Linear's calibration
+///   inputs ([`crate::InputSet::HESSIAN`]);
+/// - `plan.reconstruct`: [`crate::PlanContext::weight`] and [`crate::PlanContext::propose`],
+///   new values for the weights a strategy keeps.
 pub const HOST_CAPABILITIES: &[&str] = &[
     "ops.v1",
     "select.exact",
     "decide.nm",
     "scores.fused-magnitude",
+    "ops.linalg",
+    "ops.select-mask",
+    "ops.obs-sweep",
+    "inputs.hessian",
+    "plan.reconstruct",
 ];
 
 /// A Birdbone ABI version: `major.minor`.

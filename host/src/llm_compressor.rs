@@ -7,7 +7,7 @@
 //! | modifier | Birdbone |
 //! | --- | --- |
 //! | `WandaPruningModifier` | scorer `wanda`; strategy `layerwise` with `scope: row` (the paper's per-output comparison), or `nm` with a `mask_structure` N:M |
-//! | `SparseGPTModifier` | scorer `sparsegpt` (a plugin of that name must be loaded); strategy as above |
+//! | `SparseGPTModifier` | strategy `sparsegpt` (unstructured, or the N:M pattern of `mask_structure`), sequential calibration (llm-compressor's layer-by-layer pipeline); `block_size` and `dampening_frac` become its `blocksize` and `percdamp` |
 //!
 //! Modifier keys: `sparsity` (a number), `mask_structure` (`"0:0"` unstructured, or `"N:M"`
 //! pruning N of every M, as llm-compressor counts), `targets` (`Linear`, a decoder-layer class
@@ -36,6 +36,8 @@ const MODIFIER_KEYS: &[&str] = &[
     "targets",
     "ignore",
     "sequential_update",
+    "block_size",
+    "dampening_frac",
 ];
 
 /// Classes whose every Linear weight is a target.
@@ -142,9 +144,9 @@ fn module_pattern(t: &str) -> String {
 /// The Birdbone recipe an llm-compressor recipe asks for.
 pub fn to_recipe(v: &Value) -> Result<Recipe> {
     let (modifier, args) = find_modifier(v)?;
-    let scorer = match modifier.as_str() {
-        "WandaPruningModifier" => "wanda",
-        "SparseGPTModifier" => "sparsegpt",
+    let sparsegpt = match modifier.as_str() {
+        "WandaPruningModifier" => false,
+        "SparseGPTModifier" => true,
         other => {
             return Err(invalid(format!(
                 "modifier '{other}' is not supported (accepted: WandaPruningModifier, SparseGPTModifier)"
@@ -159,8 +161,15 @@ pub fn to_recipe(v: &Value) -> Result<Recipe> {
             )));
         }
     }
+    for k in ["block_size", "dampening_frac"] {
+        if !sparsegpt && args.contains_key(k) {
+            return Err(invalid(format!(
+                "{modifier}: '{k}' is a SparseGPTModifier setting"
+            )));
+        }
+    }
     let mut r = Recipe {
-        scorer: ComponentSpec::named(scorer),
+        scorer: ComponentSpec::named(if sparsegpt { "magnitude" } else { "wanda" }),
         ..Recipe::default()
     };
     r.sparsity = match args.get("sparsity") {
@@ -199,6 +208,25 @@ pub fn to_recipe(v: &Value) -> Result<Recipe> {
         });
         r.strategy = ComponentSpec::named("nm");
     }
+    if sparsegpt {
+        // SparseGPT decides its own masks, unstructured or N:M: one strategy for both.
+        let mut strategy = ComponentSpec::named("sparsegpt");
+        if let Some(b) = args.get("block_size") {
+            let b = b.as_i64().ok_or_else(|| {
+                invalid(format!("{modifier}.block_size must be an integer, got {b}"))
+            })?;
+            strategy.params.insert("blocksize".into(), Scalar::Int(b));
+        }
+        if let Some(d) = args.get("dampening_frac") {
+            let d = d.as_f64().ok_or_else(|| {
+                invalid(format!(
+                    "{modifier}.dampening_frac must be a number, got {d}"
+                ))
+            })?;
+            strategy.params.insert("percdamp".into(), Scalar::Float(d));
+        }
+        r.strategy = strategy;
+    }
     if let Some(t) = args.get("targets") {
         for t in strings(t, "targets")? {
             if t == "Linear" || t == "__ALL__" {
@@ -227,7 +255,8 @@ pub fn to_recipe(v: &Value) -> Result<Recipe> {
         }
     }
     let sequential = match args.get("sequential_update") {
-        None => false,
+        // llm-compressor runs SparseGPT through its sequential pipeline, as the paper does.
+        None => sparsegpt,
         Some(Value::Bool(b)) => *b,
         Some(other) => {
             return Err(invalid(format!(

@@ -14,7 +14,7 @@ use abi_stable::{
     std_types::{RResult, RSlice, RVec},
 };
 use birdbone_host_api::{
-    Decision, HostOps_Ref, NmPattern, ParamInfo, PlanContext, PlanContext_TO, PluginError,
+    Decision, Hessian, HostOps_Ref, NmPattern, ParamInfo, PlanContext, PlanContext_TO, PluginError,
     ScoreRequest, SelectScope, Selection, StrategyBox, Target, Tensor, TensorId,
 };
 use birdbone_select::{key_value, GlobalSelection, ParamQuota};
@@ -82,6 +82,18 @@ pub trait PlanBackend {
     fn plan_mask(&mut self, p: u32, mask: TensorId) -> Result<Self::Planned, Self::Error>;
     /// Plans leaving `p` as it is.
     fn plan_keep(&mut self, p: u32) -> Self::Planned;
+    /// The weight of `p`, lent to the strategy until planning ends (ABI 1.1).
+    fn lend_weight(&mut self, p: u32) -> Result<Tensor, Self::Error>;
+    /// The Hessian statistics of `p`, lent until planning ends (ABI 1.1).
+    fn lend_hessian(&mut self, p: u32) -> Result<Hessian, Self::Error>;
+    /// Plans new values for `p`: `values` where `keep` (the plugin's tensors) is nonzero, else
+    /// 0 (ABI 1.1).
+    fn plan_values(
+        &mut self,
+        p: u32,
+        values: TensorId,
+        keep: TensorId,
+    ) -> Result<Self::Planned, Self::Error>;
 }
 
 enum SelRecord<R> {
@@ -315,6 +327,21 @@ impl<B: PlanBackend> PlanDriver<B> {
         Ok(())
     }
 
+    /// Records `planned` as the decision of `p`, refusing a second decision.
+    fn settle(
+        &mut self,
+        p: u32,
+        plan: impl FnOnce(&mut B) -> Result<B::Planned, B::Error>,
+    ) -> Result<(), B::Error> {
+        let name = self.info(p)?.name.to_string();
+        if self.decisions[p as usize].is_some() {
+            bail!("parameter '{name}' was already decided");
+        }
+        let planned = plan(&mut self.backend)?;
+        self.decisions[p as usize] = Some(planned);
+        Ok(())
+    }
+
     fn record<T>(&mut self, r: Result<T, B::Error>) -> Result<T, B::Error> {
         if let Err(e) = &r {
             if self.error.is_none() {
@@ -380,6 +407,38 @@ impl<B: PlanBackend> PlanContext for PlanDriver<B> {
     fn decide(&mut self, param: u32, decision: Decision) -> RResult<(), PluginError> {
         B::guard(|| {
             let r = PlanDriver::decide(self, param, decision);
+            self.record(r)
+        })
+    }
+
+    fn weight(&mut self, param: u32) -> RResult<Tensor, PluginError> {
+        B::guard(|| {
+            let r = match self.info(param) {
+                Ok(_) => self.backend.lend_weight(param),
+                Err(e) => Err(e.into()),
+            };
+            self.record(r)
+        })
+    }
+
+    fn hessian(&mut self, param: u32) -> RResult<Hessian, PluginError> {
+        B::guard(|| {
+            let r = match self.info(param) {
+                Ok(_) => self.backend.lend_hessian(param),
+                Err(e) => Err(e.into()),
+            };
+            self.record(r)
+        })
+    }
+
+    fn propose(
+        &mut self,
+        param: u32,
+        values: TensorId,
+        keep: TensorId,
+    ) -> RResult<(), PluginError> {
+        B::guard(|| {
+            let r = self.settle(param, |b| b.plan_values(param, values, keep));
             self.record(r)
         })
     }

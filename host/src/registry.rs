@@ -77,6 +77,44 @@ fn is_shared_library(path: &Path) -> bool {
     )
 }
 
+/// Opens a plugin library and checks its layout against this host's.
+///
+/// abi_stable lets a prefix type (a table of functions) have more fields in the *library* than
+/// in the loader: libraries may be newer. Birdbone's tables also flow the other way: the host's
+/// [`birdbone_host_api::HostOps`] and plan context gain functions in later minors, and plugins
+/// built against an earlier minor read only the fields they know. So the layout is checked with
+/// the plugin's side as the interface: every table may be longer on the host's side, never
+/// shorter, and every other type must match exactly. A plugin whose tables are longer than the
+/// host's (built against a later minor) passes abi_stable's own direction instead, and is then
+/// refused by the version check with a message saying so.
+fn load_module(path: &Path) -> Result<PluginModule_Ref, LibraryError> {
+    use abi_stable::{
+        abi_stability::abi_checking::check_layout_compatibility, library::RootModule,
+        std_types::RBoxError, StableAbi,
+    };
+    let header = lib_header_from_path(path)?;
+    let major = |v| abi_stable::sabi_types::VersionNumber::new(v).map(|v| v.major);
+    let same_major = matches!(
+        (major(header.version_strings()), major(PluginModule_Ref::VERSION_STRINGS)),
+        (Ok(a), Ok(b)) if a == b
+    );
+    let (true, Some(theirs)) = (same_major, header.layout()) else {
+        // Another major (abi_stable's version error names it), or no layout to check.
+        return header.init_root_module::<PluginModule_Ref>();
+    };
+    let ours = <PluginModule_Ref as StableAbi>::LAYOUT;
+    match check_layout_compatibility(theirs, ours) {
+        // SAFETY: the layouts were just checked compatible, host tables at least as long.
+        Ok(()) => unsafe { header.init_root_module_with_unchecked_layout::<PluginModule_Ref>() },
+        Err(_) => match check_layout_compatibility(ours, theirs) {
+            // A newer plugin: safe to open and read its version, which the caller refuses.
+            Ok(()) => header.init_root_module::<PluginModule_Ref>(),
+            // Reported as abi_stable reports it: "expected" is the host's side.
+            Err(e) => Err(LibraryError::AbiInstability(RBoxError::from_fmt(&e))),
+        },
+    }
+}
+
 fn explain(err: LibraryError) -> String {
     match err {
         LibraryError::OpenError { err, .. } => format!("not a loadable shared library ({err})"),
@@ -223,9 +261,7 @@ impl PluginRegistry {
         if !path.exists() {
             return self.reject(path, "no such file".into());
         }
-        let module = match lib_header_from_path(path)
-            .and_then(|h| h.init_root_module::<PluginModule_Ref>())
-        {
+        let module = match load_module(path) {
             Ok(m) => m,
             Err(e) => return self.reject(path, explain(e)),
         };

@@ -85,6 +85,18 @@ impl PlanBackend for VecBackend {
     fn plan_keep(&mut self, _: u32) -> Planned {
         Planned::Keep
     }
+    fn lend_weight(&mut self, _: u32) -> Result<Tensor, Error> {
+        Err(Error::Invalid("no tensors here".into()))
+    }
+    fn lend_hessian(&mut self, _: u32) -> Result<birdbone_host_api::Hessian, Error> {
+        Err(Error::Invalid("no Hessians here".into()))
+    }
+    fn plan_values(&mut self, p: u32, _: TensorId, _: TensorId) -> Result<Planned, Error> {
+        Ok(Planned::Prune {
+            pruned: p as u64,
+            what: "new values".into(),
+        })
+    }
 }
 
 fn info(index: u32, name: &str, shape: &[i64]) -> ParamInfo {
@@ -245,4 +257,29 @@ fn a_parameter_left_undecided_fails_the_pass_by_name() {
 /// The decisions so far, as a pass would take them after its strategy returned.
 fn into_decisions(d: PlanDriver<VecBackend>) -> Vec<Option<Planned>> {
     d.into_outcome().decisions
+}
+
+/// ABI 1.1's proposals are decisions like the others: one per parameter, indices checked, and
+/// the backend's refusal (no Hessians here) reported as the host's own error.
+#[test]
+fn proposed_values_are_one_decision_per_parameter() {
+    let (mut d, infos) = driver();
+    d.propose(0, TensorId(1), TensorId(2))
+        .into_result()
+        .unwrap();
+    let e = message(d.propose(0, TensorId(1), TensorId(2)));
+    assert!(e.contains("already decided"), "{e}");
+    let e = message(d.propose(9, TensorId(1), TensorId(2)));
+    assert!(e.contains("out of range"), "{e}");
+    let e = message(d.hessian(1));
+    assert!(e.contains("no Hessians here"), "{e}");
+    d.decide(1, Decision::Keep).into_result().unwrap();
+    let decided = all_decided(d.into_outcome().decisions, &infos, "s").unwrap();
+    assert_eq!(
+        decided[0],
+        Planned::Prune {
+            pruned: 0,
+            what: "new values".into()
+        }
+    );
 }

@@ -13,7 +13,7 @@ fn builtin_plugins_load_from_their_shared_libraries() {
     let dir = plugin_dir_with(&builtin_plugin_files());
     let mut reg = PluginRegistry::new();
     let summary = reg.load_dir(dir.path());
-    assert_eq!(summary.loaded.len(), 6, "{:?}", summary.rejected);
+    assert_eq!(summary.loaded.len(), 8, "{:?}", summary.rejected);
     assert!(summary.rejected.is_empty());
     let names: Vec<&str> = reg.components().map(|c| c.info.name.as_str()).collect();
     assert_eq!(
@@ -25,10 +25,20 @@ fn builtin_plugins_load_from_their_shared_libraries() {
             "magnitude",
             "movement",
             "nm",
+            "ria",
+            "sparsegpt",
             "taylor",
             "wanda"
         ]
     );
+    let sparsegpt = reg.component("sparsegpt").unwrap();
+    assert_eq!(sparsegpt.info.kind, ComponentKind::Strategy);
+    assert_eq!(sparsegpt.info.capabilities.inputs, InputSet::HESSIAN);
+    assert!(sparsegpt
+        .info
+        .capabilities
+        .granularity
+        .contains(Granularity::NM));
     let taylor = reg.component("taylor").unwrap();
     assert_eq!(taylor.info.capabilities.inputs, InputSet::GRADIENTS);
     assert!(taylor.info.capabilities.stateful);
@@ -94,6 +104,69 @@ fn third_party_plugin_built_outside_the_workspace_loads_and_runs() {
     assert_eq!(w.eq(0.0).sum(tch::Kind::Int64).int64_value(&[]), 768);
 }
 
+/// A plugin built against the previous minor (the frozen ABI 1.0 `birdbone-host-api` in
+/// tests/fixtures/abi-1.0) loads into this host and prunes exactly as the same code built
+/// against today's ABI: the built-in wanda and layerwise, on real weights and statistics.
+#[test]
+fn plugins_built_against_abi_1_0_load_and_run_unchanged() {
+    let so = workspace_root().join("target/fixtures/debug/libbirdbone_fixture_plugin_abi_1_0.so");
+    assert!(
+        so.exists(),
+        "{} is missing: scripts/test.sh builds tests/fixtures/abi-1.0/plugin first",
+        so.display()
+    );
+    let mut reg = builtin_registry();
+    let s = reg.load_paths(&[so]);
+    assert!(s.rejected.is_empty(), "{:?}", s.rejected);
+    let old = reg.component("wanda-abi-1-0").expect("the 1.0 scorer");
+    assert_eq!(
+        (old.plugin.manifest.abi.major, old.plugin.manifest.abi.minor),
+        (1, 0)
+    );
+    assert_eq!(
+        (birdbone_host_api::ABI_MAJOR, birdbone_host_api::ABI_MINOR),
+        (1, 1)
+    );
+
+    let _g = tch::no_grad_guard();
+    let weights: Vec<(String, tch::Tensor)> = crate::checks::real_weights(tch::Kind::Float)
+        .into_iter()
+        .filter(|(n, _)| n.starts_with("model.layers.1") && n.ends_with("proj.weight"))
+        .collect();
+    let stats: BTreeMap<String, (tch::Tensor, u64)> = weights
+        .iter()
+        .map(|(n, w)| {
+            let g = tch::Tensor::randn([w.size()[1]], (tch::Kind::Float, tch::Device::Cpu));
+            (n.clone(), (g.square() * 100.0, 512))
+        })
+        .collect();
+    let stats = birdbone_tch::ActivationStats::from(stats);
+    let run = |scorer: &str, strategy: &str| -> Vec<tch::Tensor> {
+        let params: Vec<(String, tch::Tensor)> =
+            weights.iter().map(|(n, w)| (n.clone(), w.copy())).collect();
+        let mut settings = BTreeMap::new();
+        settings.insert("scope".to_string(), "row".to_string());
+        let mut pruner =
+            birdbone_tch::Pruner::new(&reg, scorer, &no_settings(), strategy, &settings).unwrap();
+        let cfg = birdbone_tch::PassConfig {
+            sparsity: 0.5,
+            ..Default::default()
+        };
+        let inputs = birdbone_tch::PassInputs {
+            stats: Some(&stats),
+            ..Default::default()
+        };
+        pruner.run(&params, &cfg, inputs).unwrap();
+        params.into_iter().map(|(_, t)| t).collect()
+    };
+    let old = run("wanda-abi-1-0", "layerwise-abi-1-0");
+    let new = run("wanda", "layerwise");
+    assert!(old.len() > 10);
+    for (o, n) in old.iter().zip(&new) {
+        assert!(o.equal(n), "the 1.0 plugin pruned differently");
+    }
+}
+
 #[test]
 fn incompatible_plugins_are_rejected_with_reasons_and_the_rest_load() {
     let mut files = builtin_plugin_files();
@@ -114,7 +187,7 @@ fn incompatible_plugins_are_rejected_with_reasons_and_the_rest_load() {
 
     let mut reg = PluginRegistry::new();
     let s = reg.load_dir(dir.path());
-    assert_eq!(s.loaded.len(), 6);
+    assert_eq!(s.loaded.len(), 8);
     let reason = |needle: &str| -> String {
         let r = s
             .rejected
@@ -124,7 +197,7 @@ fn incompatible_plugins_are_rejected_with_reasons_and_the_rest_load() {
         r.reason.clone()
     };
     assert!(
-        reason("future_abi").contains("ABI 2.x; this host speaks 1.0"),
+        reason("future_abi").contains("ABI 2.x; this host speaks 1.1"),
         "{}",
         reason("future_abi")
     );
@@ -134,7 +207,7 @@ fn incompatible_plugins_are_rejected_with_reasons_and_the_rest_load() {
         reason("layout_mismatch")
     );
     assert!(
-        reason("newer_minor").contains("ABI 1.1; this host speaks 1.0"),
+        reason("newer_minor").contains("ABI 1.2; this host speaks 1.1"),
         "{}",
         reason("newer_minor")
     );
@@ -175,12 +248,12 @@ fn duplicate_component_names_are_refused() {
 
 #[test]
 fn twenty_plugin_files_load_in_one_scan() {
-    // 6 built-ins plus 14 renamed copies: every copy loads as a library and each of its
+    // 8 built-ins plus 12 renamed copies: every copy loads as a library and each of its
     // components is refused for its duplicate name (training-signals offers three); nothing is
     // unloaded or lost.
     let files = builtin_plugin_files();
     let dir = plugin_dir_with(&files);
-    for i in 0..14 {
+    for i in 0..12 {
         let src = &files[i % files.len()];
         std::fs::copy(src, dir.path().join(format!("libcopy{i:02}.so"))).unwrap();
     }
@@ -191,7 +264,7 @@ fn twenty_plugin_files_load_in_one_scan() {
             1
         }
     };
-    let duplicates: usize = (0..14)
+    let duplicates: usize = (0..12)
         .map(|i| components_of(&files[i % files.len()]))
         .sum();
     let mut reg = PluginRegistry::new();
@@ -202,7 +275,7 @@ fn twenty_plugin_files_load_in_one_scan() {
         .rejected
         .iter()
         .all(|r| r.reason.contains("is already offered by")));
-    assert_eq!(reg.components().count(), 8);
+    assert_eq!(reg.components().count(), 10);
     eprintln!("loaded 20 plugin files in {:.1} ms", s.seconds * 1e3);
 }
 

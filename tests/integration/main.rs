@@ -15,8 +15,11 @@
 //!   used for a live re-prune.
 //! - `cli`: the `birdbone` command: recipes, calibration, the folder transformers loads, hub
 //!   ids, JSON output, pictures, bad input.
+//! - `reconstruct`: SparseGPT against fasterprune written out, the sequential pass as one
+//!   transaction, an unfactorable Hessian, RIA's formula.
 //! - `undo`: a failed commit rolled back bit for bit, passes taken back, the callback's masks.
-//! - `gpu`: CUDA paths against the CPU path; they return early where no GPU is present.
+//! - `gpu`, `gpu_reconstruct`: CUDA paths against the CPU path; they return early where no GPU
+//!   is present.
 
 mod checks;
 mod cli;
@@ -24,11 +27,13 @@ mod families;
 mod faults;
 mod gguf;
 mod gpu;
+mod gpu_reconstruct;
 mod llama;
 mod loader;
 mod masks;
 mod models;
 mod prune;
+mod reconstruct;
 mod serve;
 mod train;
 mod undo;

@@ -42,6 +42,8 @@ pub fn builtin_plugin_files() -> Vec<PathBuf> {
         "nm",
         "wanda",
         "training_signals",
+        "sparsegpt",
+        "ria",
     ]
     .iter()
     .map(|n| plugin_file(&format!("birdbone_plugin_{n}")))

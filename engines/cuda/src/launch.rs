@@ -58,7 +58,13 @@ pub(crate) const KERNEL_TABLE: &[KernelSpec] = &[
     k("sqrt_many_f32", "", 256, 0),
     k("find_non_finite", "", 256, 0),
     k("apply_mask_", "", 256, 0),
+    k("obs_sweep", "", OBS_THREADS, 0),
 ];
+
+/// Threads (rows) per block of the column sweep; its shared memory is `OBS_THREADS × b` f32.
+pub const OBS_THREADS: u32 = 32;
+/// The widest block of columns the sweep takes (its row must fit in shared memory).
+pub const OBS_MAX_COLS: u32 = 256;
 
 /// The table entry of entry point `name`.
 pub(crate) fn spec(name: &str) -> Result<&'static KernelSpec> {
@@ -149,6 +155,14 @@ device_ptrs! {
     SqrtTable;
     /// u64 per slot (set to !0 before): the first non-finite element's index.
     FirstBad;
+    /// f32 rows × b (row stride given): the weights a column sweep updates.
+    SweepW;
+    /// f32 b × b (row stride given): the block of `H⁻¹`'s upper Cholesky factor.
+    SweepHinv;
+    /// u8 rows × b: 1 = pruned.
+    SweepPrune;
+    /// f32 rows × b: the sweep's errors.
+    SweepErr;
 }
 
 /// A kernel argument pushed into a launch (the values are copied by the driver at launch).
@@ -718,6 +732,38 @@ impl Gpu {
             &name,
             (nchunks as u64).min(self.sms as u64 * 8),
             &[&segs, &chunks, &nchunks, &first],
+        )
+    }
+
+    /// SparseGPT's column sweep (`kernels/obs.cu`) over `rows` rows of a block of `b` columns
+    /// (at most [`OBS_MAX_COLS`]); `nm = (n, m)` decides N:M groups in the sweep.
+    #[allow(clippy::too_many_arguments)]
+    pub fn obs_sweep(
+        &self,
+        w: SweepW,
+        w_stride: u64,
+        hinv: SweepHinv,
+        h_stride: u64,
+        prune: SweepPrune,
+        err: SweepErr,
+        rows: u32,
+        b: u32,
+        nm: Option<(u32, u32)>,
+    ) -> Result<()> {
+        if b > OBS_MAX_COLS {
+            return Err(CudaError(format!(
+                "obs_sweep: blocks of {b} columns; at most {OBS_MAX_COLS}"
+            )));
+        }
+        let (n, m) = nm.unwrap_or((0, 0));
+        self.launch_shaped(
+            "obs_sweep",
+            (rows as u64).div_ceil(OBS_THREADS as u64),
+            OBS_THREADS,
+            OBS_THREADS * b * 4,
+            &[
+                &w, &w_stride, &hinv, &h_stride, &prune, &err, &rows, &b, &n, &m,
+            ],
         )
     }
 

@@ -49,6 +49,7 @@ pub const KERNELS: &str = concat!(
     include_str!("kernels/rows_apply.cu"),
     include_str!("kernels/bookkeeping.cu"),
     include_str!("kernels/entries.cu"),
+    include_str!("kernels/obs.cu"),
 );
 
 /// A CUDA failure, with what was being done.

@@ -11,6 +11,7 @@
 
 mod keys;
 mod mask;
+pub mod obs;
 mod select;
 
 pub use keys::{key_of, key_value, Elems, ScoreSource};

@@ -33,6 +33,7 @@
 mod config;
 mod host;
 mod info;
+mod linalg;
 mod plan;
 mod plugin;
 
@@ -60,7 +61,7 @@ pub mod prelude {
     };
     pub use crate::{
         BinaryOp, Capabilities, ComponentInfo, ComponentKind, DType, Decision, Device, DeviceKind,
-        DeviceSet, ErrorCode, Granularity, GranularitySet, InputSet, NmPattern, ParamInfo,
+        DeviceSet, ErrorCode, Granularity, GranularitySet, Hessian, InputSet, NmPattern, ParamInfo,
         ParamKind, ParamSpec, ParamValue, PluginError, ReduceOp, ScoreInputs, ScoreOut,
         ScoreRequest, SelectScope, Selection, Target, Tensor, TensorId, UnaryOp,
     };

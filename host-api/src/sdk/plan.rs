@@ -1,6 +1,7 @@
 use crate::{
     sdk::{Host, OwnedTensor},
-    Decision, ParamInfo, PlanContextMut, PluginError, ScoreRequest, SelectScope, Selection,
+    Decision, Hessian, ParamInfo, PlanContextMut, PluginError, ScoreRequest, SelectScope,
+    Selection, TensorId,
 };
 
 /// A strategy's view of the planning pass: safe methods over [`crate::PlanContext`].
@@ -59,5 +60,26 @@ impl<'a> Plan<'a> {
     /// Records the decision for one parameter.
     pub fn decide(&mut self, param: u32, decision: Decision) -> Result<(), PluginError> {
         self.ctx.decide(param, decision).into_result()
+    }
+
+    /// The weight of one parameter, borrowed until `select` returns (ABI 1.1).
+    pub fn weight(&mut self, param: u32) -> Result<crate::Tensor, PluginError> {
+        self.ctx.weight(param).into_result()
+    }
+
+    /// `XᵀX` of one parameter's calibration inputs, borrowed until `select` returns (ABI 1.1).
+    pub fn hessian(&mut self, param: u32) -> Result<Hessian, PluginError> {
+        self.ctx.hessian(param).into_result()
+    }
+
+    /// Decides `param` with new values: `values` where `keep` is nonzero, 0 elsewhere (ABI 1.1).
+    pub fn propose(
+        &mut self,
+        param: u32,
+        values: &OwnedTensor,
+        keep: &OwnedTensor,
+    ) -> Result<(), PluginError> {
+        let (v, k): (TensorId, TensorId) = (values.tensor().id, keep.tensor().id);
+        self.ctx.propose(param, v, k).into_result()
     }
 }

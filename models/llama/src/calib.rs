@@ -4,9 +4,30 @@ use std::time::Instant;
 use tch::Tensor;
 
 use crate::{
-    model::{Llama, StatsRecorder},
+    model::{HessianSums, Llama, StatsRecorder},
     Result,
 };
+
+/// What a calibration run recorded: the squared-input sums always, `XᵀX` when asked for.
+pub struct Calibrated {
+    /// Per weight name: per-column sums of squared inputs and tokens (Wanda's statistics).
+    pub sums: ActivationSums,
+    /// Per weight name: `XᵀX` of its inputs (empty unless asked for).
+    pub hessians: HessianSums,
+}
+
+fn recorder(hessians: bool) -> StatsRecorder {
+    if hessians {
+        StatsRecorder::new().with_hessians()
+    } else {
+        StatsRecorder::new()
+    }
+}
+
+fn calibrated(rec: StatsRecorder) -> Calibrated {
+    let (sums, hessians) = rec.into_parts();
+    Calibrated { sums, hessians }
+}
 
 /// What a calibration run saw.
 #[derive(Clone, Copy, Debug, serde::Serialize)]
@@ -50,9 +71,22 @@ pub fn collect_stats_with(
     batch: usize,
     progress: &mut dyn FnMut(usize),
 ) -> Result<(ActivationSums, CalibrationReport)> {
+    calibrate(model, windows, batch, false, progress).map(|(c, r)| (c.sums, r))
+}
+
+/// One-pass calibration: every Linear's statistics over the calibration windows, with the model
+/// as it is, and `XᵀX` of every distinct Linear input when `hessians`; `progress(windows done)`
+/// after every forward pass.
+pub fn calibrate(
+    model: &Llama,
+    windows: &[Vec<i64>],
+    batch: usize,
+    hessians: bool,
+    progress: &mut dyn FnMut(usize),
+) -> Result<(Calibrated, CalibrationReport)> {
     let started = Instant::now();
     let _g = tch::no_grad_guard();
-    let mut rec = StatsRecorder::new();
+    let mut rec = recorder(hessians);
     let mut tokens = 0;
     for ids in batches(windows, batch, model) {
         let ids = ids?;
@@ -61,7 +95,7 @@ pub fn collect_stats_with(
         progress((tokens / ids.size()[1] as u64) as usize);
     }
     Ok((
-        rec.into_sums(),
+        calibrated(rec),
         CalibrationReport {
             windows: windows.len(),
             tokens,
@@ -91,6 +125,21 @@ pub fn for_each_block_sequential<E: From<crate::Error>>(
     batch: usize,
     mut per_block: impl FnMut(usize, &[String], ActivationSums) -> std::result::Result<(), E>,
 ) -> std::result::Result<CalibrationReport, E> {
+    for_each_block_calibrated(model, windows, batch, false, |i, names, c| {
+        per_block(i, names, c.sums)
+    })
+}
+
+/// [`for_each_block_sequential`], handing each block its [`Calibrated`] statistics, with `XᵀX`
+/// of every distinct Linear input when `hessians` (SparseGPT's sequential calibration: each
+/// block's Hessians come from the outputs of the blocks before it, as they were rewritten).
+pub fn for_each_block_calibrated<E: From<crate::Error>>(
+    model: &Llama,
+    windows: &[Vec<i64>],
+    batch: usize,
+    hessians: bool,
+    mut per_block: impl FnMut(usize, &[String], Calibrated) -> std::result::Result<(), E>,
+) -> std::result::Result<CalibrationReport, E> {
     let started = Instant::now();
     let _g = tch::no_grad_guard();
     let mut hidden: Vec<Tensor> = Vec::new();
@@ -103,11 +152,11 @@ pub fn for_each_block_sequential<E: From<crate::Error>>(
     for i in 0..model.num_blocks() {
         let _span = tracing::debug_span!("calibration block", block = i).entered();
         let names = model.block_linear_names(i);
-        let mut rec = StatsRecorder::new();
+        let mut rec = recorder(hessians);
         for x in &hidden {
             let _ = model.block_forward(i, x, 0, None, Some(&mut rec))?;
         }
-        per_block(i, &names, rec.into_sums())?;
+        per_block(i, &names, calibrated(rec))?;
         for x in hidden.iter_mut() {
             *x = model.block_forward(i, x, 0, None, None)?;
         }

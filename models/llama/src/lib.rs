@@ -24,12 +24,13 @@ mod text;
 
 pub use birdbone_model_folder::{LlamaConfig, RopeScaling};
 pub use calib::{
-    collect_stats, collect_stats_with, for_each_block_sequential, ActivationSums, CalibrationReport,
+    calibrate, collect_stats, collect_stats_with, for_each_block_calibrated,
+    for_each_block_sequential, ActivationSums, Calibrated, CalibrationReport,
 };
 pub use eval::{lm_loss, perplexity, perplexity_with, token_windows, EvalConfig, Perplexity};
 pub use generate::generate_greedy;
 pub use load::{hub_cache_dir, is_hub_id, parse_device, resolve_model_dir, Loaded};
-pub use model::{KvCache, Llama, StatsRecorder};
+pub use model::{HessianSums, KvCache, Llama, StatsRecorder};
 pub use text::{read_text, text_dir};
 
 /// What can go wrong in the runtime.

@@ -15,6 +15,30 @@ pub struct StatsRecorder {
     sums: BTreeMap<String, (Tensor, u64)>,
     /// Only weights whose name passes this filter are recorded (all when `None`).
     only: Option<NameFilter>,
+    /// `XᵀX` per group of Linears that read one input, and the tokens summed, when asked for
+    /// ([`StatsRecorder::with_hessians`]).
+    hessians: Option<Vec<(Vec<String>, Tensor, u64)>>,
+}
+
+/// Per weight name: `XᵀX` of its inputs (f32 `[in, in]`, on the model's device; one tensor
+/// shared by the Linears that read the same input), the tokens summed, and the number of that
+/// group of Linears (in recording order).
+pub type HessianSums = BTreeMap<String, (Tensor, u64, u64)>;
+
+/// `h += xᵀx` in f32. Half-precision CUDA inputs go through one tensor-core GEMM that
+/// accumulates in f32 (products of two bf16 or f16 values are exact in f32, so this is the sum
+/// an f32 GEMM of the widened inputs computes, in another order); others are widened first.
+fn add_gram(h: &Tensor, x: &Tensor) -> Result<()> {
+    let xt = x.f_transpose(0, 1)?;
+    if x.device().is_cuda()
+        && matches!(x.kind(), Kind::BFloat16 | Kind::Half)
+        && h.f_addmm_dtype_out(h, &xt, x, Kind::Float).is_ok()
+    {
+        return Ok(());
+    }
+    let xf = x.f_to_kind(Kind::Float)?;
+    let _ = h.shallow_clone().f_addmm_(&xf.f_transpose(0, 1)?, &xf)?;
+    Ok(())
 }
 
 impl StatsRecorder {
@@ -28,7 +52,15 @@ impl StatsRecorder {
         StatsRecorder {
             sums: BTreeMap::new(),
             only: Some(Box::new(keep)),
+            hessians: None,
         }
+    }
+
+    /// Also records `XᵀX` of every Linear's input (what SparseGPT needs): one f32 `[in, in]`
+    /// matrix per distinct input.
+    pub fn with_hessians(mut self) -> StatsRecorder {
+        self.hessians = Some(Vec::new());
+        self
     }
 
     fn wants(&self, name: &str) -> bool {
@@ -42,7 +74,25 @@ impl StatsRecorder {
             return Ok(());
         }
         let cols = *x.size().last().unwrap_or(&1);
-        let flat = x.f_reshape([-1, cols])?.f_to_kind(Kind::Float)?;
+        let raw = x.f_reshape([-1, cols])?;
+        if let Some(groups) = self.hessians.as_mut() {
+            let tokens = raw.size()[0] as u64;
+            match groups
+                .iter_mut()
+                .find(|(g, _, _)| g.iter().eq(wanted.iter()))
+            {
+                Some((_, h, count)) => {
+                    add_gram(h, &raw)?;
+                    *count += tokens;
+                }
+                None => {
+                    let h = Tensor::f_zeros([cols, cols], (Kind::Float, x.device()))?;
+                    add_gram(&h, &raw)?;
+                    groups.push((wanted.iter().map(|n| n.to_string()).collect(), h, tokens));
+                }
+            }
+        }
+        let flat = raw.f_to_kind(Kind::Float)?;
         let tokens = flat.size()[0] as u64;
         let sq = flat
             .f_square()?
@@ -66,6 +116,17 @@ impl StatsRecorder {
     /// of tokens summed.
     pub fn into_sums(self) -> crate::ActivationSums {
         self.sums
+    }
+
+    /// The statistics and, when recorded, the Hessians (empty otherwise).
+    pub fn into_parts(self) -> (crate::ActivationSums, HessianSums) {
+        let mut hessians = HessianSums::new();
+        for (group, (names, h, tokens)) in self.hessians.into_iter().flatten().enumerate() {
+            for n in names {
+                hessians.insert(n, (h.shallow_clone(), tokens, group as u64));
+            }
+        }
+        (self.sums, hessians)
     }
 
     /// Weights with statistics.

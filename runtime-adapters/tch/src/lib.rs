@@ -44,10 +44,23 @@ pub use error::{Error, HostError, Result};
 pub use mask::{MaskSet, ParamMask};
 pub use ops::host_ops;
 pub use params::{selected, ParamSource};
-pub use prune::{PassInputs, PrunePlan, Pruner};
-pub use stats::ActivationStats;
+pub use prune::{PassInputs, PrunePlan, Pruner, SequentialPass};
+pub use stats::{ActivationStats, HessianStat};
 pub use tensors::{dtype_of, kind_of, plugin_owned_count};
 pub use undo::{Journal, UndoHistory, UndoPolicy};
+
+/// SparseGPT's column sweep over one block, in place (see
+/// [`birdbone_host_api::HostOps::obs_sweep`]): `w` f32 `[rows, b]`, `hinv` f32 `[b, b]`, `prune`
+/// bool `[rows, b]`; returns the errors. The same operations on the CPU and CUDA.
+pub fn obs_sweep(
+    w: &tch::Tensor,
+    hinv: &tch::Tensor,
+    prune: &tch::Tensor,
+    nm: Option<birdbone_host_api::NmPattern>,
+) -> Result<tch::Tensor> {
+    let _g = tch::no_grad_guard();
+    ops::obs_sweep_checked(w, hinv, prune, nm)
+}
 
 /// Exact k-th smallest over a set of tensors (see [`birdbone_host_api::HostOps::kth_value`]).
 pub fn kth_value(xs: &[tch::Tensor], k: u64) -> Result<birdbone_host_api::KthValue> {

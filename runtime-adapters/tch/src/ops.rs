@@ -1,5 +1,9 @@
 //! The host operation table ([`HostOps`]) over libtorch. Each function catches panics, runs
-//! without autograd, and answers errors as values.
+//! without autograd, and answers errors as values. The operations of ABI 1.1 (linear algebra,
+//! masks, the OBS sweep) are in `linalg`.
+
+mod linalg;
+pub(crate) use linalg::obs_sweep_checked;
 
 use std::{
     panic::{catch_unwind, AssertUnwindSafe},
@@ -396,6 +400,14 @@ static OPS: LazyLock<HostOps_Ref> = LazyLock::new(|| {
         kth_value,
         kth_along,
         topk,
+        matmul: linalg::matmul,
+        cholesky: linalg::cholesky,
+        cholesky_inverse: linalg::cholesky_inverse,
+        solve_triangular: linalg::solve_triangular,
+        narrow: linalg::narrow,
+        diagonal: linalg::diagonal,
+        smallest_mask: linalg::smallest_mask,
+        obs_sweep: linalg::obs_sweep,
     };
     let leaked: &'static WithMetadata<HostOps> = Box::leak(Box::new(WithMetadata::new(table)));
     HostOps_Ref(leaked.static_as_prefix())

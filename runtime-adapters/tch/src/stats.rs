@@ -1,4 +1,6 @@
-//! Activation statistics handed to scorers: per input channel, the sum of squared inputs.
+//! Calibration statistics handed to components: per input channel, the sum of squared inputs
+//! (Wanda-like scorers), and per distinct Linear input, `XᵀX` (methods that reconstruct, such as
+//! SparseGPT).
 
 use std::collections::BTreeMap;
 
@@ -9,6 +11,18 @@ use tch::Tensor;
 #[derive(Default)]
 pub struct ActivationStats {
     entries: BTreeMap<String, (Tensor, u64)>,
+    hessians: BTreeMap<String, HessianStat>,
+}
+
+/// `XᵀX` of one Linear's inputs: f32 `[in, in]` on the weight's device, the tokens summed, and a
+/// group number shared by the Linears that read the same input (their matrices are one tensor).
+pub struct HessianStat {
+    /// `Σ x xᵀ`.
+    pub matrix: Tensor,
+    /// Tokens summed.
+    pub tokens: u64,
+    /// Equal for Linears that share the input.
+    pub group: u64,
 }
 
 impl ActivationStats {
@@ -27,6 +41,21 @@ impl ActivationStats {
         self.entries.get(name).map(|(t, n)| (t, *n))
     }
 
+    /// Sets the Hessian statistics of parameter `name`.
+    pub fn insert_hessian(&mut self, name: impl Into<String>, stat: HessianStat) {
+        self.hessians.insert(name.into(), stat);
+    }
+
+    /// The Hessian statistics of parameter `name`.
+    pub fn hessian(&self, name: &str) -> Option<&HessianStat> {
+        self.hessians.get(name)
+    }
+
+    /// Whether any Hessian statistics were collected.
+    pub fn has_hessians(&self) -> bool {
+        !self.hessians.is_empty()
+    }
+
     /// Names with statistics.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.entries.keys().map(|s| s.as_str())
@@ -43,9 +72,38 @@ impl ActivationStats {
     }
 }
 
+impl ActivationStats {
+    /// Statistics and Hessians as a calibration run records them: per name `(sq_sums, tokens)`
+    /// and `(XᵀX, tokens, group)`.
+    pub fn from_parts(
+        sums: BTreeMap<String, (Tensor, u64)>,
+        hessians: BTreeMap<String, (Tensor, u64, u64)>,
+    ) -> ActivationStats {
+        ActivationStats {
+            entries: sums,
+            hessians: hessians
+                .into_iter()
+                .map(|(n, (matrix, tokens, group))| {
+                    (
+                        n,
+                        HessianStat {
+                            matrix,
+                            tokens,
+                            group,
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+}
+
 impl From<BTreeMap<String, (Tensor, u64)>> for ActivationStats {
     /// Statistics from per-name `(sq_sums, tokens)`, as a calibration run records them.
     fn from(entries: BTreeMap<String, (Tensor, u64)>) -> ActivationStats {
-        ActivationStats { entries }
+        ActivationStats {
+            entries,
+            hessians: BTreeMap::new(),
+        }
     }
 }

@@ -160,6 +160,14 @@ pub(crate) fn get_writable(id: TensorId) -> Result<Tensor> {
     }
 }
 
+/// Whether the plugin owns `id` (may write it), as opposed to borrowing it from the host.
+pub(crate) fn owned_by_plugin(id: TensorId) -> Result<bool> {
+    match STORE.map.lock().get(&id.0) {
+        Some(e) => Ok(e.owner == Owner::Plugin),
+        None => Err(unknown(id)),
+    }
+}
+
 /// Removes an id the plugin owns.
 pub(crate) fn release(id: TensorId) -> Result<()> {
     let mut map = STORE.map.lock();

@@ -192,6 +192,11 @@ impl Journal {
         self.saved.is_empty()
     }
 
+    /// Adds a later commit's record (of other parameters), so one restore takes both back.
+    pub fn append(&mut self, later: Journal) {
+        self.saved.extend(later.saved);
+    }
+
     /// Puts every parameter back as it was before the commit, bit for bit. Tries them all and
     /// returns the first error.
     pub fn restore(&self) -> Result<()> {

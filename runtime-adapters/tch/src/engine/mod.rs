@@ -4,6 +4,8 @@
 
 mod cpu;
 mod cuda;
+mod obs;
+pub(crate) use obs::obs_sweep;
 pub mod stream;
 
 use std::sync::Arc;

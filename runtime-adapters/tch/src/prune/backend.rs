@@ -7,8 +7,8 @@ use std::time::Duration;
 use abi_stable::std_types::{RNone, ROption, RResult};
 use birdbone_host::plan::PlanBackend;
 use birdbone_host_api::{
-    self as api, Granularity, HostOps_Ref, PluginError, ScoreInputs, ScoreOut, ScoreRequest,
-    ScorerBox, TensorId,
+    self as api, Granularity, Hessian, HostOps_Ref, PluginError, ScoreInputs, ScoreOut,
+    ScoreRequest, ScorerBox, TensorId,
 };
 use birdbone_select::GlobalSelection;
 use tch::{Kind, Tensor};
@@ -44,6 +44,8 @@ pub(super) struct TchPlan<'a> {
     /// Host time in the scorer's calls (lending, the plugin, its host operations), in taking
     /// its output, and in launching row selections; logged when step timings are on.
     pub host_time: [Duration; 3],
+    /// Weights and Hessians lent to the strategy (ABI 1.1), until planning ends.
+    lent: Lent,
 }
 
 impl<'a> TchPlan<'a> {
@@ -60,6 +62,7 @@ impl<'a> TchPlan<'a> {
             scales_to_check: Vec::new(),
             fused: (0..params.len()).map(|_| None).collect(),
             host_time: Default::default(),
+            lent: Lent::default(),
         }
     }
 
@@ -421,5 +424,76 @@ impl PlanBackend for TchPlan<'_> {
 
     fn plan_keep(&mut self, _p: u32) -> Planned {
         Planned::Keep
+    }
+
+    fn lend_weight(&mut self, p: u32) -> Result<api::Tensor> {
+        let params = self.params;
+        self.lent.lend(&params[p as usize].weight)
+    }
+
+    fn lend_hessian(&mut self, p: u32) -> Result<Hessian> {
+        let params = self.params;
+        let pp = &params[p as usize];
+        let Some((matrix, tokens, group)) = &pp.hessian else {
+            birdbone_host::bail!(
+                "there are no Hessian statistics for '{}': the component must declare InputSet::HESSIAN so calibration collects them",
+                pp.name
+            );
+        };
+        Ok(Hessian {
+            matrix: self.lent.lend(matrix)?,
+            tokens: *tokens,
+            group: *group,
+        })
+    }
+
+    fn plan_values(&mut self, p: u32, values: TensorId, keep: TensorId) -> Result<Planned> {
+        let (v, k) = (tensors::get(values)?, tensors::get(keep)?);
+        let pp = &self.params[p as usize];
+        let w = &pp.weight;
+        for (t, what) in [(&v, "values"), (&k, "keep mask")] {
+            if t.size() != w.size() {
+                birdbone_host::bail!(
+                    "proposed {what} for '{}' have shape {:?}; the weight is {:?}",
+                    pp.name,
+                    t.size(),
+                    w.size()
+                );
+            }
+        }
+        if !v.is_floating_point() {
+            birdbone_host::bail!(
+                "proposed values for '{}' are {:?}; they must be floating point",
+                pp.name,
+                v.kind()
+            );
+        }
+        if !matches!(k.kind(), Kind::Bool | Kind::Uint8) {
+            birdbone_host::bail!(
+                "the keep mask for '{}' is {:?}; it must be u8 or bool",
+                pp.name,
+                k.kind()
+            );
+        }
+        self.check_weight_finite(p)?;
+        let keep = k.f_to_device(w.device())?.f_ne(0)?;
+        // A new tensor in every case (masked_fill is out of place), so nothing the plugin still
+        // owns is written at commit.
+        let values = v
+            .f_to_device(w.device())?
+            .f_to_kind(w.kind())?
+            .f_masked_fill(&keep.f_logical_not()?, 0.0)?
+            .f_contiguous()?;
+        let check = engine::find_non_finite(&[&values])?
+            .pop()
+            .expect("one check per tensor");
+        self.defer_check(p, "proposed value", check)?;
+        let kept = keep.f_sum(Kind::Int64)?.int64_value(&[]) as u64;
+        Ok(Planned::Values {
+            bits: engine::pack_keep(&keep)?,
+            values,
+            pruned: Count::Ready(w.numel() as u64 - kept),
+            what: "new values".into(),
+        })
     }
 }

@@ -40,7 +40,7 @@ impl PrunePlan {
             .map(|e| match &e.planned {
                 Planned::Keep => Ok(0),
                 Planned::Lazy { pruned, .. } => Ok(*pruned),
-                Planned::Mask { pruned, .. } => pruned.get(),
+                Planned::Mask { pruned, .. } | Planned::Values { pruned, .. } => pruned.get(),
             })
             .sum()
     }
@@ -106,6 +106,8 @@ impl PrunePlan {
                     Planned::Keep => {}
                     Planned::Lazy { .. } => journal.keep_whole(&e.weight)?,
                     Planned::Mask { bits, .. } => journal.keep_pruned(&e.weight, bits)?,
+                    // Every kept weight changes too: the journal holds the whole weight.
+                    Planned::Values { .. } => journal.keep_whole(&e.weight)?,
                 }
             }
             engine::mark(this.device, "commit: journal kept");
@@ -170,7 +172,7 @@ impl PrunePlan {
                     journal_bits.push(mask.as_ref().map(Tensor::shallow_clone));
                     (pruned, what.clone(), mask.filter(|_| keep))
                 }
-                Planned::Mask { bits, what, .. } => {
+                Planned::Mask { bits, what, .. } | Planned::Values { bits, what, .. } => {
                     journal_bits.push(None);
                     (
                         mask_out.next().expect("one result per item"),
@@ -235,7 +237,7 @@ impl PrunePlan {
         Ok((report, masks, journal_bits))
     }
 
-    /// Every write: the rules (batched on a GPU), then the masks. One parameter at a time when
+    /// Every write: the rules (batched on a GPU), then the masks and proposed values. One parameter at a time when
     /// a test armed a failure, so that it can fail between any two.
     #[allow(clippy::type_complexity)]
     fn write(&self, want_mask: bool) -> Result<(Vec<(Option<Tensor>, Count)>, Vec<Count>)> {
@@ -253,21 +255,16 @@ impl PrunePlan {
                 _ => unreachable!("filtered"),
             })
             .collect();
-        let masked: Vec<usize> = (0..self.entries.len())
-            .filter(|&i| matches!(self.entries[i].planned, Planned::Mask { .. }))
-            .collect();
-        let mask_items: Vec<(&Tensor, &Tensor)> = masked
+        let mask_writes = self
+            .entries
             .iter()
-            .map(|&i| match &self.entries[i].planned {
-                Planned::Mask { bits, .. } => (&self.entries[i].weight, bits),
-                _ => unreachable!("filtered"),
-            })
-            .collect();
+            .filter(|e| matches!(e.planned, Planned::Mask { .. } | Planned::Values { .. }))
+            .count();
         engine::mark(self.device, "(before the commit)");
         if !undo::failure_armed() {
             let lazy_out = engine::prune_many(&items, want_mask)?;
             engine::mark(self.device, "commit: rules applied");
-            let mask_out = engine::apply_masks(&mask_items)?;
+            let mask_out = self.write_masks_and_values(|_| Ok(()))?;
             return Ok((lazy_out, mask_out));
         }
         let (mut lazy_out, mut mask_out, mut written) = (vec![], vec![], 0);
@@ -276,12 +273,45 @@ impl PrunePlan {
             lazy_out.extend(engine::prune_many(it, want_mask)?);
             written += 1;
         }
-        for it in mask_items.chunks(1) {
-            undo::injected_failure(written)?;
-            mask_out.extend(engine::apply_masks(it)?);
-            written += 1;
-        }
-        undo::injected_failure(written)?;
+        mask_out.extend(self.write_masks_and_values(|i| undo::injected_failure(written + i))?);
+        undo::injected_failure(written + mask_writes)?;
         Ok((lazy_out, mask_out))
+    }
+
+    /// The mask and new-value writes, in entry order, calling `before(i)` ahead of the `i`-th
+    /// (where a test injects a failure); masks are batched when nothing is injected.
+    fn write_masks_and_values(&self, before: impl Fn(usize) -> Result<()>) -> Result<Vec<Count>> {
+        let armed = undo::failure_armed();
+        let mut out = Vec::new();
+        let mut run: Vec<(&Tensor, &Tensor)> = Vec::new();
+        let flush = |run: &mut Vec<(&Tensor, &Tensor)>, out: &mut Vec<Count>| -> Result<()> {
+            if !run.is_empty() {
+                out.extend(engine::apply_masks(run)?);
+                run.clear();
+            }
+            Ok(())
+        };
+        let mut i = 0;
+        for e in &self.entries {
+            match &e.planned {
+                Planned::Mask { bits, .. } => {
+                    before(i)?;
+                    run.push((&e.weight, bits));
+                    if armed {
+                        flush(&mut run, &mut out)?;
+                    }
+                }
+                Planned::Values { values, pruned, .. } => {
+                    flush(&mut run, &mut out)?;
+                    before(i)?;
+                    e.weight.shallow_clone().f_copy_(values)?;
+                    out.push(Count::Ready(pruned.get()?));
+                }
+                _ => continue,
+            }
+            i += 1;
+        }
+        flush(&mut run, &mut out)?;
+        Ok(out)
     }
 }

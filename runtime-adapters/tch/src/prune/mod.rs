@@ -8,10 +8,12 @@
 //!   the finiteness checks that must pass before any write.
 //! - `backend`: the tensor work the driver asks for (scores, exact selections).
 //! - `commit`: the writes, the report and the masks.
+//! - `sequential`: block after block as one transaction (the papers' sequential calibration).
 
 mod backend;
 mod commit;
 mod plan;
+mod sequential;
 
 use std::collections::BTreeMap;
 
@@ -19,6 +21,7 @@ use tch::Tensor;
 
 pub use commit::PrunePlan;
 pub use plan::Pruner;
+pub use sequential::SequentialPass;
 
 use crate::stats::ActivationStats;
 

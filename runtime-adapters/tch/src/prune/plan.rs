@@ -28,6 +28,24 @@ use crate::{
     undo::{UndoHistory, UndoPolicy},
 };
 
+/// The pass over one block's weights: those of `names` that `config.filter` selects (`None`
+/// when it selects none of them).
+pub(super) fn block_config(names: &[String], config: &PassConfig) -> Option<PassConfig> {
+    // The block's weights are Linear weights (2-D): the filter decides on names.
+    let chosen: Vec<String> = names
+        .iter()
+        .filter(|n| config.filter.selects(n, &[1, 1]))
+        .cloned()
+        .collect();
+    (!chosen.is_empty()).then(|| PassConfig {
+        filter: ParamFilter {
+            include: chosen,
+            exclude: config.filter.exclude.clone(),
+        },
+        ..config.clone()
+    })
+}
+
 /// A scorer and a strategy, ready to run passes.
 pub struct Pruner {
     scorer: Component<ScorerBox>,
@@ -43,6 +61,8 @@ pub(super) struct PlanParam {
     pub weight: Tensor,
     pub grad: Option<Tensor>,
     pub act: Option<(Tensor, u64)>,
+    /// `XᵀX` of its calibration inputs, its tokens and its input group.
+    pub hessian: Option<(Tensor, u64, u64)>,
     /// Rows no selection may prune (bool `[rows]`, on the weight's device).
     pub protected: Option<Tensor>,
 }
@@ -59,6 +79,14 @@ pub(crate) enum Planned {
     },
     /// A mask built during planning.
     Mask {
+        bits: Tensor,
+        pruned: Count,
+        what: String,
+    },
+    /// New values proposed by a strategy (zero where pruned), in the weight's element type,
+    /// and the packed keep bits.
+    Values {
+        values: Tensor,
         bits: Tensor,
         pruned: Count,
         what: String,
@@ -187,6 +215,16 @@ impl Pruner {
     /// Takes the kept passes away (to a caller that keeps one history over several pruners).
     pub fn take_history(&mut self) -> UndoHistory {
         std::mem::take(&mut self.history)
+    }
+
+    /// Whether the strategy needs Hessian statistics (`XᵀX` of each Linear's calibration
+    /// inputs, [`InputSet::HESSIAN`]): the calibration must collect them.
+    pub fn needs_hessians(&self) -> bool {
+        self.strategy
+            .info
+            .capabilities
+            .inputs
+            .contains(InputSet::HESSIAN)
     }
 
     /// The scorer (a training loop feeds it through [`Pruner::observe`]).
@@ -348,6 +386,24 @@ impl Pruner {
                 }
                 .into());
             }
+            let hessian = inputs
+                .stats
+                .and_then(|s| s.hessian(&name))
+                .map(|h| (h.matrix.shallow_clone(), h.tokens, h.group));
+            if self
+                .strategy
+                .info
+                .capabilities
+                .inputs
+                .contains(InputSet::HESSIAN)
+                && hessian.is_none()
+            {
+                return Err(HostError::Config {
+                    component: self.strategy.name.clone(),
+                    message: format!("it needs the Hessian statistics (XᵀX of each Linear's inputs) and there are none for '{name}': run calibration first"),
+                }
+                .into());
+            }
             let grad = weight.grad();
             let grad = grad.defined().then_some(grad);
             if needs.contains(InputSet::GRADIENTS) && grad.is_none() {
@@ -379,6 +435,7 @@ impl Pruner {
                 weight,
                 grad,
                 act,
+                hessian,
                 protected,
             });
         }
@@ -395,27 +452,25 @@ impl Pruner {
         stats: &ActivationStats,
         config: &PassConfig,
     ) -> Result<Option<(PassReport, MaskSet)>> {
-        // The block's weights are Linear weights (2-D): the filter decides on names.
-        let chosen: Vec<String> = names
-            .iter()
-            .filter(|n| config.filter.selects(n, &[1, 1]))
-            .cloned()
-            .collect();
-        if chosen.is_empty() {
+        let Some(block_config) = block_config(names, config) else {
             return Ok(None);
-        }
-        let block_config = PassConfig {
-            filter: ParamFilter {
-                include: chosen,
-                exclude: config.filter.exclude.clone(),
-            },
-            ..config.clone()
         };
         let inputs = PassInputs {
             stats: Some(stats),
             ..Default::default()
         };
         self.run(model, &block_config, inputs).map(Some)
+    }
+
+    /// Starts a sequential pass: blocks pruned one after another, each kept in a journal until
+    /// the pass finishes, so a failure in any block puts back every block written before it
+    /// (see [`super::SequentialPass`]).
+    pub fn sequential(&mut self, config: &PassConfig) -> super::SequentialPass<'_> {
+        super::SequentialPass::new(self, config.clone())
+    }
+
+    pub(super) fn undo_policy_and_history(&mut self) -> (UndoPolicy, &mut UndoHistory) {
+        (self.undo, &mut self.history)
     }
 
     /// Plans and commits one pass over `model`.

@@ -24,6 +24,7 @@ mod band;
 mod checks;
 mod commit;
 mod global;
+mod obs;
 mod rows;
 mod select;
 
@@ -31,6 +32,7 @@ use band::*;
 pub(crate) use checks::{apply_masks, find_non_finite_into, find_non_finite_many, finite_checks};
 pub(crate) use commit::{build_mask, prune_many, sqrt_many, Item};
 pub(crate) use global::global_selector;
+pub(crate) use obs::obs_sweep;
 pub(crate) use rows::select_rows;
 use rows::*;
 pub(crate) use select::select_each;
