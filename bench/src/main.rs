@@ -88,6 +88,9 @@ struct Args {
     /// With --sparsegpt: sequences per forward pass.
     #[arg(long, default_value_t = 8)]
     calib_batch: usize,
+    /// With --sparsegpt: no rollback journal (a failed block then leaves earlier ones written).
+    #[arg(long)]
+    no_rollback: bool,
     /// With --sparsegpt: compare masks with the reference's dump in this folder instead.
     #[arg(long)]
     agree: Option<PathBuf>,

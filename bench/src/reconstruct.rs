@@ -103,6 +103,12 @@ pub fn run(args: &Args, reg: &PluginRegistry, gpu: Arc<birdbone_cuda::Gpu>) -> a
         .map(|i| Vec::<i64>::try_from(&ids.get(i)).expect("ids"))
         .collect();
     let mut pruner = pruner(args, reg)?;
+    if args.no_rollback {
+        pruner.set_undo(birdbone_tch::UndoPolicy {
+            rollback: false,
+            ..Default::default()
+        })?;
+    }
     let hessians = pruner.needs_hessians();
     let cfg = PassConfig {
         sparsity: args.sparsity,
@@ -145,6 +151,7 @@ pub fn run(args: &Args, reg: &PluginRegistry, gpu: Arc<birdbone_cuda::Gpu>) -> a
         "samples": args.samples,
         "seq_len": args.seq_len,
         "calib_batch": args.calib_batch,
+        "rollback": !args.no_rollback,
         "construct_s": construct,
         "end_to_end_s": total,
         "calib_s_total": total - solve_total,

@@ -548,7 +548,7 @@ fn bad_input_is_refused_before_loading_and_named_once() {
     assert!(
         prune(&["--strategy", "nm", "--pattern", "2:4", "--param", "m=8"]).contains("give one")
     );
-    assert!(prune(&["--calibration-windows", "4"]).contains("uses no activation statistics"));
+    assert!(prune(&["--calibration-windows", "4"]).contains("uses calibration statistics"));
     assert!(
         prune(&["--scorer", "wanda", "--calibration-mode", "sequential"])
             .contains("'global' strategy would rank within a block")
