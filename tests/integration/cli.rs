@@ -14,7 +14,7 @@ use birdbone_tests::*;
 use serde_json::Value;
 use tch::{Device, Kind, Tensor};
 
-fn birdbone() -> Command {
+pub(crate) fn birdbone() -> Command {
     let exe = build_dir().join("birdbone");
     assert!(
         exe.exists(),
@@ -26,7 +26,7 @@ fn birdbone() -> Command {
 }
 
 /// Runs a command line that must succeed; its stdout and stderr.
-fn ok(cmd: &mut Command) -> (String, String) {
+pub(crate) fn ok(cmd: &mut Command) -> (String, String) {
     let out = cmd.output().expect("run birdbone");
     let (so, se) = text(&out);
     assert!(out.status.success(), "{cmd:?} failed:\n{se}");
@@ -34,7 +34,7 @@ fn ok(cmd: &mut Command) -> (String, String) {
 }
 
 /// Runs a command line that must fail; its stderr.
-fn fails(cmd: &mut Command) -> String {
+pub(crate) fn fails(cmd: &mut Command) -> String {
     let out = cmd.output().expect("run birdbone");
     let (_, se) = text(&out);
     assert!(!out.status.success(), "{cmd:?} should have failed");
@@ -49,7 +49,7 @@ fn text(o: &Output) -> (String, String) {
     )
 }
 
-fn recipe(name: &str) -> PathBuf {
+pub(crate) fn recipe(name: &str) -> PathBuf {
     workspace_root().join("examples/recipes").join(name)
 }
 
@@ -697,92 +697,6 @@ fn llm_compressor_and_sequential_recipes_through_prune() {
     assert!(params
         .iter()
         .all(|p| (p["sparsity"].as_f64().unwrap() - 0.5).abs() < 1e-3));
-}
-
-/// SparseGPT and RIA are reachable from `prune`: the example recipes, and llm-compressor's
-/// `SparseGPTModifier` mapped to the `sparsegpt` strategy with sequential calibration.
-#[test]
-fn sparsegpt_and_ria_through_prune_and_recipes() {
-    let tmp = tempfile::tempdir().unwrap();
-    let out = tmp.path().join("sg24");
-    let (so, se) = ok(birdbone()
-        .args(["prune", "--json", "--recipe"])
-        .arg(recipe("sparsegpt-2of4.yaml"))
-        .arg("--model")
-        .arg(real_model_dir())
-        .args(["--calibration-windows", "2", "--calibration-length", "128"])
-        .args(["--device", "cpu", "--out"])
-        .arg(&out));
-    assert!(se.contains("sequential: 30 blocks in"), "{se}");
-    let v: Value = serde_json::from_str(&so).unwrap();
-    assert_eq!(v["recipe"]["strategy"]["name"], "sparsegpt");
-    let params = v["report"]["params"].as_array().unwrap();
-    assert_eq!(params.len(), 210);
-    assert!(params
-        .iter()
-        .all(|p| p["sparsity"].as_f64().unwrap() == 0.5 && p["decision"] == "new values"));
-    // The folder holds 2:4 weights, and the kept ones were rewritten (not just masked).
-    let written = birdbone_llama::checkpoint::load_dir(&out, None, Device::Cpu).unwrap();
-    let original =
-        birdbone_llama::checkpoint::load_dir(&real_model_dir(), None, Device::Cpu).unwrap();
-    let name = "model.layers.4.mlp.up_proj.weight";
-    let find =
-        |v: &[(String, Tensor)]| v.iter().find(|(n, _)| n == name).unwrap().1.shallow_clone();
-    let (w, w0) = (find(&written), find(&original));
-    let kept = w
-        .ne(0.0)
-        .view([-1, 4])
-        .sum_dim_intlist(1, false, Kind::Int64);
-    assert_eq!(kept.le(2).all().int64_value(&[]), 1, "2:4");
-    let moved = w.ne_tensor(&w0).logical_and(&w.ne(0.0)).sum(Kind::Int64);
-    assert!(
-        moved.int64_value(&[]) > w.numel() as i64 / 4,
-        "kept weights were updated"
-    );
-
-    let lc = tmp.path().join("sparsegpt-lc.yaml");
-    std::fs::write(
-        &lc,
-        "oneshot_stage:\n  pruning_modifiers:\n    SparseGPTModifier:\n      sparsity: 0.5\n      mask_structure: \"2:4\"\n      block_size: 64\n      dampening_frac: 0.02\n      targets: [Linear]\n      ignore: [lm_head]\n",
-    )
-    .unwrap();
-    let (so, _) = ok(birdbone()
-        .args(["prune", "--dry-run", "--json", "--recipe"])
-        .arg(&lc)
-        .arg("--model")
-        .arg(real_model_dir()));
-    let v: Value = serde_json::from_str(&so).unwrap();
-    let r = &v["recipe"];
-    assert_eq!(r["strategy"]["name"], "sparsegpt", "{r}");
-    assert_eq!(r["strategy"]["params"]["blocksize"], 64);
-    assert_eq!(r["strategy"]["params"]["percdamp"], 0.02);
-    assert_eq!(r["pattern"], "2:4");
-    assert_eq!(r["calibration"]["mode"], "sequential");
-
-    let (so, _) = ok(birdbone()
-        .args(["prune", "--dry-run", "--json", "--recipe"])
-        .arg(recipe("ria-50.yaml"))
-        .arg("--model")
-        .arg(real_model_dir()));
-    let v: Value = serde_json::from_str(&so).unwrap();
-    assert_eq!(v["recipe"]["scorer"]["name"], "ria");
-
-    // A strategy that needs no calibration refuses one; sparsegpt with global-like misuse is
-    // named.
-    let se = fails(
-        birdbone()
-            .args([
-                "prune",
-                "--dry-run",
-                "--strategy",
-                "sparsegpt",
-                "--param",
-                "strategy.blocksize=0",
-            ])
-            .arg("--model")
-            .arg(real_model_dir()),
-    );
-    assert!(se.contains("blocksize must be 1 to 256"), "{se}");
 }
 
 /// `import-gguf` writes its folder whole or not at all: a non-empty folder needs --overwrite, a

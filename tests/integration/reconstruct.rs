@@ -4,12 +4,18 @@
 
 use std::collections::BTreeMap;
 
-use birdbone_llama::{for_each_block_calibrated, token_windows, Loaded};
+use birdbone_llama::{checkpoint, for_each_block_calibrated, token_windows, Loaded};
 use birdbone_tch::{undo::inject_commit_failure, ActivationStats, PassConfig, PassInputs, Pruner};
 use birdbone_tests::*;
 use tch::{Device, Kind, Tensor};
 
-use crate::{checks::*, undo::assert_bitwise};
+use serde_json::Value;
+
+use crate::{
+    checks::*,
+    cli::{birdbone, fails, ok, recipe},
+    undo::assert_bitwise,
+};
 
 /// IST-DASLab/sparsegpt's `fasterprune`, operation for operation, with the one rule Birdbone
 /// states differently: an unstructured block prunes exactly `round(s · n)` (ties by lower flat
@@ -436,4 +442,89 @@ fn sparsegpt_perplexity_is_within_one_percent_of_the_reference() {
     assert!(gap < 0.01, "birdbone {ours} against the reference {theirs}");
     // And ahead of magnitude (240.55) and Wanda (34.35) at 50% (docs/quality.md).
     assert!(ours < 34.35, "{ours}");
+}
+
+/// SparseGPT and RIA are reachable from `prune`: the example recipes, and llm-compressor's
+/// `SparseGPTModifier` mapped to the `sparsegpt` strategy with sequential calibration.
+#[test]
+fn sparsegpt_and_ria_through_prune_and_recipes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("sg24");
+    let (so, se) = ok(birdbone()
+        .args(["prune", "--json", "--recipe"])
+        .arg(recipe("sparsegpt-2of4.yaml"))
+        .arg("--model")
+        .arg(real_model_dir())
+        .args(["--calibration-windows", "2", "--calibration-length", "128"])
+        .args(["--device", "cpu", "--out"])
+        .arg(&out));
+    assert!(se.contains("sequential: 30 blocks in"), "{se}");
+    let v: Value = serde_json::from_str(&so).unwrap();
+    assert_eq!(v["recipe"]["strategy"]["name"], "sparsegpt");
+    let params = v["report"]["params"].as_array().unwrap();
+    assert_eq!(params.len(), 210);
+    assert!(params
+        .iter()
+        .all(|p| p["sparsity"].as_f64().unwrap() == 0.5 && p["decision"] == "new values"));
+    // The folder holds 2:4 weights, and the kept ones were rewritten (not just masked).
+    let written = checkpoint::load_dir(&out, None, Device::Cpu).unwrap();
+    let original = checkpoint::load_dir(&real_model_dir(), None, Device::Cpu).unwrap();
+    let name = "model.layers.4.mlp.up_proj.weight";
+    let find =
+        |v: &[(String, Tensor)]| v.iter().find(|(n, _)| n == name).unwrap().1.shallow_clone();
+    let (w, w0) = (find(&written), find(&original));
+    let kept = w
+        .ne(0.0)
+        .view([-1, 4])
+        .sum_dim_intlist(1, false, Kind::Int64);
+    assert_eq!(kept.le(2).all().int64_value(&[]), 1, "2:4");
+    let moved = w.ne_tensor(&w0).logical_and(&w.ne(0.0)).sum(Kind::Int64);
+    assert!(
+        moved.int64_value(&[]) > w.numel() as i64 / 4,
+        "kept weights were updated"
+    );
+
+    let lc = tmp.path().join("sparsegpt-lc.yaml");
+    std::fs::write(
+        &lc,
+        "oneshot_stage:\n  pruning_modifiers:\n    SparseGPTModifier:\n      sparsity: 0.5\n      mask_structure: \"2:4\"\n      block_size: 64\n      dampening_frac: 0.02\n      targets: [Linear]\n      ignore: [lm_head]\n",
+    )
+    .unwrap();
+    let (so, _) = ok(birdbone()
+        .args(["prune", "--dry-run", "--json", "--recipe"])
+        .arg(&lc)
+        .arg("--model")
+        .arg(real_model_dir()));
+    let v: Value = serde_json::from_str(&so).unwrap();
+    let r = &v["recipe"];
+    assert_eq!(r["strategy"]["name"], "sparsegpt", "{r}");
+    assert_eq!(r["strategy"]["params"]["blocksize"], 64);
+    assert_eq!(r["strategy"]["params"]["percdamp"], 0.02);
+    assert_eq!(r["pattern"], "2:4");
+    assert_eq!(r["calibration"]["mode"], "sequential");
+
+    let (so, _) = ok(birdbone()
+        .args(["prune", "--dry-run", "--json", "--recipe"])
+        .arg(recipe("ria-50.yaml"))
+        .arg("--model")
+        .arg(real_model_dir()));
+    let v: Value = serde_json::from_str(&so).unwrap();
+    assert_eq!(v["recipe"]["scorer"]["name"], "ria");
+
+    // A strategy that needs no calibration refuses one; sparsegpt with global-like misuse is
+    // named.
+    let se = fails(
+        birdbone()
+            .args([
+                "prune",
+                "--dry-run",
+                "--strategy",
+                "sparsegpt",
+                "--param",
+                "strategy.blocksize=0",
+            ])
+            .arg("--model")
+            .arg(real_model_dir()),
+    );
+    assert!(se.contains("blocksize must be 1 to 256"), "{se}");
 }
