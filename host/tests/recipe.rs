@@ -126,9 +126,18 @@ fn llm_compressor_recipes_map_one_to_one() {
     assert_eq!(r.include, vec![r"re:model\.layers\.\d+$".to_string()]);
     // llm-compressor's "N:M" prunes N of M; Birdbone's pattern keeps N of M.
     let r = read("sparsity_modifiers:\n  SparseGPTModifier:\n    sparsity: 0.75\n    mask_structure: \"3:4\"\n    ignore: [lm_head]\n").unwrap();
-    assert_eq!(r.scorer.name, "sparsegpt");
+    assert_eq!(r.strategy.name, "sparsegpt");
     assert_eq!(r.pattern, Some(NmPattern { n: 1, m: 4 }));
-    assert_eq!(r.exclude, vec!["re:lm_head$".to_string()]);
+    assert_eq!(r.calibration.unwrap().mode, CalibrationMode::Sequential);
+    let r =
+        read("m_modifiers:\n  SparseGPTModifier: {sparsity: 0.5, block_size: 64, dampening_frac: 0.05}\n")
+            .unwrap();
+    assert_eq!((r.strategy.name.as_str(), r.pattern), ("sparsegpt", None));
+    assert_eq!(r.strategy.params.get("blocksize"), Some(&Scalar::Int(64)));
+    assert_eq!(
+        r.strategy.params.get("percdamp"),
+        Some(&Scalar::Float(0.05))
+    );
 
     // "0:M" prunes none of M: unstructured, as llm-compressor reads it.
     let r =
