@@ -91,6 +91,9 @@ struct Args {
     /// With --sparsegpt: no rollback journal (a failed block then leaves earlier ones written).
     #[arg(long)]
     no_rollback: bool,
+    /// With --sparsegpt: keep the rollback journal on the GPU instead of pinned host memory.
+    #[arg(long)]
+    journal_on_device: bool,
     /// With --sparsegpt: compare masks with the reference's dump in this folder instead.
     #[arg(long)]
     agree: Option<PathBuf>,

@@ -103,12 +103,15 @@ pub fn run(args: &Args, reg: &PluginRegistry, gpu: Arc<birdbone_cuda::Gpu>) -> a
         .map(|i| Vec::<i64>::try_from(&ids.get(i)).expect("ids"))
         .collect();
     let mut pruner = pruner(args, reg)?;
-    if args.no_rollback {
-        pruner.set_undo(birdbone_tch::UndoPolicy {
-            rollback: false,
-            ..Default::default()
-        })?;
-    }
+    pruner.set_undo(birdbone_tch::UndoPolicy {
+        rollback: !args.no_rollback,
+        journal: if args.journal_on_device {
+            birdbone_tch::JournalPlace::Device
+        } else {
+            birdbone_tch::JournalPlace::Host
+        },
+        ..Default::default()
+    })?;
     let hessians = pruner.needs_hessians();
     let cfg = PassConfig {
         sparsity: args.sparsity,
@@ -152,6 +155,7 @@ pub fn run(args: &Args, reg: &PluginRegistry, gpu: Arc<birdbone_cuda::Gpu>) -> a
         "seq_len": args.seq_len,
         "calib_batch": args.calib_batch,
         "rollback": !args.no_rollback,
+        "journal_on_device": args.journal_on_device,
         "construct_s": construct,
         "end_to_end_s": total,
         "calib_s_total": total - solve_total,

@@ -4,11 +4,19 @@
 use std::collections::BTreeMap;
 
 use birdbone_host_api::NmPattern;
-use birdbone_tch::{obs_sweep, ActivationStats, PassConfig, PassInputs, Pruner};
+use birdbone_llama::for_each_block_calibrated;
+use birdbone_tch::{
+    obs_sweep, undo::inject_commit_failure, ActivationStats, JournalPlace, PassConfig, PassInputs,
+    Pruner, UndoPolicy,
+};
 use birdbone_tests::*;
 use tch::{Device, Kind, Tensor};
 
-use crate::{checks::*, undo::bitwise};
+use crate::{
+    checks::*,
+    reconstruct::{block_weights, calibration, model_on, sparsegpt},
+    undo::{assert_bitwise, bitwise},
+};
 
 const GPU: Device = Device::Cuda(0);
 
@@ -198,4 +206,73 @@ fn cuda_hessians_of_bf16_activations_match_an_f32_gram() {
             asym <= 1e-5 * h.abs().max().double_value(&[])
         }
     );
+}
+
+/// A sequential SparseGPT pass on the GPU that fails in its last block leaves the bf16 model
+/// bit-identical, with its journal in pinned host memory or beside the weights on the device;
+/// a completed pass kept for undo (its device journal moved to the host) is taken back bit for
+/// bit.
+#[test]
+fn cuda_sequential_sparsegpt_rolls_back_from_either_journal_place() {
+    if !cuda_or_skip("cuda_sequential_sparsegpt_rolls_back_from_either_journal_place") {
+        return;
+    }
+    let m = model_on(GPU, Kind::BFloat16);
+    let calib = calibration(&m, 4, 128);
+    let weights = block_weights(&m);
+    let before = snapshot(&weights);
+    let last = m.model.num_blocks() - 1;
+    let cfg = PassConfig {
+        sparsity: 0.5,
+        ..Default::default()
+    };
+    for place in [JournalPlace::Host, JournalPlace::Device] {
+        let mut pruner = sparsegpt(&[]);
+        pruner
+            .set_undo(UndoPolicy {
+                journal: place,
+                ..Default::default()
+            })
+            .unwrap();
+        let mut pass = pruner.sequential(&cfg);
+        let result = for_each_block_calibrated(&m.model, &calib, 2, true, |i, names, got| {
+            let stats = ActivationStats::from_parts(got.sums, got.hessians);
+            if i == last {
+                inject_commit_failure(Some(4));
+            }
+            pass.block(m.model.var_store(), names, &stats)?;
+            Ok::<_, Box<dyn std::error::Error>>(())
+        });
+        let err = result.expect_err("the last block fails").to_string();
+        assert!(err.contains("injected commit failure"), "{place:?}: {err}");
+        drop(pass);
+        assert_bitwise(
+            &weights,
+            &before,
+            &format!("{place:?}: after a failed pass"),
+        );
+    }
+    let mut pruner = sparsegpt(&[]);
+    pruner
+        .set_undo(UndoPolicy {
+            journal: JournalPlace::Device,
+            passes: 1,
+            ..Default::default()
+        })
+        .unwrap();
+    let mut pass = pruner.sequential(&cfg);
+    for_each_block_calibrated(&m.model, &calib, 2, true, |_, names, got| {
+        let stats = ActivationStats::from_parts(got.sums, got.hessians);
+        pass.block(m.model.var_store(), names, &stats)?;
+        Ok::<_, Box<dyn std::error::Error>>(())
+    })
+    .unwrap();
+    let (report, _) = pass.finish().unwrap();
+    assert_eq!(report.pruned * 2, report.total);
+    assert!(weights
+        .iter()
+        .zip(&before)
+        .all(|((_, w), b)| !identical(w, b)));
+    assert!(pruner.undo().unwrap(), "the pass was kept for undo");
+    assert_bitwise(&weights, &before, "after undo of a device-journal pass");
 }

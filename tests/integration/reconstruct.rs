@@ -95,7 +95,7 @@ fn fasterprune(
     (w, mask)
 }
 
-fn sparsegpt(params: &[(&str, &str)]) -> Pruner {
+pub(crate) fn sparsegpt(params: &[(&str, &str)]) -> Pruner {
     Pruner::new(
         &builtin_registry(),
         "magnitude",
@@ -196,15 +196,19 @@ fn sparsegpt_matches_fasterprune_written_out_with_tch() {
 }
 
 fn model() -> Loaded {
-    Loaded::load(real_model_dir().to_str().unwrap(), Device::Cpu, Kind::Float).unwrap()
+    model_on(Device::Cpu, Kind::Float)
 }
 
-fn calibration(m: &Loaded, count: usize, window: usize) -> Vec<Vec<i64>> {
+pub(crate) fn model_on(device: Device, kind: Kind) -> Loaded {
+    Loaded::load(real_model_dir().to_str().unwrap(), device, kind).unwrap()
+}
+
+pub(crate) fn calibration(m: &Loaded, count: usize, window: usize) -> Vec<Vec<i64>> {
     let text = std::fs::read_to_string(real_text("c4.utf8")).unwrap();
     token_windows(&m.tokenizer, &text, window, count).unwrap()
 }
 
-fn block_weights(m: &Loaded) -> Vec<(String, Tensor)> {
+pub(crate) fn block_weights(m: &Loaded) -> Vec<(String, Tensor)> {
     let names: Vec<String> = (0..m.model.num_blocks())
         .flat_map(|i| m.model.block_linear_names(i))
         .collect();

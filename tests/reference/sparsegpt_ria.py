@@ -68,6 +68,8 @@ from tokenizers import Tokenizer
 from transformers import AutoModelForCausalLM
 
 SEQ, N_EVAL, N_CALIB = 512, 64, 32
+# Statistics and solve type; --float64 makes it (and the model) float64.
+ACC = torch.float32
 DEFAULT_TEXT_DIR = "/work/main/.cache/wheels/exllamav2/conversion/standard_cal_data"
 
 
@@ -87,7 +89,7 @@ class SparseGPT:
     def __init__(self, layer):
         self.layer = layer
         self.rows, self.columns = layer.weight.shape
-        self.H = torch.zeros((self.columns, self.columns), device=layer.weight.device)
+        self.H = torch.zeros((self.columns, self.columns), device=layer.weight.device, dtype=ACC)
         self.nsamples = 0
 
     def add_batch(self, inp, out):
@@ -97,11 +99,11 @@ class SparseGPT:
         inp = inp.reshape(-1, inp.shape[-1]).t()
         self.H *= self.nsamples / (self.nsamples + tmp)
         self.nsamples += tmp
-        inp = math.sqrt(2 / self.nsamples) * inp.float()
+        inp = math.sqrt(2 / self.nsamples) * inp.to(ACC)
         self.H += inp.matmul(inp.t())
 
     def fasterprune(self, sparsity, prunen=0, prunem=0, blocksize=128, percdamp=0.01, exact=False):
-        W = self.layer.weight.data.clone().float()
+        W = self.layer.weight.data.clone().to(ACC)
         H = self.H
         del self.H
         dead = torch.diag(H) == 0
@@ -164,7 +166,7 @@ class SparseGPT:
 class WrappedGPT:
     def __init__(self, layer):
         self.layer = layer
-        self.scaler_row = torch.zeros(layer.weight.shape[1], device=layer.weight.device)
+        self.scaler_row = torch.zeros(layer.weight.shape[1], device=layer.weight.device, dtype=ACC)
         self.nsamples = 0
 
     def add_batch(self, inp, out):
@@ -174,7 +176,7 @@ class WrappedGPT:
         inp = inp.reshape(-1, inp.shape[-1]).t()
         self.scaler_row *= self.nsamples / (self.nsamples + tmp)
         self.nsamples += tmp
-        inp = inp.type(torch.float32)
+        inp = inp.type(ACC)
         self.scaler_row += torch.norm(inp, p=2, dim=1) ** 2 / self.nsamples
 
     def prune(self, method, sparsity, prunen, prunem, a=0.5):
@@ -189,7 +191,7 @@ class WrappedGPT:
         if prunen != 0:
             for ii in range(metric.shape[1]):
                 if ii % prunem == 0:
-                    tmp = metric[:, ii:(ii + prunem)].float()
+                    tmp = metric[:, ii:(ii + prunem)].to(ACC)
                     mask.scatter_(1, ii + torch.topk(tmp, prunen, dim=1, largest=False)[1], True)
         else:
             sort_res = torch.sort(metric, dim=-1, stable=True)
@@ -288,7 +290,13 @@ def main():
     p.add_argument("--text-dir", default=DEFAULT_TEXT_DIR)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", help="cpu or cuda (float32 either way)")
+    p.add_argument("--float64", action="store_true",
+                   help="model, statistics and solve in float64: the algorithm without float32 "
+                        "rounding, to measure how far rounding alone moves the result")
     args = p.parse_args()
+    global ACC
+    if args.float64:
+        ACC = torch.float64
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
@@ -299,7 +307,7 @@ def main():
         args.sparsity = prunen / prunem
 
     tok = Tokenizer.from_file(os.path.join(args.model, "tokenizer.json"))
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=ACC).eval()
     model.to(args.device)
     model.config.use_cache = False
 
@@ -324,6 +332,7 @@ def main():
         "sparsity": None if args.method == "dense" else args.sparsity,
         "pattern": args.pattern,
         "exact_count": args.exact_count,
+        "float64": args.float64,
         "ppl": math.exp(nll),
         "nll": nll,
         "eval_tokens": n_tok,

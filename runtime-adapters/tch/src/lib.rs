@@ -47,7 +47,7 @@ pub use params::{selected, ParamSource};
 pub use prune::{PassInputs, PrunePlan, Pruner, SequentialPass};
 pub use stats::{ActivationStats, HessianStat};
 pub use tensors::{dtype_of, kind_of, plugin_owned_count};
-pub use undo::{Journal, UndoHistory, UndoPolicy};
+pub use undo::{Journal, JournalPlace, UndoHistory, UndoPolicy};
 
 /// SparseGPT's column sweep over one block, in place (see
 /// [`birdbone_host_api::HostOps::obs_sweep`]): `w` f32 `[rows, b]`, `hinv` f32 `[b, b]`, `prune`

@@ -42,6 +42,32 @@ fn bytes_of(t: &Tensor) -> u64 {
     (t.numel() * t.kind().elt_size_in_bytes()) as u64
 }
 
+/// Where a journal keeps what a commit overwrites.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum JournalPlace {
+    /// Host memory (pinned for GPU parameters): costs no device memory; the first passes pay
+    /// for pinning fresh host pages (libtorch's host allocator reuses them afterwards).
+    #[default]
+    Host,
+    /// Beside the parameter, on its device: a device-to-device copy, for as much free device
+    /// memory as the pass overwrites. Journals kept for undo move to the host when the pass
+    /// completes. CPU parameters are kept in host memory either way.
+    Device,
+}
+
+/// A copy of `t` where `place` says.
+fn keep_copy(t: &Tensor, place: JournalPlace) -> Result<Tensor> {
+    match place {
+        // Queued on the stream before the writes that follow, like the host copy.
+        JournalPlace::Device if t.device().is_cuda() => {
+            let copy = t.f_empty_like()?;
+            copy.shallow_clone().f_copy_(t)?;
+            Ok(copy)
+        }
+        _ => to_host(t),
+    }
+}
+
 /// A host tensor holding a copy of `t`: pinned when `t` is on a GPU.
 fn to_host(t: &Tensor) -> Result<Tensor> {
     match t.device() {
@@ -97,12 +123,21 @@ impl Saved {
 #[derive(Default)]
 pub struct Journal {
     saved: Vec<Saved>,
+    place: JournalPlace,
 }
 
 impl Journal {
+    /// An empty journal that keeps its copies where `place` says.
+    pub fn new(place: JournalPlace) -> Journal {
+        Journal {
+            saved: Vec::new(),
+            place,
+        }
+    }
+
     /// Keeps the whole of `target` before a write to it.
     pub(crate) fn keep_whole(&mut self, target: &Tensor) -> Result<()> {
-        let old = to_host(target)?;
+        let old = keep_copy(target, self.place)?;
         self.saved.push(Saved::Whole {
             target: target.shallow_clone(),
             old,
@@ -122,8 +157,8 @@ impl Journal {
             .f_masked_select(&keep.f_logical_not()?)?;
         self.saved.push(Saved::Pruned {
             target: target.shallow_clone(),
-            keep_bits: to_host(keep_bits)?,
-            old: to_host(&gone)?,
+            keep_bits: keep_copy(keep_bits, self.place)?,
+            old: keep_copy(&gone, self.place)?,
         });
         Ok(())
     }
@@ -138,8 +173,8 @@ impl Journal {
         let old = target.f_reshape([-1])?.f_index_select(0, index)?;
         self.saved.push(Saved::Indexed {
             target: target.shallow_clone(),
-            index: to_host(index)?,
-            old: to_host(&old)?,
+            index: keep_copy(index, self.place)?,
+            old: keep_copy(&old, self.place)?,
         });
         Ok(())
     }
@@ -177,7 +212,47 @@ impl Journal {
         }
     }
 
-    /// Host memory the journal holds.
+    /// The journal with every copy in host memory (what an undo history keeps).
+    pub fn into_host(self) -> Result<Journal> {
+        let to_host = |t: Tensor| -> Result<Tensor> {
+            match t.device() {
+                Device::Cpu => Ok(t),
+                _ => to_host(&t),
+            }
+        };
+        let saved = self
+            .saved
+            .into_iter()
+            .map(|s| {
+                Ok(match s {
+                    Saved::Whole { target, old } => Saved::Whole {
+                        target,
+                        old: to_host(old)?,
+                    },
+                    Saved::Indexed { target, index, old } => Saved::Indexed {
+                        target,
+                        index: to_host(index)?,
+                        old: to_host(old)?,
+                    },
+                    Saved::Pruned {
+                        target,
+                        keep_bits,
+                        old,
+                    } => Saved::Pruned {
+                        target,
+                        keep_bits: to_host(keep_bits)?,
+                        old: to_host(old)?,
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Journal {
+            saved,
+            place: JournalPlace::Host,
+        })
+    }
+
+    /// Memory the journal holds (on the host, or on the device for [`JournalPlace::Device`]).
     pub fn bytes(&self) -> u64 {
         self.saved.iter().map(Saved::bytes).sum()
     }
@@ -221,6 +296,8 @@ pub struct UndoPolicy {
     pub passes: usize,
     /// Host memory the kept passes may hold; the oldest are dropped past it.
     pub max_bytes: u64,
+    /// Where the rollback journal is kept while a pass runs (see [`JournalPlace`]).
+    pub journal: JournalPlace,
 }
 
 impl Default for UndoPolicy {
@@ -230,6 +307,7 @@ impl Default for UndoPolicy {
             rollback: true,
             passes: 0,
             max_bytes: u64::MAX,
+            journal: JournalPlace::Host,
         }
     }
 }
@@ -246,6 +324,13 @@ impl UndoHistory {
         if policy.passes == 0 {
             return;
         }
+        let j = match j.into_host() {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::warn!("a completed pass cannot be kept for undo (moving its journal to the host failed): {e}");
+                return;
+            }
+        };
         self.passes.push_back(j);
         self.trim(policy);
     }

@@ -11,7 +11,7 @@ use crate::{
     engine::{self, Count},
     error::Result,
     mask::{MaskSet, ParamMask},
-    undo::{self, Journal},
+    undo::{self, Journal, JournalPlace},
 };
 
 /// One parameter of a planned pass and its planned work.
@@ -49,34 +49,38 @@ impl PrunePlan {
     /// the masks. What the writes overwrite is kept until they all completed: a failure among
     /// them restores every parameter, bit for bit, and returns the error.
     pub fn commit(self) -> Result<(PassReport, MaskSet)> {
-        self.commit_with(true, false).map(|(r, m, _)| (r, m))
+        self.commit_with(true, false, JournalPlace::Host)
+            .map(|(r, m, _)| (r, m))
     }
 
     /// [`PrunePlan::commit`], returning the journal of what was overwritten, so the pass can be
     /// taken back later ([`Journal::restore`]).
     pub fn commit_undoable(self) -> Result<(PassReport, MaskSet, Journal)> {
-        self.commit_with(true, true)
+        self.commit_with(true, true, JournalPlace::Host)
             .map(|(r, m, j)| (r, m, j.expect("kept")))
     }
 
     /// [`PrunePlan::commit`] without the journal: faster and with no host copy, but a commit
     /// that fails midway leaves the model partly pruned.
     pub fn commit_unprotected(self) -> Result<(PassReport, MaskSet)> {
-        self.commit_with(false, false).map(|(r, m, _)| (r, m))
+        self.commit_with(false, false, JournalPlace::Host)
+            .map(|(r, m, _)| (r, m))
     }
 
     /// Writes every decision. With `rollback`, a journal is kept first and restored on failure;
-    /// with `keep_journal` it is returned (compacted where that is smaller).
+    /// with `keep_journal` it is returned (compacted where that is smaller). `place` says where
+    /// the journal keeps its copies.
     pub(crate) fn commit_with(
         self,
         rollback: bool,
         keep_journal: bool,
+        place: JournalPlace,
     ) -> Result<(PassReport, MaskSet, Option<Journal>)> {
         let started = Instant::now();
         let _g = tch::no_grad_guard();
         let _span = tracing::debug_span!("commit", params = self.entries.len()).entered();
         let keep = self.config.keep_masks;
-        let mut journal = Journal::default();
+        let mut journal = Journal::new(place);
         let mut this = self;
         if rollback {
             // On a GPU, the engines' fused rules are turned into masks first (one more read of

@@ -481,9 +481,11 @@ impl Pruner {
         inputs: PassInputs<'_>,
     ) -> Result<(PassReport, MaskSet)> {
         let keep = self.undo.passes > 0;
-        let (report, masks, journal) = self
-            .plan(model, config, inputs)?
-            .commit_with(self.undo.rollback, keep)?;
+        let (report, masks, journal) = self.plan(model, config, inputs)?.commit_with(
+            self.undo.rollback,
+            keep,
+            self.undo.journal,
+        )?;
         if let Some(j) = journal {
             self.history.push(j, &self.undo);
         }

@@ -48,7 +48,7 @@ impl<'p> SequentialPass<'p> {
         let Some(cfg) = block_config(names, &self.config) else {
             return Ok(None);
         };
-        let rollback = self.pruner.undo_policy().rollback;
+        let policy = self.pruner.undo_policy();
         let inputs = PassInputs {
             stats: Some(stats),
             ..Default::default()
@@ -56,7 +56,7 @@ impl<'p> SequentialPass<'p> {
         let done = self
             .pruner
             .plan(model, &cfg, inputs)
-            .and_then(|plan| plan.commit_with(rollback, rollback));
+            .and_then(|plan| plan.commit_with(policy.rollback, policy.rollback, policy.journal));
         match done {
             Ok((report, masks, journal)) => {
                 self.journals.extend(journal);
