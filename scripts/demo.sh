@@ -10,8 +10,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 . scripts/env.sh
 
 echo "== build (release)"
-cargo build --release --quiet -p birdbone-cli -p birdbone-plugin-magnitude -p birdbone-plugin-global \
-  -p birdbone-plugin-layerwise -p birdbone-plugin-nm -p birdbone-plugin-wanda
+cargo build --release --quiet -p birdbone-cli -p 'birdbone-plugin-*'
 BB=target/release/birdbone
 
 if [ ! -f .cache/smollm2-135m/model.safetensors ]; then

@@ -398,6 +398,7 @@ fn main() -> anyhow::Result<()> {
             nm: path.nm,
             keep_masks: path.keep_masks,
             filter: ParamFilter::default(),
+            allocation: None,
         };
         let inputs = PassInputs {
             stats: Some(&stats),
@@ -571,6 +572,7 @@ fn memory(
             nm: path.nm,
             keep_masks: path.keep_masks,
             filter: ParamFilter::default(),
+            allocation: None,
         };
         // Warm-up: compiles the kernels (their code lives outside the allocator) and loads modules.
         let (_, m) = pruner.run(

@@ -112,6 +112,7 @@ pub fn run(
             nm: None,
             keep_masks: false,
             filter: ParamFilter::default(),
+            allocation: None,
         };
         let inputs = PassInputs {
             stats: Some(stats),

@@ -78,6 +78,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             masks: Some(&masks),
             recipe: None,
             report: None,
+            allocation: None,
             provenance: json!({
                 "tool": "birdbone",
                 "version": env!("CARGO_PKG_VERSION"),

@@ -44,6 +44,8 @@ pub struct ModelOut<'a> {
     pub recipe: Option<&'a Recipe>,
     /// What the pass did.
     pub report: Option<&'a PassReport>,
+    /// The allocation the pass pruned by (`allocation.json`, replayable).
+    pub allocation: Option<&'a birdbone_host::Allocation>,
     /// Provenance: the tool, the plugins, the source.
     pub provenance: Value,
 }
@@ -316,6 +318,9 @@ fn fill(dir: &Path, m: &ModelOut) -> anyhow::Result<SavedModel> {
     }
     if let Some(r) = m.report {
         write_json(dir, "report.json", &report_json(r))?;
+    }
+    if let Some(a) = m.allocation {
+        write_json(dir, "allocation.json", a)?;
     }
     write_json(dir, "birdbone.json", &m.provenance)?;
     Ok(saved)

@@ -1,4 +1,5 @@
-use birdbone_host_api::{ComponentKind, Granularity};
+use birdbone_host::Role;
+use birdbone_host_api::{Granularity, InputSet};
 use birdbone_tch::PluginRegistry;
 use serde_json::json;
 
@@ -25,7 +26,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 let caps = &c.info.capabilities;
                 json!({
                     "name": c.info.name.as_str(),
-                    "kind": format!("{:?}", c.info.kind).to_lowercase(),
+                    "kind": Role::of(c.info).name(),
                     "description": c.info.description.as_str(),
                     "plugin": c.plugin.manifest.name.as_str(),
                     "plugin_version": c.plugin.manifest.version.as_str(),
@@ -52,23 +53,24 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    for kind in [ComponentKind::Scorer, ComponentKind::Strategy] {
-        println!(
-            "{}:",
-            if kind == ComponentKind::Scorer {
-                "scorers"
-            } else {
-                "strategies"
-            }
-        );
-        for c in reg.components().filter(|c| c.info.kind == kind) {
+    for (role, title) in [
+        (Role::Scorer, "scorers"),
+        (Role::Strategy, "strategies"),
+        (Role::Allocator, "allocators"),
+    ] {
+        println!("{title}:");
+        for c in reg.components().filter(|c| Role::of(c.info) == role) {
             let caps = &c.info.capabilities;
             let mut needs = vec![];
-            if caps.inputs.0 & 1 != 0 {
-                needs.push("activation statistics");
-            }
-            if caps.inputs.0 & 2 != 0 {
-                needs.push("gradients");
+            for (input, what) in [
+                (InputSet::ACTIVATION_STATS, "activation statistics"),
+                (InputSet::GRADIENTS, "gradients"),
+                (InputSet::HESSIAN, "Hessian statistics"),
+                (InputSet::LOAD, "layer load"),
+            ] {
+                if caps.inputs.contains(input) {
+                    needs.push(what);
+                }
             }
             let gran: Vec<String> = caps.granularity.members().iter().map(granularity).collect();
             println!(

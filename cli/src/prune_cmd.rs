@@ -2,7 +2,7 @@
 //! loaded; calibration when the scorer needs activation statistics (one-pass or sequential);
 //! one pass through the plugins; a model folder written for transformers and vLLM.
 
-use std::{path::PathBuf, time::Instant};
+use std::{collections::BTreeMap, path::PathBuf, time::Instant};
 
 use anyhow::Context;
 use birdbone_host::{
@@ -43,10 +43,18 @@ pub struct Args {
     /// Fraction of the selected weights to prune, 0 to 1 [recipe default: 0.5].
     #[arg(long, value_parser = parse_sparsity)]
     sparsity: Option<f64>,
+    /// An allocator: a sparsity for each matrix before selection, exact over the model
+    /// (uniform, owl, birdbone). Its parameters: --param allocator.KEY=VALUE.
+    #[arg(long, conflicts_with = "allocation")]
+    allocator: Option<String>,
+    /// Replay a saved allocation (a pruned model's allocation.json) instead of an allocator.
+    #[arg(long, value_name = "FILE")]
+    allocation: Option<PathBuf>,
     /// N:M pattern (N kept of every M), e.g. 2:4, for strategies that produce one (nm).
     #[arg(long)]
     pattern: Option<NmPattern>,
-    /// Component parameter `key=value`, or `scorer.key=value` / `strategy.key=value` (repeatable).
+    /// Component parameter `key=value`, or `scorer.key=value` / `strategy.key=value` /
+    /// `allocator.key=value` (repeatable).
     #[arg(long = "param", value_name = "KEY=VALUE")]
     params: Vec<String>,
     /// Only prune parameters matching this glob or `re:` module regex (repeatable; replaces the
@@ -114,6 +122,16 @@ fn effective_recipe(a: &Args, reg: &PluginRegistry) -> anyhow::Result<Recipe> {
     if a.pattern.is_some() {
         r.pattern = a.pattern;
     }
+    if let Some(n) = &a.allocator {
+        if r.allocator.as_ref().is_none_or(|c| c.name != *n) {
+            r.allocator = Some(ComponentSpec::named(n));
+        }
+        r.allocation = None;
+    }
+    if a.allocation.is_some() {
+        r.allocation = a.allocation.clone();
+        r.allocator = None;
+    }
     if !a.include.is_empty() {
         r.include = a.include.clone();
     }
@@ -157,6 +175,11 @@ fn route_params(reg: &PluginRegistry, r: &mut Recipe, params: &[String]) -> anyh
         let (sc, st) = (r.scorer.name.clone(), r.strategy.name.clone());
         if let Some(k) = key.strip_prefix("scorer.") {
             r.scorer.params.insert(k.into(), value);
+        } else if let Some(k) = key.strip_prefix("allocator.") {
+            let Some(alloc) = r.allocator.as_mut() else {
+                anyhow::bail!("--param {p} sets an allocator parameter, but no allocator is given (--allocator)");
+            };
+            alloc.params.insert(k.into(), value);
         } else if let Some(k) = key.strip_prefix("strategy.") {
             r.strategy.params.insert(k.into(), value);
         } else {
@@ -186,6 +209,16 @@ fn check_components(reg: &PluginRegistry, r: &mut Recipe) -> anyhow::Result<()> 
         &r.strategy.name,
         &r.strategy.settings(),
     )?;
+    if let Some(alloc) = &r.allocator {
+        Pruner::new(
+            reg,
+            &r.scorer.name,
+            &r.scorer.settings(),
+            &r.strategy.name,
+            &r.strategy.settings(),
+        )?
+        .set_allocator(reg, &alloc.name, &alloc.settings())?;
+    }
     let scorer = reg.component(&r.scorer.name).expect("created above");
     let strategy = reg.component(&r.strategy.name).expect("created above");
     let inputs = scorer.info.capabilities.inputs.0;
@@ -196,7 +229,16 @@ fn check_components(reg: &PluginRegistry, r: &mut Recipe) -> anyhow::Result<()> 
         .capabilities
         .inputs
         .contains(birdbone_host_api::InputSet::HESSIAN);
-    let needs_stats = inputs & 1 != 0 || needs_hessians;
+    // An allocator that measures each layer's load runs the model on calibration text.
+    let allocator_needs_load = r.allocator.as_ref().is_some_and(|a| {
+        reg.component(&a.name).is_some_and(|c| {
+            c.info
+                .capabilities
+                .inputs
+                .contains(birdbone_host_api::InputSet::LOAD)
+        })
+    });
+    let needs_stats = inputs & 1 != 0 || needs_hessians || allocator_needs_load;
     if inputs & 2 != 0 {
         anyhow::bail!(
             "scorer '{}' needs gradients, which only a training loop has: use it through the fine-tuning callback",
@@ -241,6 +283,9 @@ fn check_components(reg: &PluginRegistry, r: &mut Recipe) -> anyhow::Result<()> 
             r.strategy.name
         ),
         _ => {}
+    }
+    if (r.allocator.is_some() || r.allocation.is_some()) && r.strategy.name == "global" {
+        anyhow::bail!("an allocation sets each matrix's count, and the 'global' strategy sets them all with one threshold: use a per-parameter strategy (layerwise) with an allocator");
     }
     if let Some(c) = &r.calibration {
         if c.mode == CalibrationMode::Sequential && r.strategy.name == "global" {
@@ -293,8 +338,25 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             .with_context(|| format!("reading {}", config_path.display()))?,
     )
     .with_context(|| format!("{} is not JSON", config_path.display()))?;
-    let cfg = recipe.pass_config();
+    let mut cfg = recipe.pass_config();
     cfg.target()?;
+    if let Some(path) = &recipe.allocation {
+        let a = birdbone_host::Allocation::load(path)?;
+        if (a.sparsity - cfg.sparsity).abs() > 1e-12 {
+            anyhow::bail!(
+                "{} allocates sparsity {}, but this pass asks for {}: give the same sparsity, or run an allocator",
+                path.display(),
+                a.sparsity,
+                cfg.sparsity
+            );
+        }
+        note!(
+            "replaying the allocation by '{}' from {}",
+            a.allocator,
+            path.display()
+        );
+        cfg.allocation = Some(std::sync::Arc::new(a));
+    }
     let chosen: Vec<&checkpoint::TensorEntry> = entries
         .iter()
         .filter(|e| cfg.filter.selects(&e.name, &e.shape))
@@ -355,6 +417,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         rollback: false,
         ..Default::default()
     })?;
+    if let Some(alloc) = &recipe.allocator {
+        pruner.set_allocator(&reg, &alloc.name, &alloc.settings())?;
+    }
 
     // The type the weights are loaded (and written) in: --dtype, else as stored (one type for
     // the model runtime, each tensor's own without calibration).
@@ -377,7 +442,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             note!("loaded in {:.1} s", t_load.elapsed().as_secs_f64());
             let windows = birdbone_llama::token_windows(&m.tokenizer, &text, c.length, c.windows)
                 .with_context(|| format!("calibration text '{}'", c.text))?;
-            let (report, masks, cal) = prune_calibrated(&mut pruner, &m, &windows, c, &cfg)?;
+            let (report, masks, cal) =
+                prune_calibrated(&mut pruner, &m, &windows, c, &mut cfg, &recipe)?;
             let mut vars: Vec<(String, Tensor)> =
                 m.model.var_store().variables().into_iter().collect();
             vars.sort_by(|x, y| x.0.cmp(&y.0));
@@ -392,6 +458,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 recipe.scorer.name,
                 recipe.strategy.name
             );
+            if recipe.allocator.is_some() {
+                allocate(&mut pruner, &params, &mut cfg, PassInputs::default())?;
+            }
             let spin = Progress::spinner("prune");
             let (report, masks) = pruner.run(&params, &cfg, PassInputs::default())?;
             spin.finish();
@@ -430,6 +499,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             masks: Some(&masks),
             recipe: Some(&recipe),
             report: Some(&report),
+            allocation: cfg.allocation.as_deref(),
             provenance,
         },
     )?;
@@ -462,6 +532,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             "recipe": recipe,
             "calibration": calibration,
             "report": output::report_json(&report),
+            "allocation": cfg.allocation.as_deref(),
             "files": saved.files,
             "sharded": saved.sharded,
             "bytes": saved.total_size,
@@ -493,7 +564,8 @@ fn prune_calibrated(
     m: &Loaded,
     windows: &[Vec<i64>],
     c: &Calibration,
-    cfg: &birdbone_host::PassConfig,
+    cfg: &mut birdbone_host::PassConfig,
+    recipe: &Recipe,
 ) -> anyhow::Result<(PassReport, MaskSet, birdbone_llama::CalibrationReport)> {
     let vs = m.model.var_store();
     let hessians = pruner.needs_hessians();
@@ -505,6 +577,15 @@ fn prune_calibrated(
             })?;
             bar.finish();
             let stats = ActivationStats::from_parts(got.sums, got.hessians);
+            if recipe.allocator.is_some() {
+                let load = measure_load(pruner, m, windows, c, cfg, &stats)?;
+                let inputs = PassInputs {
+                    stats: Some(&stats),
+                    load: load.as_ref(),
+                    ..Default::default()
+                };
+                allocate(pruner, vs, cfg, inputs)?;
+            }
             let spin = Progress::spinner("prune");
             let (report, masks) = pruner.run(
                 vs,
@@ -518,6 +599,31 @@ fn prune_calibrated(
             Ok((report, masks, cal))
         }
         CalibrationMode::Sequential => {
+            if recipe.allocator.is_some() {
+                // The allocation is decided for the whole model before the first block is
+                // pruned, on the dense model's statistics (as OWL decides it).
+                let mut bar =
+                    Progress::new("allocation statistics", windows.len() as u64, "windows");
+                let needs_load = pruner
+                    .allocator_inputs()
+                    .is_some_and(|i| i.contains(birdbone_host_api::InputSet::LOAD));
+                let (got, _) = calibrate(
+                    &m.model,
+                    windows,
+                    c.batch,
+                    needs_load && hessians,
+                    &mut |d| bar.set(d as u64),
+                )?;
+                bar.finish();
+                let stats = ActivationStats::from_parts(got.sums, got.hessians);
+                let load = measure_load(pruner, m, windows, c, cfg, &stats)?;
+                let inputs = PassInputs {
+                    stats: Some(&stats),
+                    load: load.as_ref(),
+                    ..Default::default()
+                };
+                allocate(pruner, vs, cfg, inputs)?;
+            }
             let mut bar = Progress::new("sequential", m.model.num_blocks() as u64, "blocks");
             let mut pass = pruner.sequential(cfg);
             let cal = for_each_block_calibrated(
@@ -537,6 +643,128 @@ fn prune_calibrated(
             Ok((report, masks, cal))
         }
     }
+}
+
+/// `(sparsity, loss)` points of each parameter's layer.
+type LoadByParam = BTreeMap<String, Vec<(f64, f64)>>;
+
+/// Calibration windows the layer load is measured on (the first of the calibration's): each
+/// layer and level costs a forward pass from that layer on.
+const LOAD_WINDOWS: usize = 8;
+
+/// The load on every layer, when the allocator asks for it (`InputSet::LOAD`): the calibration
+/// loss with each layer alone pruned by the pass's scorer and strategy at the target sparsity
+/// and 0.1 above it, put back after each measurement.
+fn measure_load(
+    pruner: &mut Pruner,
+    m: &Loaded,
+    windows: &[Vec<i64>],
+    c: &Calibration,
+    cfg: &birdbone_host::PassConfig,
+    stats: &ActivationStats,
+) -> anyhow::Result<Option<LoadByParam>> {
+    if !pruner
+        .allocator_inputs()
+        .is_some_and(|i| i.contains(birdbone_host_api::InputSet::LOAD))
+    {
+        return Ok(None);
+    }
+    let vs = m.model.var_store();
+    let levels = [cfg.sparsity, (cfg.sparsity + 0.1).min(1.0)];
+    if levels[1] <= levels[0] {
+        anyhow::bail!(
+            "the layer load is measured at the target and above it: a sparsity of 1 leaves no room"
+        );
+    }
+    let blocks = m.model.num_blocks();
+    let names = |i: usize| -> Vec<String> {
+        m.model
+            .block_linear_names(i)
+            .into_iter()
+            .filter(|n| cfg.filter.selects(n, &[1, 1]))
+            .collect()
+    };
+    let mut bar = Progress::new("layer load", blocks as u64, "layers");
+    let inputs = || PassInputs {
+        stats: Some(stats),
+        ..Default::default()
+    };
+    let load = birdbone_llama::layer_load(
+        &m.model,
+        &windows[..windows.len().min(LOAD_WINDOWS)],
+        c.batch,
+        &levels,
+        |i, level| -> anyhow::Result<Option<birdbone_tch::Journal>> {
+            let include = names(i);
+            if include.is_empty() {
+                return Ok(None);
+            }
+            let block = birdbone_host::PassConfig {
+                sparsity: level,
+                nm: None,
+                keep_masks: false,
+                filter: birdbone_host::ParamFilter {
+                    include,
+                    exclude: cfg.filter.exclude.clone(),
+                },
+                allocation: None,
+            };
+            let (_, _, journal) = pruner.plan(vs, &block, inputs())?.commit_undoable()?;
+            Ok(Some(journal))
+        },
+        |journal| {
+            if let Some(j) = journal {
+                j.restore()?;
+            }
+            Ok(())
+        },
+        &mut |d| bar.set(d as u64),
+    )?;
+    bar.finish();
+    note!(
+        "layer load: dense loss {:.4}, measured at {:?} on {} tokens in {:.1} s",
+        load.dense,
+        levels,
+        load.tokens,
+        load.seconds
+    );
+    let mut out = BTreeMap::new();
+    for i in 0..blocks {
+        for n in names(i) {
+            out.insert(n, load.points(i));
+        }
+    }
+    Ok(Some(out))
+}
+
+/// Runs the pruner's allocator and puts its allocation in `cfg`.
+fn allocate(
+    pruner: &mut Pruner,
+    model: &(impl birdbone_tch::ParamSource + ?Sized),
+    cfg: &mut birdbone_host::PassConfig,
+    inputs: PassInputs<'_>,
+) -> anyhow::Result<()> {
+    let t = Instant::now();
+    let a = pruner.allocate(model, cfg, inputs)?;
+    let (lo, hi) = a
+        .params
+        .iter()
+        .map(|p| p.sparsity())
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), s| {
+            (l.min(s), h.max(s))
+        });
+    note!(
+        "allocation by {}: {} of {} weights over {} parameters, {:.1}% to {:.1}% each, in {:.2} s",
+        a.allocator,
+        a.pruned,
+        a.total,
+        a.params.len(),
+        100.0 * lo,
+        100.0 * hi,
+        t.elapsed().as_secs_f64()
+    );
+    cfg.allocation = Some(std::sync::Arc::new(a));
+    Ok(())
 }
 
 fn dry_run(

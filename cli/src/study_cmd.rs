@@ -187,6 +187,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             nm: s.nm,
             keep_masks: false,
             filter: filter.clone(),
+            allocation: None,
         };
         let (report, _) = pruner.run(
             m.model.var_store(),

@@ -1,6 +1,6 @@
 use abi_stable::{
     sabi_trait,
-    std_types::{RBox, RResult},
+    std_types::{RBox, RResult, RVec},
 };
 
 use crate::{
@@ -46,6 +46,23 @@ pub trait Strategy: Send {
     /// This is the last method of ABI 1.0; methods added in later minors go below it.
     #[sabi(last_prefix_field)]
     fn select(&mut self, plan: PlanContextMut<'_>, target: &Target) -> RResult<(), PluginError>;
+
+    /// An allocator's answer (ABI 1.2; components that answer it require `plan.allocate`): the
+    /// sparsity each parameter of the pass should have, one per parameter in order. The plan
+    /// context lends scores, weights and Hessians as in [`Strategy::select`]; decisions are
+    /// refused. The host turns the answer into exact integer counts: clamped to `[0, 1]`,
+    /// shifted by one common amount so the counts sum to `round(target.sparsity · N)`, and
+    /// rounded by largest remainder (ties: the earlier parameter).
+    fn allocate(
+        &mut self,
+        plan: PlanContextMut<'_>,
+        target: &Target,
+    ) -> RResult<RVec<f64>, PluginError> {
+        let _ = (plan, target);
+        RResult::RErr(PluginError::unsupported(
+            "this component is not an allocator",
+        ))
+    }
 }
 
 /// An owned scorer trait object.

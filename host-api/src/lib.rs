@@ -77,8 +77,8 @@ pub use manifest::{
 };
 pub use ops::{BinaryOp, HostOps, HostOps_Ref, KthValue, ReduceOp, UnaryOp};
 pub use plan::{
-    Decision, Hessian, NmPattern, PlanContext, PlanContextMut, PlanContext_TO, SelectScope,
-    Selection, Target,
+    Decision, Hessian, LoadPoint, NmPattern, PlanContext, PlanContextMut, PlanContext_TO,
+    SelectScope, Selection, Target,
 };
 pub use root::{PluginModule, PluginModule_Ref, PLUGIN_BASE_NAME};
 pub use score::{ParamInfo, ParamRole, ScoreInputs, ScoreOut, ScoreRequest};

@@ -125,6 +125,9 @@ impl InputSet {
     /// `XᵀX` of the Linear's calibration inputs, through [`crate::PlanContext::hessian`]
     /// (ABI 1.1; a strategy asks for it).
     pub const HESSIAN: InputSet = InputSet(4);
+    /// The calibration loss with each decoder layer pruned alone at a few sparsities, through
+    /// [`crate::PlanContext::load`] (ABI 1.2; an allocator asks for it).
+    pub const LOAD: InputSet = InputSet(8);
     /// Whether every input of `other` is in `self`.
     pub fn contains(self, other: InputSet) -> bool {
         self.0 & other.0 == other.0

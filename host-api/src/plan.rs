@@ -122,8 +122,8 @@ pub trait PlanContext {
 
     /// Records what to do with one parameter. Every parameter needs exactly one decision.
     ///
-    /// This is the last method of ABI 1.0; the methods below came in 1.1 (a 1.0 host refuses
-    /// a plugin built against 1.1 before any is called).
+    /// This is the last method of ABI 1.0; the methods below came in 1.1 and 1.2 (a host
+    /// refuses a plugin built against a newer minor before any is called).
     #[sabi(last_prefix_field)]
     fn decide(&mut self, param: u32, decision: Decision) -> RResult<(), PluginError>;
 
@@ -157,6 +157,50 @@ pub trait PlanContext {
         let _ = (param, values, keep);
         RResult::RErr(PluginError::unsupported("this host predates ABI 1.1"))
     }
+
+    /// How many weights of `param` the pass's allocation prunes, when the pass has one
+    /// (`None`: no allocator; use [`Target::sparsity`]). Allocations are exact: the counts of
+    /// a pass's parameters sum to the model-wide `round(s · N)` the allocator was asked for.
+    /// ABI 1.2, capability `select.allocated`.
+    fn allocated(&self, param: u32) -> ROption<u64> {
+        let _ = param;
+        ROption::RNone
+    }
+
+    /// [`PlanContext::select_k_smallest`] at the allocation's counts: `Global`, their sum over
+    /// `params`; `PerParam`, each parameter's own; `PerRow`, each parameter's count split over
+    /// its rows (`count / rows` in every row, one more in the first `count % rows` rows), so the
+    /// rows sum to the parameter's count. Without an allocation, the counts are
+    /// `round(sparsity · n)` of each scope, as a strategy would compute them. ABI 1.2,
+    /// capability `select.allocated`.
+    fn select_allocated(
+        &mut self,
+        params: RSlice<'_, u32>,
+        scope: SelectScope,
+    ) -> RResult<RVec<Selection>, PluginError> {
+        let _ = (params, scope);
+        RResult::RErr(PluginError::unsupported("this host predates ABI 1.2"))
+    }
+
+    /// The load on `param`'s decoder layer: the mean next-token loss on calibration text with
+    /// that layer alone pruned at each measured sparsity by the pass's scorer and strategy
+    /// (the first point is the dense model, sparsity 0). Parameters of one layer share their
+    /// points. `InvalidArgument` when the pass measured none (an allocator that declares
+    /// [`crate::InputSet::LOAD`] always gets them). ABI 1.2, capability `inputs.load`.
+    fn load(&mut self, param: u32) -> RResult<RVec<LoadPoint>, PluginError> {
+        let _ = param;
+        RResult::RErr(PluginError::unsupported("this host predates ABI 1.2"))
+    }
+}
+
+/// One measurement of a layer's load, from [`PlanContext::load`] (ABI 1.2).
+#[repr(C)]
+#[derive(StableAbi, Debug, Clone, Copy, PartialEq)]
+pub struct LoadPoint {
+    /// The sparsity the layer alone was pruned at.
+    pub sparsity: f64,
+    /// The mean next-token loss (nats) on the calibration text then.
+    pub loss: f64,
 }
 
 /// A parameter's Hessian statistics, from [`PlanContext::hessian`] (ABI 1.1).

@@ -3,7 +3,7 @@ use abi_stable::StableAbi;
 /// Major version of the Birdbone plugin ABI. A plugin of another major is refused.
 pub const ABI_MAJOR: u32 = 1;
 /// Minor version of the Birdbone plugin ABI. A host accepts plugins of this minor or older.
-pub const ABI_MINOR: u32 = 1;
+pub const ABI_MINOR: u32 = 2;
 
 /// Capabilities a host of this ABI version offers; components name the ones they require in
 /// [`crate::Capabilities::requires`].
@@ -26,6 +26,15 @@ pub const ABI_MINOR: u32 = 1;
 ///   inputs ([`crate::InputSet::HESSIAN`]);
 /// - `plan.reconstruct`: [`crate::PlanContext::weight`] and [`crate::PlanContext::propose`],
 ///   new values for the weights a strategy keeps.
+///
+/// Added in ABI 1.2, for allocation (a sparsity per parameter before selection):
+///
+/// - `plan.allocate`: the host calls [`crate::Strategy::allocate`] on components that require
+///   it (allocators; the component kind stays `Strategy`, as 1.x's kinds are fixed);
+/// - `select.allocated`: [`crate::PlanContext::allocated`] and
+///   [`crate::PlanContext::select_allocated`], exact counts per parameter and per row;
+/// - `inputs.load`: [`crate::PlanContext::load`], each layer's calibration loss pruned alone
+///   ([`crate::InputSet::LOAD`]).
 pub const HOST_CAPABILITIES: &[&str] = &[
     "ops.v1",
     "select.exact",
@@ -36,6 +45,9 @@ pub const HOST_CAPABILITIES: &[&str] = &[
     "ops.obs-sweep",
     "inputs.hessian",
     "plan.reconstruct",
+    "plan.allocate",
+    "select.allocated",
+    "inputs.load",
 ];
 
 /// A Birdbone ABI version: `major.minor`.

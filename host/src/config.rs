@@ -18,6 +18,10 @@ pub struct PassConfig {
     pub keep_masks: bool,
     /// Which parameters to prune.
     pub filter: ParamFilter,
+    /// Exact counts per parameter from an allocator ([`crate::Allocation`]); the strategy
+    /// reads them. `None`: the strategy's own `round(sparsity · n)` per scope.
+    #[serde(skip)]
+    pub allocation: Option<std::sync::Arc<crate::Allocation>>,
 }
 
 impl Default for PassConfig {
@@ -27,6 +31,7 @@ impl Default for PassConfig {
             nm: None,
             keep_masks: true,
             filter: ParamFilter::default(),
+            allocation: None,
         }
     }
 }

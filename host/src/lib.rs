@@ -13,6 +13,7 @@
 //! Nothing here depends on a tensor library: an adapter (`birdbone-tch` today) supplies
 //! parameters, host operations and the engines, and re-exports these items.
 
+pub mod allocation;
 mod config;
 mod error;
 mod filter;
@@ -24,13 +25,14 @@ mod registry;
 mod report;
 pub mod schedule;
 
+pub use allocation::Allocation;
 pub use config::PassConfig;
 pub use error::{Error, Result};
 pub use filter::{glob_match, role_of, ParamFilter};
 pub use recipe::Recipe;
 pub use registry::{
     complete_config, Component, ComponentRef, LoadSummary, LoadedPlugin, PluginRegistry, Rejected,
-    PLUGIN_PATH_ENV,
+    Role, PLUGIN_PATH_ENV,
 };
 pub use report::{ParamReport, PassReport};
 

@@ -11,11 +11,11 @@
 
 use abi_stable::{
     sabi_trait::TD_Opaque,
-    std_types::{RResult, RSlice, RVec},
+    std_types::{ROption, RResult, RSlice, RVec},
 };
 use birdbone_host_api::{
-    Decision, Hessian, HostOps_Ref, NmPattern, ParamInfo, PlanContext, PlanContext_TO, PluginError,
-    ScoreRequest, SelectScope, Selection, StrategyBox, Target, Tensor, TensorId,
+    Decision, Hessian, HostOps_Ref, LoadPoint, NmPattern, ParamInfo, PlanContext, PlanContext_TO,
+    PluginError, ScoreRequest, SelectScope, Selection, StrategyBox, Target, Tensor, TensorId,
 };
 use birdbone_select::{key_value, GlobalSelection, ParamQuota};
 
@@ -65,9 +65,14 @@ pub trait PlanBackend {
         params: &[u32],
         ks: &[u64],
     ) -> Result<Vec<GlobalSelection>, Self::Error>;
-    /// The `ks[i]` lowest-scoring weights of every row of each (2-D) `params[i]`.
-    fn select_rows(&mut self, params: &[u32], ks: &[u64])
-        -> Result<Vec<Self::RowSel>, Self::Error>;
+    /// The `ks[i]` lowest-scoring weights of every row of each (2-D) `params[i]`, one more
+    /// in its first `extras[i]` rows.
+    fn select_rows(
+        &mut self,
+        params: &[u32],
+        ks: &[u64],
+        extras: &[u64],
+    ) -> Result<Vec<Self::RowSel>, Self::Error>;
     /// Another handle to the same per-row selection.
     fn share_rows(rows: &Self::RowSel) -> Self::RowSel;
     /// Plans `rule` for `p`; `pruned` is what the rule prunes when it is applied as selected.
@@ -86,6 +91,14 @@ pub trait PlanBackend {
     fn lend_weight(&mut self, p: u32) -> Result<Tensor, Self::Error>;
     /// The Hessian statistics of `p`, lent until planning ends (ABI 1.1).
     fn lend_hessian(&mut self, p: u32) -> Result<Hessian, Self::Error>;
+    /// The load measured on `p`'s layer (ABI 1.2); none by default.
+    fn load(&mut self, p: u32) -> Result<Vec<LoadPoint>, Self::Error> {
+        let _ = p;
+        Err(Error::Invalid(
+            "this pass measured no load (the allocator must declare InputSet::LOAD)".into(),
+        )
+        .into())
+    }
     /// Plans new values for `p`: `values` where `keep` (the plugin's tensors) is nonzero, else
     /// 0 (ABI 1.1).
     fn plan_values(
@@ -105,6 +118,7 @@ enum SelRecord<R> {
         param: u32,
         rows: R,
         k: u64,
+        extra: u64,
     },
 }
 
@@ -115,6 +129,11 @@ pub struct PlanDriver<B: PlanBackend> {
     selections: Vec<SelRecord<B::RowSel>>,
     decisions: Vec<Option<B::Planned>>,
     error: Option<B::Error>,
+    /// The allocation's count of each parameter (ABI 1.2), when the pass has one.
+    allocated: Vec<Option<u64>>,
+    target: Option<Target>,
+    /// Running an allocator: decisions are refused.
+    allocating: bool,
 }
 
 /// What planning left once the strategy returned.
@@ -134,6 +153,42 @@ impl<B: PlanBackend> PlanDriver<B> {
             infos,
             selections: Vec::new(),
             error: None,
+            allocated: Vec::new(),
+            target: None,
+            allocating: false,
+        }
+    }
+
+    /// The allocation's count for each parameter (index `i` is parameter `i`), which
+    /// strategies read through [`PlanContext::allocated`] and `select_allocated`.
+    pub fn with_allocation(mut self, counts: Vec<Option<u64>>) -> PlanDriver<B> {
+        self.allocated = counts;
+        self
+    }
+
+    /// Runs `allocator`'s [`birdbone_host_api::Strategy::allocate`] on `target`: its sparsity
+    /// for each parameter, and the backend back.
+    pub fn run_allocate(
+        mut self,
+        allocator: &mut Component<StrategyBox>,
+        target: &Target,
+    ) -> Result<(Vec<f64>, B), B::Error> {
+        self.allocating = true;
+        self.target = Some(*target);
+        let result = {
+            let ctx = PlanContext_TO::from_ptr(&mut self, TD_Opaque);
+            allocator.object.allocate(ctx, target).into_result()
+        };
+        match result {
+            Ok(v) => Ok((v.into_vec(), self.backend)),
+            Err(error) => Err(self.error.take().unwrap_or_else(|| {
+                Error::Plugin {
+                    component: allocator.name.clone(),
+                    param: "the allocation".into(),
+                    error,
+                }
+                .into()
+            })),
         }
     }
 
@@ -144,6 +199,7 @@ impl<B: PlanBackend> PlanDriver<B> {
         strategy: &mut Component<StrategyBox>,
         target: &Target,
     ) -> Result<PlanOutcome<B>, B::Error> {
+        self.target = Some(*target);
         let result = {
             let ctx = PlanContext_TO::from_ptr(&mut self, TD_Opaque);
             strategy.object.select(ctx, target).into_result()
@@ -183,6 +239,18 @@ impl<B: PlanBackend> PlanDriver<B> {
         &mut self,
         params: &[u32],
         ks: &[u64],
+        scope: SelectScope,
+    ) -> Result<Vec<Selection>, B::Error> {
+        self.select_split(params, ks, &vec![0; ks.len()], scope)
+    }
+
+    /// [`PlanDriver::select`] where, per row, the first `extras[i]` rows of `params[i]` take
+    /// one more.
+    fn select_split(
+        &mut self,
+        params: &[u32],
+        ks: &[u64],
+        extras: &[u64],
         scope: SelectScope,
     ) -> Result<Vec<Selection>, B::Error> {
         for &p in params {
@@ -237,18 +305,32 @@ impl<B: PlanBackend> PlanDriver<B> {
                         );
                     }
                 }
-                let rows = self.backend.select_rows(params, ks)?;
+                for (&p, &extra) in params.iter().zip(extras) {
+                    let info = &self.infos[p as usize];
+                    if extra > info.shape[0] as u64 {
+                        bail!(
+                            "'{}' has {} rows, not {extra} to take one more",
+                            info.name,
+                            info.shape[0]
+                        );
+                    }
+                }
+                let rows = self.backend.select_rows(params, ks, extras)?;
                 let mut out = Vec::with_capacity(params.len());
-                for ((&p, &k), rows) in params.iter().zip(ks).zip(rows) {
+                for (((&p, &k), &extra), rows) in params.iter().zip(ks).zip(extras).zip(rows) {
                     let info = &self.infos[p as usize];
                     out.push(Selection {
                         id: self.selections.len() as u32,
-                        pruned: k * info.shape[0] as u64,
+                        pruned: k * info.shape[0] as u64 + extra,
                         considered: info.numel,
                         threshold: f64::NAN,
                     });
-                    self.selections
-                        .push(SelRecord::PerRow { param: p, rows, k });
+                    self.selections.push(SelRecord::PerRow {
+                        param: p,
+                        rows,
+                        k,
+                        extra,
+                    });
                 }
                 Ok(out)
             }
@@ -275,6 +357,7 @@ impl<B: PlanBackend> PlanDriver<B> {
     }
 
     fn decide(&mut self, p: u32, decision: Decision) -> Result<(), B::Error> {
+        self.refuse_while_allocating()?;
         let info = self.info(p)?;
         let (name, numel) = (info.name.to_string(), info.numel);
         let cols = info.shape.last().copied().unwrap_or(0);
@@ -299,10 +382,19 @@ impl<B: PlanBackend> PlanDriver<B> {
                         ),
                         None => bail!("selection {selection} does not cover '{name}'"),
                     },
-                    Some(SelRecord::PerRow { param, rows, k }) if *param == p => (
+                    Some(SelRecord::PerRow {
+                        param,
+                        rows,
+                        k,
+                        extra,
+                    }) if *param == p => (
                         Rule::PerRow(B::share_rows(rows)),
-                        k * (numel / cols.max(1) as u64),
-                        format!("{k} per row"),
+                        k * (numel / cols.max(1) as u64) + extra,
+                        if *extra > 0 {
+                            format!("{k} per row, {} in the first {extra}", k + 1)
+                        } else {
+                            format!("{k} per row")
+                        },
                     ),
                     Some(SelRecord::PerRow { .. }) => {
                         bail!("selection {selection} does not cover '{name}'")
@@ -333,6 +425,7 @@ impl<B: PlanBackend> PlanDriver<B> {
         p: u32,
         plan: impl FnOnce(&mut B) -> Result<B::Planned, B::Error>,
     ) -> Result<(), B::Error> {
+        self.refuse_while_allocating()?;
         let name = self.info(p)?.name.to_string();
         if self.decisions[p as usize].is_some() {
             bail!("parameter '{name}' was already decided");
@@ -340,6 +433,73 @@ impl<B: PlanBackend> PlanDriver<B> {
         let planned = plan(&mut self.backend)?;
         self.decisions[p as usize] = Some(planned);
         Ok(())
+    }
+
+    fn refuse_while_allocating(&self) -> Result<(), Error> {
+        if self.allocating {
+            bail!("an allocator answers with sparsities; it decides no parameter");
+        }
+        Ok(())
+    }
+
+    /// The count of `p` the pass's allocation gives, if any.
+    fn allocated_count(&self, p: u32) -> Option<u64> {
+        self.allocated.get(p as usize).copied().flatten()
+    }
+
+    /// Selections at the allocation's counts (or `round(s · n)` per scope without one).
+    fn select_allocated(
+        &mut self,
+        params: &[u32],
+        scope: SelectScope,
+    ) -> Result<Vec<Selection>, B::Error> {
+        let Some(target) = self.target else {
+            bail!("select_allocated outside a pass");
+        };
+        let round = |n: u64| ((target.sparsity * n as f64).round() as u64).min(n);
+        let mut counts = Vec::with_capacity(params.len());
+        for &p in params {
+            let info = self.info(p)?;
+            counts.push(match self.allocated_count(p) {
+                Some(c) => Some(c),
+                None => (scope != SelectScope::PerRow).then(|| round(info.numel)),
+            });
+        }
+        match scope {
+            SelectScope::Global => {
+                let k = counts.iter().map(|c| c.unwrap_or(0)).sum();
+                self.select(params, &[k], scope)
+            }
+            SelectScope::PerParam => {
+                let ks: Vec<u64> = counts.iter().map(|c| c.unwrap_or(0)).collect();
+                self.select(params, &ks, scope)
+            }
+            SelectScope::PerRow => {
+                let (mut ks, mut extras) = (Vec::new(), Vec::new());
+                for (&p, c) in params.iter().zip(&counts) {
+                    let info = self.info(p)?;
+                    if info.shape.len() != 2 {
+                        bail!(
+                            "per-row selection needs a 2-D parameter; '{}' is {:?}",
+                            info.name,
+                            info.shape.as_slice()
+                        );
+                    }
+                    let (rows, cols) = (info.shape[0] as u64, info.shape[1] as u64);
+                    match c {
+                        Some(c) => {
+                            ks.push(c / rows.max(1));
+                            extras.push(c % rows.max(1));
+                        }
+                        None => {
+                            ks.push(round(cols));
+                            extras.push(0);
+                        }
+                    }
+                }
+                self.select_split(params, &ks, &extras, scope)
+            }
+        }
     }
 
     fn record<T>(&mut self, r: Result<T, B::Error>) -> Result<T, B::Error> {
@@ -440,6 +600,31 @@ impl<B: PlanBackend> PlanContext for PlanDriver<B> {
         B::guard(|| {
             let r = self.settle(param, |b| b.plan_values(param, values, keep));
             self.record(r)
+        })
+    }
+
+    fn load(&mut self, param: u32) -> RResult<RVec<LoadPoint>, PluginError> {
+        B::guard(|| {
+            let r = match self.info(param) {
+                Ok(_) => self.backend.load(param).map(RVec::from),
+                Err(e) => Err(e.into()),
+            };
+            self.record(r)
+        })
+    }
+
+    fn allocated(&self, param: u32) -> ROption<u64> {
+        self.allocated_count(param).into()
+    }
+
+    fn select_allocated(
+        &mut self,
+        params: RSlice<'_, u32>,
+        scope: SelectScope,
+    ) -> RResult<RVec<Selection>, PluginError> {
+        B::guard(|| {
+            let r = PlanDriver::select_allocated(self, params.as_slice(), scope);
+            self.record(r).map(RVec::from)
         })
     }
 }

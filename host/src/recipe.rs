@@ -27,6 +27,15 @@ pub struct Recipe {
     pub strategy: ComponentSpec,
     /// Fraction of the selected weights to prune, in [0, 1].
     pub sparsity: f64,
+    /// An allocator (`uniform`, `owl`, `birdbone`, or a plugin's): a sparsity for each
+    /// parameter, exactly `round(sparsity · N)` over them all. Default: none (the strategy's
+    /// own count in each scope).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allocator: Option<ComponentSpec>,
+    /// Replay a saved allocation (the `allocation.json` written beside a pruned model) instead
+    /// of running an allocator.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allocation: Option<std::path::PathBuf>,
     /// An N:M pattern, "N:M" (N kept of every M), for strategies that produce one (`nm`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pattern: Option<NmPattern>,
@@ -62,6 +71,8 @@ impl Default for Recipe {
             scorer: ComponentSpec::named("magnitude"),
             strategy: ComponentSpec::named("global"),
             sparsity: 0.5,
+            allocator: None,
+            allocation: None,
             pattern: None,
             include: vec![],
             exclude: vec![],
@@ -505,6 +516,14 @@ impl Recipe {
         if !(0.0..=1.0).contains(&self.sparsity) {
             crate::bail!("sparsity must be between 0 and 1, got {}", self.sparsity);
         }
+        if self.allocator.is_some() && self.allocation.is_some() {
+            crate::bail!("give an allocator or a saved allocation to replay, not both");
+        }
+        if (self.allocator.is_some() || self.allocation.is_some()) && self.pattern.is_some() {
+            crate::bail!(
+                "an N:M pattern prunes the same share of every group, so it cannot be allocated: drop the allocator or the pattern"
+            );
+        }
         self.filter().validate()?;
         if let Some(c) = &self.calibration {
             if c.windows == 0 || c.length < 2 || c.batch == 0 {
@@ -547,6 +566,7 @@ impl Recipe {
             nm: self.pattern.map(|p| (p.n, p.m)),
             keep_masks: true,
             filter: self.filter(),
+            allocation: None,
         }
     }
 

@@ -363,17 +363,17 @@ impl PluginRegistry {
         })
     }
 
-    fn find(&self, kind: ComponentKind, name: &str) -> Result<ComponentRef<'_>> {
+    fn find(&self, role: Role, name: &str) -> Result<ComponentRef<'_>> {
         match self.component(name) {
-            Some(c) if c.info.kind == kind => Ok(c),
+            Some(c) if Role::of(c.info) == role => Ok(c),
             _ => {
                 let available: Vec<&str> = self
                     .components()
-                    .filter(|c| c.info.kind == kind)
+                    .filter(|c| Role::of(c.info) == role)
                     .map(|c| c.info.name.as_str())
                     .collect();
                 Err(Error::UnknownComponent {
-                    kind: kind_name(kind),
+                    kind: role.name(),
                     name: name.to_string(),
                     available: if available.is_empty() {
                         "none".into()
@@ -394,7 +394,7 @@ impl PluginRegistry {
         settings: &BTreeMap<String, String>,
         host: HostOps_Ref,
     ) -> Result<Component<ScorerBox>> {
-        self.create(ComponentKind::Scorer, name, settings, |module, config| {
+        self.create(Role::Scorer, name, settings, |module, config| {
             (module.create_scorer())(name.into(), config, host)
         })
     }
@@ -406,19 +406,39 @@ impl PluginRegistry {
         settings: &BTreeMap<String, String>,
         host: HostOps_Ref,
     ) -> Result<Component<StrategyBox>> {
-        self.create(ComponentKind::Strategy, name, settings, |module, config| {
+        self.create(Role::Strategy, name, settings, |module, config| {
+            (module.create_strategy())(name.into(), config, host)
+        })
+    }
+
+    /// Creates allocator `name` (ABI 1.2: a strategy-kind component that requires
+    /// `plan.allocate`), like [`PluginRegistry::create_strategy`].
+    pub fn create_allocator(
+        &self,
+        name: &str,
+        settings: &BTreeMap<String, String>,
+        host: HostOps_Ref,
+    ) -> Result<Component<StrategyBox>> {
+        self.create(Role::Allocator, name, settings, |module, config| {
             (module.create_strategy())(name.into(), config, host)
         })
     }
 
     fn create<T>(
         &self,
-        kind: ComponentKind,
+        kind: Role,
         name: &str,
         settings: &BTreeMap<String, String>,
         make: impl FnOnce(PluginModule_Ref, RSlice<'_, ConfigEntry>) -> RResult<T, PluginError>,
     ) -> Result<Component<T>> {
         let c = self.find(kind, name)?;
+        if kind == Role::Allocator && c.plugin.manifest.abi.minor < 2 {
+            // Strategy::allocate came in 1.2: an older plugin's table has no such entry.
+            return Err(Error::Invalid(format!(
+                "'{name}' claims to be an allocator, but its plugin was built against ABI {}; allocators need 1.2",
+                c.plugin.manifest.abi
+            )));
+        }
         let config = complete_config(c.info, settings)?;
         let object = make(c.plugin.module, config.as_slice().into())
             .into_result()
@@ -465,10 +485,35 @@ impl<T> Component<T> {
     }
 }
 
-fn kind_name(kind: ComponentKind) -> &'static str {
-    match kind {
-        ComponentKind::Scorer => "scorer",
-        ComponentKind::Strategy => "strategy",
+/// What a component is for: ABI 1.x has two component kinds, and an allocator (1.2) is a
+/// strategy-kind component marked by requiring `plan.allocate`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Turns weights into scores.
+    Scorer,
+    /// Turns scores into decisions.
+    Strategy,
+    /// Sets each parameter's sparsity before selection.
+    Allocator,
+}
+
+impl Role {
+    /// The role of a component.
+    pub fn of(info: &ComponentInfo) -> Role {
+        match info.kind {
+            ComponentKind::Scorer => Role::Scorer,
+            ComponentKind::Strategy if info.is_allocator() => Role::Allocator,
+            ComponentKind::Strategy => Role::Strategy,
+        }
+    }
+
+    /// Its name, as errors and listings write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Role::Scorer => "scorer",
+            Role::Strategy => "strategy",
+            Role::Allocator => "allocator",
+        }
     }
 }
 

@@ -64,7 +64,7 @@ impl PlanBackend for VecBackend {
             .map(|(&p, &k)| self.select(&[p], k))
             .collect()
     }
-    fn select_rows(&mut self, _: &[u32], ks: &[u64]) -> Result<Vec<u64>, Error> {
+    fn select_rows(&mut self, _: &[u32], ks: &[u64], _: &[u64]) -> Result<Vec<u64>, Error> {
         Ok(ks.to_vec())
     }
     fn share_rows(rows: &u64) -> u64 {

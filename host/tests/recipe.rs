@@ -30,6 +30,15 @@ fn shipped_recipes_read_as_documented() {
     assert_eq!(m.sparsity, 0.5);
     assert!(m.calibration.is_none());
 
+    for (file, allocator) in [("owl-70.yaml", "owl"), ("birdbone-70.yaml", "birdbone")] {
+        let a = r(file);
+        assert_eq!(
+            a.allocator.as_ref().map(|c| c.name.as_str()),
+            Some(allocator)
+        );
+        assert_eq!((a.sparsity, a.strategy.name.as_str()), (0.7, "layerwise"));
+    }
+
     let w = r("wanda-50.yaml");
     assert_eq!(w.scorer.name, "wanda");
     assert_eq!(w.strategy.params["scope"], Scalar::Text("row".into()));

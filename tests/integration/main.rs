@@ -22,6 +22,7 @@
 //! - `gpu`, `gpu_reconstruct`: CUDA paths against the CPU path; they return early where no GPU
 //!   is present.
 
+mod allocation;
 mod checks;
 mod cli;
 mod families;

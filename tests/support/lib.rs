@@ -44,6 +44,7 @@ pub fn builtin_plugin_files() -> Vec<PathBuf> {
         "training_signals",
         "sparsegpt",
         "ria",
+        "allocators",
     ]
     .iter()
     .map(|n| plugin_file(&format!("birdbone_plugin_{n}")))

@@ -34,6 +34,20 @@ impl ComponentInfo {
         Self::new(ComponentKind::Strategy, name, description)
     }
 
+    /// An allocator (ABI 1.2): a strategy-kind component that answers
+    /// [`crate::Strategy::allocate`], marked by requiring `plan.allocate`.
+    pub fn allocator(name: &str, description: &str) -> ComponentInfo {
+        Self::new(ComponentKind::Strategy, name, description).requires("plan.allocate")
+    }
+
+    /// Whether this component is an allocator (requires `plan.allocate`).
+    pub fn is_allocator(&self) -> bool {
+        self.capabilities
+            .requires
+            .iter()
+            .any(|c| c.as_str() == "plan.allocate")
+    }
+
     /// Adds a parameter.
     pub fn param(mut self, name: &str, default: ParamValue, doc: &str) -> ComponentInfo {
         let kind: ParamKind = default.kind();

@@ -53,16 +53,42 @@ pub fn exact_count(sparsity: f64, n: u64) -> u64 {
     ((sparsity * n as f64).round() as u64).min(n)
 }
 
+/// `total` split over parts of sizes `sizes` in proportion to them, exactly: each part gets the
+/// floor of its share, and what is left goes one each to the parts with the largest remainders
+/// (ties: the earlier part). Parts of equal size differ by at most one, the earlier ones first.
+pub fn split_count(total: u64, sizes: &[u64]) -> Vec<u64> {
+    let n: u64 = sizes.iter().sum();
+    if n == 0 {
+        return vec![0; sizes.len()];
+    }
+    // Exact integer shares: floor(total · size / n) and the remainder of the division.
+    let shares: Vec<(u64, u128)> = sizes
+        .iter()
+        .map(|&s| {
+            let x = total as u128 * s as u128;
+            ((x / n as u128) as u64, x % n as u128)
+        })
+        .collect();
+    let mut out: Vec<u64> = shares.iter().map(|s| s.0).collect();
+    let left = total - out.iter().sum::<u64>();
+    let mut order: Vec<usize> = (0..sizes.len()).collect();
+    order.sort_by(|&a, &b| shares[b].1.cmp(&shares[a].1).then(a.cmp(&b)));
+    for &i in order.iter().take(left as usize) {
+        out[i] += 1;
+    }
+    out
+}
+
 /// Everything a plugin usually needs.
 pub mod prelude {
     pub use super::{
-        exact_count, unknown_component, AsTensorId, Config, Host, OwnedTensor, Plan, Plugin,
-        Result, ScorerImpl, StrategyImpl,
+        exact_count, split_count, unknown_component, AsTensorId, Config, Host, OwnedTensor, Plan,
+        Plugin, Result, ScorerImpl, StrategyImpl,
     };
     pub use crate::{
         BinaryOp, Capabilities, ComponentInfo, ComponentKind, DType, Decision, Device, DeviceKind,
-        DeviceSet, ErrorCode, Granularity, GranularitySet, Hessian, InputSet, NmPattern, ParamInfo,
-        ParamKind, ParamSpec, ParamValue, PluginError, ReduceOp, ScoreInputs, ScoreOut,
+        DeviceSet, ErrorCode, Granularity, GranularitySet, Hessian, InputSet, LoadPoint, NmPattern,
+        ParamInfo, ParamKind, ParamSpec, ParamValue, PluginError, ReduceOp, ScoreInputs, ScoreOut,
         ScoreRequest, SelectScope, Selection, Target, Tensor, TensorId, UnaryOp,
     };
     pub use abi_stable::std_types::{RNone, ROption, RSome};
@@ -83,4 +109,19 @@ macro_rules! export_plugin {
             }
         };
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_count;
+
+    #[test]
+    fn split_count_is_exact_and_proportional() {
+        assert_eq!(split_count(10, &[128, 128, 64]), vec![4, 4, 2]);
+        assert_eq!(split_count(7, &[3, 3, 3]), vec![3, 2, 2]);
+        assert_eq!(split_count(0, &[5, 5]), vec![0, 0]);
+        assert_eq!(split_count(3, &[0, 0]), vec![0, 0]);
+        let parts = split_count(1_000_003, &[576 * 128, 576 * 128, 576 * 64]);
+        assert_eq!(parts.iter().sum::<u64>(), 1_000_003);
+    }
 }

@@ -72,6 +72,30 @@ impl<'a> Plan<'a> {
         self.ctx.hessian(param).into_result()
     }
 
+    /// The count the pass's allocation prunes in `param`, if the pass has one (ABI 1.2).
+    pub fn allocated(&self, param: u32) -> Option<u64> {
+        self.ctx.allocated(param).into_option()
+    }
+
+    /// Exact selections at the allocation's counts (ABI 1.2); see
+    /// [`crate::PlanContext::select_allocated`].
+    pub fn select_allocated(
+        &mut self,
+        params: &[u32],
+        scope: SelectScope,
+    ) -> Result<Vec<Selection>, PluginError> {
+        self.ctx
+            .select_allocated(params.into(), scope)
+            .into_result()
+            .map(|v| v.into_vec())
+    }
+
+    /// The load on `param`'s layer: the calibration loss with the layer pruned alone at each
+    /// measured sparsity (ABI 1.2).
+    pub fn load(&mut self, param: u32) -> Result<Vec<crate::LoadPoint>, PluginError> {
+        self.ctx.load(param).into_result().map(|v| v.into_vec())
+    }
+
     /// Decides `param` with new values: `values` where `keep` is nonzero, 0 elsewhere (ABI 1.1).
     pub fn propose(
         &mut self,

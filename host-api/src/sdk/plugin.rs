@@ -32,8 +32,18 @@ pub trait ScorerImpl: Send + 'static {
 
 /// A strategy, in plain Rust. The SDK adapts it to the ABI and catches its panics.
 pub trait StrategyImpl: Send + 'static {
-    /// See [`crate::Strategy::select`].
+    /// See [`crate::Strategy::select`]. An allocator's select is never called: return an
+    /// error saying so.
     fn select(&mut self, plan: &mut Plan<'_>, target: &Target) -> Result<(), PluginError>;
+
+    /// See [`crate::Strategy::allocate`] (ABI 1.2; declare the component with
+    /// [`crate::ComponentInfo::allocator`]). The default: not an allocator.
+    fn allocate(&mut self, plan: &mut Plan<'_>, target: &Target) -> Result<Vec<f64>, PluginError> {
+        let _ = (plan, target);
+        Err(PluginError::unsupported(
+            "this component is not an allocator",
+        ))
+    }
 }
 
 /// A plugin: its identity, its components, and how to create them.
@@ -116,6 +126,18 @@ struct StrategyAdapter(Box<dyn StrategyImpl>);
 impl Strategy for StrategyAdapter {
     fn select(&mut self, plan: PlanContextMut<'_>, target: &Target) -> RResult<(), PluginError> {
         catch_panics("strategy", || self.0.select(&mut Plan::new(plan), target))
+    }
+
+    fn allocate(
+        &mut self,
+        plan: PlanContextMut<'_>,
+        target: &Target,
+    ) -> RResult<abi_stable::std_types::RVec<f64>, PluginError> {
+        catch_panics("allocator", || {
+            self.0
+                .allocate(&mut Plan::new(plan), target)
+                .map(Into::into)
+        })
     }
 }
 

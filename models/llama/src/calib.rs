@@ -40,7 +40,7 @@ pub struct CalibrationReport {
     pub seconds: f64,
 }
 
-fn batches<'a>(
+pub(crate) fn batches<'a>(
     windows: &'a [Vec<i64>],
     batch: usize,
     model: &Llama,

@@ -18,6 +18,7 @@ mod calib;
 pub mod checkpoint;
 mod eval;
 mod generate;
+mod layer_load;
 mod load;
 mod model;
 mod text;
@@ -29,6 +30,7 @@ pub use calib::{
 };
 pub use eval::{lm_loss, perplexity, perplexity_with, token_windows, EvalConfig, Perplexity};
 pub use generate::generate_greedy;
+pub use layer_load::{layer_load, LayerLoad};
 pub use load::{hub_cache_dir, is_hub_id, parse_device, resolve_model_dir, Loaded};
 pub use model::{HessianSums, KvCache, Llama, StatsRecorder};
 pub use text::{read_text, text_dir};

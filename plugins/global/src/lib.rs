@@ -10,6 +10,12 @@ struct Global;
 impl StrategyImpl for Global {
     fn select(&mut self, plan: &mut Plan<'_>, target: &Target) -> Result<()> {
         let all = plan.all();
+        if let Some(p) = all.iter().find(|&&p| plan.allocated(p).is_some()) {
+            return Err(PluginError::invalid(format!(
+                "the pass has an allocation ('{}' has its own count), but one global threshold sets every parameter's count itself: use the layerwise strategy with an allocator",
+                plan.params()[*p as usize].name
+            )));
+        }
         let total: u64 = plan.params().iter().map(|p| p.numel).sum();
         let k = exact_count(target.sparsity, total);
         let sel = plan.select_k_smallest(&all, &[k], SelectScope::Global)?;

@@ -1,6 +1,7 @@
 //! Implements host-api's `Strategy` with the same sparsity in every parameter (`scope=tensor`)
 //! or in every output row of every parameter (`scope=row`, as Wanda prunes), exactly
-//! `round(sparsity × n)` per scope.
+//! `round(sparsity × n)` per scope, or under an allocator its exact count for each parameter
+//! (split over the rows for `scope=row`).
 
 #![deny(missing_docs)]
 
@@ -17,18 +18,13 @@ struct Layerwise {
 }
 
 impl StrategyImpl for Layerwise {
-    fn select(&mut self, plan: &mut Plan<'_>, target: &Target) -> Result<()> {
+    fn select(&mut self, plan: &mut Plan<'_>, _target: &Target) -> Result<()> {
         let all = plan.all();
-        let (ks, scope): (Vec<u64>, SelectScope) = match self.scope {
-            Scope::Tensor => (
-                plan.params()
-                    .iter()
-                    .map(|p| exact_count(target.sparsity, p.numel))
-                    .collect(),
-                SelectScope::PerParam,
-            ),
+        // The host counts: an allocation's exact counts when the pass has one (per row: split
+        // over the rows, the first rows one more), else round(s · n) per parameter or per row.
+        let scope = match self.scope {
+            Scope::Tensor => SelectScope::PerParam,
             Scope::Row => {
-                let mut ks = Vec::new();
                 for p in plan.params() {
                     if p.shape.len() != 2 {
                         return Err(PluginError::invalid(format!(
@@ -37,12 +33,11 @@ impl StrategyImpl for Layerwise {
                             p.shape.as_slice()
                         )));
                     }
-                    ks.push(exact_count(target.sparsity, p.shape[1] as u64));
                 }
-                (ks, SelectScope::PerRow)
+                SelectScope::PerRow
             }
         };
-        let sels = plan.select_k_smallest(&all, &ks, scope)?;
+        let sels = plan.select_allocated(&all, scope)?;
         for (p, s) in all.into_iter().zip(sels) {
             plan.decide(p, Decision::Apply { selection: s.id })?;
         }
@@ -61,7 +56,8 @@ impl Plugin for LayerwisePlugin {
     fn components() -> Vec<ComponentInfo> {
         vec![ComponentInfo::strategy("layerwise", "prune round(s x n) weights of each parameter (scope=tensor) or of each output row (scope=row)")
             .param("scope", ParamValue::Str("tensor".into()), "'tensor': the sparsity in each parameter; 'row': in each output row (Wanda's comparison group)")
-            .requires("select.exact")]
+            .requires("select.exact")
+            .requires("select.allocated")]
     }
 
     fn create_strategy(name: &str, config: &Config, _host: Host) -> Result<Box<dyn StrategyImpl>> {

@@ -75,6 +75,7 @@ impl SparseGpt {
         weight: &Tensor,
         f: &Factored,
         target: &Target,
+        allocated: Option<u64>,
     ) -> Result<(OwnedTensor, OwnedTensor)> {
         let h = self.host;
         let (rows, cols) = (info.shape[0], info.shape[1]);
@@ -90,6 +91,19 @@ impl SparseGpt {
         let w = h.cast(weight, DType::F32)?;
         h.masked_fill(&w, &f.dead, 0.0)?;
         let pruned = h.full(&[rows, cols], DType::Bool, info.device, 0.0)?;
+        // An allocation's count for the weight is split over the column blocks in proportion
+        // to their sizes (exactly: largest remainder); without one, round(s · n) per block.
+        let widths: Vec<u64> = (0..cols)
+            .step_by(self.blocksize as usize)
+            .map(|i1| (self.blocksize.min(cols - i1) * rows) as u64)
+            .collect();
+        let per_block: Vec<u64> = match allocated {
+            Some(c) => split_count(c, &widths),
+            None => widths
+                .iter()
+                .map(|&n| exact_count(target.sparsity, n))
+                .collect(),
+        };
         let mut i1 = 0;
         while i1 < cols {
             let count = self.blocksize.min(cols - i1);
@@ -103,7 +117,7 @@ impl SparseGpt {
                     let d2 = h.unary(UnaryOp::Square, &d)?;
                     let tmp = h.unary(UnaryOp::Square, &w1)?;
                     h.binary_inplace(BinaryOp::Div, &tmp, &d2)?;
-                    h.smallest_mask(&tmp, exact_count(target.sparsity, (rows * count) as u64))?
+                    h.smallest_mask(&tmp, per_block[(i1 / self.blocksize) as usize])?
                 }
             };
             let err = h.obs_sweep(&w1, &hinv1, &p1, nm)?;
@@ -159,7 +173,8 @@ impl StrategyImpl for SparseGpt {
                 }
             };
             let weight = plan.weight(info.index)?;
-            let (values, keep) = self.prune(info, &weight, f, target)?;
+            let allocated = plan.allocated(info.index);
+            let (values, keep) = self.prune(info, &weight, f, target, allocated)?;
             plan.propose(info.index, &values, &keep)?;
             if last_use[&hs.group] == i {
                 factors.remove(&hs.group);
@@ -193,6 +208,7 @@ impl Plugin for SparseGptPlugin {
             "ops.obs-sweep",
             "inputs.hessian",
             "plan.reconstruct",
+            "select.allocated",
         ] {
             c = c.requires(cap);
         }

@@ -94,7 +94,8 @@ pub fn prune(
                 .map(|((_, t), s)| Ok(mag(t, Some(&engine::aligned_scale(s)?))))
                 .collect::<Result<_>>()?;
             let ks: Vec<u64> = scores.iter().map(|s| exact(sparsity, s.cols())).collect();
-            let (rows, checks) = engine::select_rows(&scores, &ks).map_err(|(_, e)| e)?;
+            let (rows, checks) =
+                engine::select_rows(&scores, &ks, &vec![0; ks.len()]).map_err(|(_, e)| e)?;
             checked(&names, checks)?;
             (scores, rows.into_iter().map(Rule::PerRow).collect())
         }

@@ -37,8 +37,9 @@ pub mod train;
 pub mod undo;
 
 pub use birdbone_host::{
-    complete_config, glob_match, role_of, Component, ComponentRef, LoadSummary, LoadedPlugin,
-    ParamFilter, ParamReport, PassConfig, PassReport, PluginRegistry, Rejected, PLUGIN_PATH_ENV,
+    complete_config, glob_match, role_of, Allocation, Component, ComponentRef, LoadSummary,
+    LoadedPlugin, ParamFilter, ParamReport, PassConfig, PassReport, PluginRegistry, Rejected,
+    PLUGIN_PATH_ENV,
 };
 pub use error::{Error, HostError, Result};
 pub use mask::{MaskSet, ParamMask};

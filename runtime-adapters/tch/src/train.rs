@@ -332,6 +332,7 @@ impl Compression {
             PassInputs {
                 stats,
                 protected_rows: None,
+                load: None,
             },
         )
     }
@@ -348,6 +349,7 @@ impl Compression {
             nm: self.cfg.nm,
             keep_masks: true,
             filter: self.cfg.filter.clone(),
+            allocation: None,
         };
         let plan = self.pruner.plan(model, &config, inputs)?;
         let (report, masks, journal) = if self.undo_passes > 0 {
@@ -428,6 +430,7 @@ impl Compression {
                 PassInputs {
                     stats: None,
                     protected_rows: Some(&protected),
+                    load: None,
                 },
             )?;
             if let Some(r) = self.cfg.regrow.clone() {

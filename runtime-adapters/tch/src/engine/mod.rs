@@ -199,17 +199,43 @@ pub(crate) fn sqrt_many(pairs: &[(Tensor, Tensor)]) -> Result<()> {
 
 /// Per-row thresholds for pruning `ks[i]` weights of every row of `scores[i]`, with the
 /// finiteness check of the scores read.
+/// The `ks[i]` lowest of every row of each `scores[i]`, one more in its first `extras[i]` rows.
+/// A split selection is two whole selections (`k` and `k + 1`) whose per-row thresholds are
+/// spliced: rows before `extra` from the second, the rest from the first. Each row's threshold
+/// depends on that row alone, so the splice is exactly the selection a per-row count asks for.
 pub(crate) fn select_rows(
     scores: &[Scores],
     ks: &[u64],
+    extras: &[u64],
 ) -> Located<(Vec<RowSel>, Vec<FiniteCheck>)> {
+    let split: Vec<usize> = (0..scores.len()).filter(|&i| extras[i] > 0).collect();
     match scores.first().map(Scores::device) {
         None => Ok((vec![], vec![])),
-        Some(Device::Cuda(_)) => cuda::select_rows(scores, ks).map_err(|e| (None, e)),
+        Some(Device::Cuda(_)) => {
+            let eager: Vec<bool> = extras.iter().map(|&e| e > 0).collect();
+            let (mut sels, checks) =
+                cuda::select_rows(scores, ks, &eager).map_err(|e| (None, e))?;
+            if !split.is_empty() {
+                let more: Vec<Scores> = split.iter().map(|&i| scores[i].shallow_clone()).collect();
+                let more_ks: Vec<u64> = split.iter().map(|&i| ks[i] + 1).collect();
+                let (high, _) = cuda::select_rows(&more, &more_ks, &vec![true; split.len()])
+                    .map_err(|e| (None, e))?;
+                for (&i, h) in split.iter().zip(high) {
+                    sels[i] = splice_rows(&sels[i], &h, extras[i]).map_err(|e| (Some(i), e))?;
+                }
+            }
+            Ok((sels, checks))
+        }
         Some(_) => {
             let mut sels = Vec::with_capacity(scores.len());
             for (i, (s, &k)) in scores.iter().zip(ks).enumerate() {
-                sels.push(cpu::select_per_row(s, k).map_err(|e| (Some(i), e))?);
+                let low = cpu::select_per_row(s, k).map_err(|e| (Some(i), e))?;
+                sels.push(if extras[i] > 0 {
+                    let high = cpu::select_per_row(s, k + 1).map_err(|e| (Some(i), e))?;
+                    splice_rows(&low, &high, extras[i]).map_err(|e| (Some(i), e))?
+                } else {
+                    low
+                });
             }
             Ok((
                 sels,
@@ -217,6 +243,41 @@ pub(crate) fn select_rows(
             ))
         }
     }
+}
+
+/// Per-row thresholds: the first `extra` rows from `high`, the others from `low`.
+fn splice_rows(low: &RowSel, high: &RowSel, extra: u64) -> Result<RowSel> {
+    let (
+        RowSel::Thresholds {
+            keys: lk,
+            take: lt,
+            ties: li,
+        },
+        RowSel::Thresholds {
+            keys: hk,
+            take: ht,
+            ties: hi,
+        },
+    ) = (low, high)
+    else {
+        birdbone_host::bail!("internal: a split per-row selection needs thresholds for every row");
+    };
+    let rows = lk.size()[0];
+    let extra = extra as i64;
+    let cat = |h: &Tensor, l: &Tensor| -> Result<Tensor> {
+        Ok(Tensor::f_cat(
+            &[
+                h.f_narrow(0, 0, extra)?,
+                l.f_narrow(0, extra, rows - extra)?,
+            ],
+            0,
+        )?)
+    };
+    Ok(RowSel::Thresholds {
+        keys: cat(hk, lk)?,
+        take: cat(ht, lt)?,
+        ties: cat(hi, li)?,
+    })
 }
 
 /// The bit mask (1 = keep; `birdbone_select::BitMask` layout, as a u8 tensor on the scores'

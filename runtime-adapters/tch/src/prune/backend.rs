@@ -7,7 +7,7 @@ use std::time::Duration;
 use abi_stable::std_types::{RNone, ROption, RResult};
 use birdbone_host::plan::PlanBackend;
 use birdbone_host_api::{
-    self as api, Granularity, Hessian, HostOps_Ref, PluginError, ScoreInputs, ScoreOut,
+    self as api, Granularity, Hessian, HostOps_Ref, LoadPoint, PluginError, ScoreInputs, ScoreOut,
     ScoreRequest, ScorerBox, TensorId,
 };
 use birdbone_select::GlobalSelection;
@@ -342,19 +342,24 @@ impl PlanBackend for TchPlan<'_> {
             .collect())
     }
 
-    fn select_rows(&mut self, params: &[u32], ks: &[u64]) -> Result<Vec<RowSel>> {
+    fn select_rows(&mut self, params: &[u32], ks: &[u64], extras: &[u64]) -> Result<Vec<RowSel>> {
         // Batches of parameters: the device selects (or checks) one batch while the scorer
         // runs over the next, instead of idling through every scorer call first.
         let mut rows = Vec::with_capacity(params.len());
         let mut checks = Vec::with_capacity(params.len());
-        for (batch, batch_ks) in params.chunks(ROW_BATCH).zip(ks.chunks(ROW_BATCH)) {
+        for ((batch, batch_ks), batch_extras) in params
+            .chunks(ROW_BATCH)
+            .zip(ks.chunks(ROW_BATCH))
+            .zip(extras.chunks(ROW_BATCH))
+        {
             let batch_scores: Vec<Scores> = self.score_batch(batch)?;
             let started = engine::step_timing().then(std::time::Instant::now);
-            let (r, c) =
-                engine::select_rows(&batch_scores, batch_ks).map_err(|(i, e)| match i {
+            let (r, c) = engine::select_rows(&batch_scores, batch_ks, batch_extras).map_err(
+                |(i, e)| match i {
                     Some(i) => self.name_non_finite(batch[i], e),
                     None => e,
-                })?;
+                },
+            )?;
             if let Some(t) = started {
                 self.host_time[2] += t.elapsed();
             }
@@ -445,6 +450,20 @@ impl PlanBackend for TchPlan<'_> {
             tokens: *tokens,
             group: *group,
         })
+    }
+
+    fn load(&mut self, p: u32) -> Result<Vec<LoadPoint>> {
+        let pp = &self.params[p as usize];
+        let Some(points) = &pp.load else {
+            birdbone_host::bail!(
+                "no load was measured for '{}': the allocator must declare InputSet::LOAD",
+                pp.name
+            );
+        };
+        Ok(points
+            .iter()
+            .map(|&(sparsity, loss)| LoadPoint { sparsity, loss })
+            .collect())
     }
 
     fn plan_values(&mut self, p: u32, values: TensorId, keep: TensorId) -> Result<Planned> {

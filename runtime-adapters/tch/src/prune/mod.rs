@@ -33,6 +33,10 @@ pub struct PassInputs<'a> {
     /// Rows no selection may prune (bool `[rows]` per parameter name; growth plates): their
     /// weights score above every other, so an exact selection takes its count elsewhere.
     pub protected_rows: Option<&'a BTreeMap<String, Tensor>>,
+    /// The load on each parameter's layer, for allocators that declare `InputSet::LOAD`:
+    /// `(sparsity, calibration loss)` with the layer pruned alone, the dense model first
+    /// (`birdbone_llama::layer_load` measures it).
+    pub load: Option<&'a BTreeMap<String, Vec<(f64, f64)>>>,
 }
 
 /// Parameters per batch of a per-row selection (see `TchPlan::select_rows`).

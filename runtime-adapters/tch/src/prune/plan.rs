@@ -7,7 +7,7 @@ use std::{collections::BTreeMap, time::Instant};
 use abi_stable::std_types::{RNone, ROption, RVec};
 use birdbone_host::{
     plan::{all_decided, PlanDriver},
-    role_of, Component, ParamFilter, PassConfig, PassReport, PluginRegistry,
+    role_of, Allocation, Component, ParamFilter, PassConfig, PassReport, PluginRegistry,
 };
 use birdbone_host_api::{DeviceSet, InputSet, ParamInfo, ScoreInputs, ScorerBox, StrategyBox};
 use tch::{Device, Kind, Tensor};
@@ -50,6 +50,7 @@ pub(super) fn block_config(names: &[String], config: &PassConfig) -> Option<Pass
 pub struct Pruner {
     scorer: Component<ScorerBox>,
     strategy: Component<StrategyBox>,
+    allocator: Option<Component<StrategyBox>>,
     undo: UndoPolicy,
     history: UndoHistory,
 }
@@ -63,6 +64,8 @@ pub(super) struct PlanParam {
     pub act: Option<(Tensor, u64)>,
     /// `XᵀX` of its calibration inputs, its tokens and its input group.
     pub hessian: Option<(Tensor, u64, u64)>,
+    /// The load measured on its layer: `(sparsity, loss)`.
+    pub load: Option<Vec<(f64, f64)>>,
     /// Rows no selection may prune (bool `[rows]`, on the weight's device).
     pub protected: Option<Tensor>,
 }
@@ -175,9 +178,84 @@ impl Pruner {
         Ok(Pruner {
             scorer: registry.create_scorer(scorer, scorer_settings, host_ops())?,
             strategy: registry.create_strategy(strategy, strategy_settings, host_ops())?,
+            allocator: None,
             undo: UndoPolicy::default(),
             history: UndoHistory::default(),
         })
+    }
+
+    /// Sets the allocator [`Pruner::allocate`] runs (ABI 1.2): a component of the registry
+    /// that requires `plan.allocate` (`uniform`, `owl`, `birdbone`).
+    pub fn set_allocator(
+        &mut self,
+        registry: &PluginRegistry,
+        name: &str,
+        settings: &BTreeMap<String, String>,
+    ) -> Result<()> {
+        self.allocator = Some(registry.create_allocator(name, settings, host_ops())?);
+        Ok(())
+    }
+
+    /// The allocator's inputs (what its plugin declared), when one is set.
+    pub fn allocator_inputs(&self) -> Option<InputSet> {
+        self.allocator.as_ref().map(|a| a.info.capabilities.inputs)
+    }
+
+    /// Runs the allocator over the parameters of `model` that `config.filter` selects, with
+    /// the pass's scorer (OWL reads Wanda's scores through it): exact counts that sum to
+    /// `round(config.sparsity · N)`. Nothing in the model changes. Put the result in
+    /// [`PassConfig::allocation`] for the passes that prune.
+    pub fn allocate(
+        &mut self,
+        model: &(impl ParamSource + ?Sized),
+        config: &PassConfig,
+        inputs: PassInputs<'_>,
+    ) -> Result<Allocation> {
+        if self.allocator.is_none() {
+            birdbone_host::bail!("no allocator is set (Pruner::set_allocator)");
+        }
+        if config.nm.is_some() {
+            birdbone_host::bail!(
+                "an N:M pattern prunes the same share of every group, so it cannot be allocated"
+            );
+        }
+        let target = config.target()?;
+        let params = selected(model, &config.filter)?;
+        if params.is_empty() {
+            birdbone_host::bail!("no parameters to allocate: the filter selected none");
+        }
+        let started = Instant::now();
+        let _g = tch::no_grad_guard();
+        let plan_params = self.gather(params, inputs)?;
+        let allocator = self.allocator.as_mut().expect("checked above");
+        if allocator.info.capabilities.inputs.contains(InputSet::LOAD) {
+            if let Some(p) = plan_params.iter().find(|p| p.load.is_none()) {
+                return Err(HostError::Config {
+                    component: allocator.name.clone(),
+                    message: format!("it needs the load on each layer and none was measured for '{}': measure it first (birdbone_llama::layer_load)", p.name),
+                }
+                .into());
+            }
+        }
+        let infos: RVec<ParamInfo> = plan_params.iter().map(|p| p.info.clone()).collect();
+        let backend = TchPlan::new(&plan_params, &mut self.scorer.object, &self.scorer.name);
+        let (asked, _) = PlanDriver::new(backend, infos).run_allocate(allocator, &target)?;
+        let sizes: Vec<(String, u64)> = plan_params
+            .iter()
+            .map(|p| (p.name.clone(), p.info.numel))
+            .collect();
+        let settings: BTreeMap<String, String> = allocator
+            .config
+            .iter()
+            .map(|e| (e.name.to_string(), e.value.to_string()))
+            .collect();
+        let a = Allocation::exact(&allocator.name, &settings, config.sparsity, &sizes, &asked)?;
+        tracing::debug!(
+            "allocation by '{}' in {:.3} s",
+            allocator.name,
+            started.elapsed().as_secs_f64()
+        );
+        Ok(a)
     }
 
     /// Whether [`Pruner::run`] keeps a journal to roll a failed commit back (default: yes),
@@ -292,9 +370,22 @@ impl Pruner {
         let plan_params = self.gather(params, inputs)?;
         engine::mark(device, "plan: parameters checked");
         let infos: RVec<ParamInfo> = plan_params.iter().map(|p| p.info.clone()).collect();
+        let counts = match &config.allocation {
+            None => Vec::new(),
+            Some(a) => {
+                let sizes: Vec<(String, u64)> = plan_params
+                    .iter()
+                    .map(|p| (p.name.clone(), p.info.numel))
+                    .collect();
+                a.check_fits(&sizes)?;
+                plan_params.iter().map(|p| a.count(&p.name)).collect()
+            }
+        };
         let backend = TchPlan::new(&plan_params, &mut self.scorer.object, &self.scorer.name);
         engine::mark(device, "plan: parameters gathered");
-        let outcome = PlanDriver::new(backend, infos.clone()).run(&mut self.strategy, &target);
+        let outcome = PlanDriver::new(backend, infos.clone())
+            .with_allocation(counts)
+            .run(&mut self.strategy, &target);
         engine::mark(device, "plan: strategy ran (scores, selections, decisions)");
         let outcome = outcome?;
         let mut backend = outcome.backend;
@@ -404,6 +495,7 @@ impl Pruner {
                 }
                 .into());
             }
+            let load = inputs.load.and_then(|l| l.get(&name)).cloned();
             let grad = weight.grad();
             let grad = grad.defined().then_some(grad);
             if needs.contains(InputSet::GRADIENTS) && grad.is_none() {
@@ -436,6 +528,7 @@ impl Pruner {
                 grad,
                 act,
                 hessian,
+                load,
                 protected,
             });
         }

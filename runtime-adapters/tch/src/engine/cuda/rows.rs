@@ -5,9 +5,12 @@ use tch::{Kind, Tensor};
 
 use super::*;
 
+/// `eager[i]`: thresholds for every row of `scores[i]` even where the pass that prunes could
+/// select them itself (a split selection splices thresholds).
 pub(crate) fn select_rows(
     scores: &[Scores],
     ks: &[u64],
+    eager: &[bool],
 ) -> Result<(Vec<RowSel>, Vec<FiniteCheck>)> {
     let device = scores[0].device();
     super::mark(device, "rows: start");
@@ -28,6 +31,7 @@ pub(crate) fn select_rows(
         .map(|i| {
             matches!((&scores[i], &readable[i]), (Scores::Magnitude { weight: a, .. }, Scores::Magnitude { weight: b, .. }) if a.data_ptr() == b.data_ptr())
                 && Gpu::row_prune_fits(&sources[i])
+                && !eager[i]
         })
         .collect();
     let mut sels: Vec<Option<RowSel>> = (0..scores.len()).map(|_| None).collect();
