@@ -7,6 +7,7 @@ mod eval_cmd;
 mod masks_cmd;
 mod output;
 mod plot;
+mod plot_cmd;
 mod plugins_cmd;
 mod progress;
 mod prune_cmd;
@@ -61,6 +62,9 @@ enum Command {
     },
     /// Print the JSON Schema of recipe files (docs/recipe.schema.json).
     RecipeSchema,
+    /// Draw the per-layer sparsity of saved allocations side by side, and perplexity against
+    /// sparsity by allocator.
+    PlotAllocation(plot_cmd::Args),
 }
 
 fn main() {
@@ -86,6 +90,7 @@ fn main() {
         Command::Generate(a) => eval_cmd::generate(a),
         Command::Study(a) => study_cmd::run(a),
         Command::Demo(a) => demo_cmd::run(a),
+        Command::PlotAllocation(a) => plot_cmd::run(a),
         Command::RecipeSchema => {
             print!("{}", birdbone_host::Recipe::json_schema());
             Ok(())

@@ -3,6 +3,7 @@
 //!
 //! - [`sparsity_per_layer`]: the sparsity of every layer, one line per matrix type.
 //! - [`perplexity_vs_sparsity`]: perplexity (log scale) against sparsity, one series per method.
+//! - [`sparsity_by_layer`]: the sparsity of every layer, one line per allocation.
 
 use std::{collections::BTreeMap, path::Path, sync::Once};
 
@@ -127,6 +128,22 @@ pub fn sparsity_per_layer(r: &PassReport, title: &str, path: &Path) -> anyhow::R
             y_range: Some((0.0, 100.0)),
             legend_at: SeriesLabelPosition::LowerLeft,
             series: &series,
+        },
+    )
+}
+
+/// Sparsity (%) against layer, one series per allocation, at `path` (.svg or .png).
+pub fn sparsity_by_layer(series: &[Series], title: &str, path: &Path) -> anyhow::Result<()> {
+    draw(
+        path,
+        &Chart {
+            title,
+            x_desc: "layer",
+            y_desc: "sparsity (% of the layer's Linear weights)",
+            log_y: false,
+            y_range: None,
+            legend_at: SeriesLabelPosition::UpperRight,
+            series,
         },
     )
 }
