@@ -13,21 +13,24 @@ fn builtin_plugins_load_from_their_shared_libraries() {
     let dir = plugin_dir_with(&builtin_plugin_files());
     let mut reg = PluginRegistry::new();
     let summary = reg.load_dir(dir.path());
-    assert_eq!(summary.loaded.len(), 8, "{:?}", summary.rejected);
+    assert_eq!(summary.loaded.len(), 9, "{:?}", summary.rejected);
     assert!(summary.rejected.is_empty());
     let names: Vec<&str> = reg.components().map(|c| c.info.name.as_str()).collect();
     assert_eq!(
         names,
         [
+            "birdbone",
             "fisher",
             "global",
             "layerwise",
             "magnitude",
             "movement",
             "nm",
+            "owl",
             "ria",
             "sparsegpt",
             "taylor",
+            "uniform",
             "wanda"
         ]
     );
@@ -125,7 +128,7 @@ fn plugins_built_against_abi_1_0_load_and_run_unchanged() {
     );
     assert_eq!(
         (birdbone_host_api::ABI_MAJOR, birdbone_host_api::ABI_MINOR),
-        (1, 1)
+        (1, 2)
     );
 
     let _g = tch::no_grad_guard();
@@ -187,7 +190,7 @@ fn incompatible_plugins_are_rejected_with_reasons_and_the_rest_load() {
 
     let mut reg = PluginRegistry::new();
     let s = reg.load_dir(dir.path());
-    assert_eq!(s.loaded.len(), 8);
+    assert_eq!(s.loaded.len(), 9);
     let reason = |needle: &str| -> String {
         let r = s
             .rejected
@@ -197,7 +200,7 @@ fn incompatible_plugins_are_rejected_with_reasons_and_the_rest_load() {
         r.reason.clone()
     };
     assert!(
-        reason("future_abi").contains("ABI 2.x; this host speaks 1.1"),
+        reason("future_abi").contains("ABI 2.x; this host speaks 1.2"),
         "{}",
         reason("future_abi")
     );
@@ -207,7 +210,7 @@ fn incompatible_plugins_are_rejected_with_reasons_and_the_rest_load() {
         reason("layout_mismatch")
     );
     assert!(
-        reason("newer_minor").contains("ABI 1.2; this host speaks 1.1"),
+        reason("newer_minor").contains("ABI 1.3; this host speaks 1.2"),
         "{}",
         reason("newer_minor")
     );
@@ -248,23 +251,25 @@ fn duplicate_component_names_are_refused() {
 
 #[test]
 fn twenty_plugin_files_load_in_one_scan() {
-    // 8 built-ins plus 12 renamed copies: every copy loads as a library and each of its
-    // components is refused for its duplicate name (training-signals offers three); nothing is
-    // unloaded or lost.
+    // 9 built-ins plus 11 renamed copies: every copy loads as a library and each of its
+    // components is refused for its duplicate name (training-signals and allocators offer
+    // three); nothing is unloaded or lost.
     let files = builtin_plugin_files();
     let dir = plugin_dir_with(&files);
-    for i in 0..12 {
+    for i in 0..11 {
         let src = &files[i % files.len()];
         std::fs::copy(src, dir.path().join(format!("libcopy{i:02}.so"))).unwrap();
     }
     let components_of = |f: &std::path::PathBuf| {
-        if f.to_string_lossy().contains("training_signals") {
+        if f.to_string_lossy().contains("training_signals")
+            || f.to_string_lossy().contains("allocators")
+        {
             3
         } else {
             1
         }
     };
-    let duplicates: usize = (0..12)
+    let duplicates: usize = (0..11)
         .map(|i| components_of(&files[i % files.len()]))
         .sum();
     let mut reg = PluginRegistry::new();
@@ -275,7 +280,7 @@ fn twenty_plugin_files_load_in_one_scan() {
         .rejected
         .iter()
         .all(|r| r.reason.contains("is already offered by")));
-    assert_eq!(reg.components().count(), 10);
+    assert_eq!(reg.components().count(), 13);
     eprintln!("loaded 20 plugin files in {:.1} ms", s.seconds * 1e3);
 }
 
