@@ -53,7 +53,7 @@ if [ "$what" = rollback ]; then
 fi
 if [ "$what" = tests ] || [ "$what" = all ]; then
   echo "== GPU tests"
-  .device/deps/integration gpu:: gpu_reconstruct:: --test-threads=1 2>&1
+  .device/deps/integration gpu:: gpu_reconstruct:: allocation::cuda_ --test-threads=1 2>&1
 fi
 if [ "$what" = bench ] || [ "$what" = all ]; then
   echo "== Birdbone benchmark"

@@ -422,3 +422,72 @@ fn birdbone_beats_uniform_at_70_percent() {
         "birdbone {bird} is not below uniform {uniform}"
     );
 }
+
+/// On the GPU, a per-row selection at allocated counts (rows taking one more spliced from a
+/// second selection) gives the CPU's masks bit for bit, under fused Wanda scores (the path
+/// whose rows are otherwise selected by the pruning pass itself).
+#[test]
+fn cuda_split_rows_select_like_the_cpu() {
+    if !cuda_or_skip("cuda_split_rows_select_like_the_cpu") {
+        return;
+    }
+    let m = model();
+    let st = stats(&m);
+    let names: Vec<String> = (0..3).flat_map(|i| m.model.block_linear_names(i)).collect();
+    let weights: BTreeMap<String, Tensor> = m.model.var_store().variables().into_iter().collect();
+    let on = |d: Device| -> Vec<(String, Tensor)> {
+        names
+            .iter()
+            .map(|n| (n.clone(), weights[n].to_device(d)))
+            .collect()
+    };
+    let stats_on = |d: Device| {
+        let mut s = ActivationStats::new();
+        for n in &names {
+            let (t, tokens) = st.get(n).unwrap();
+            s.insert(n.clone(), t.to_device(d), tokens);
+        }
+        s
+    };
+    let cpu_params = on(Device::Cpu);
+    let mut p = wanda_rows("uniform", &[]);
+    let mut cfg = PassConfig {
+        sparsity: 0.6,
+        ..Default::default()
+    };
+    let cpu_stats = stats_on(Device::Cpu);
+    let inputs = |s| PassInputs {
+        stats: Some(s),
+        ..Default::default()
+    };
+    let a = p.allocate(&cpu_params, &cfg, inputs(&cpu_stats)).unwrap();
+    assert!(
+        a.params
+            .iter()
+            .any(|q| q.prune % weights[&q.name].size()[0] as u64 != 0),
+        "some matrix splits its count unevenly over its rows"
+    );
+    cfg.allocation = Some(std::sync::Arc::new(a));
+    let (_, cpu) = p.run(&cpu_params, &cfg, inputs(&cpu_stats)).unwrap();
+    let gpu_params = on(Device::Cuda(0));
+    let gpu_stats = stats_on(Device::Cuda(0));
+    let (_, gpu) = p.run(&gpu_params, &cfg, inputs(&gpu_stats)).unwrap();
+    for (name, mask) in cpu.iter() {
+        let g = gpu
+            .get(name)
+            .unwrap()
+            .keep()
+            .unwrap()
+            .to_device(Device::Cpu);
+        assert!(
+            identical(&mask.keep().unwrap(), &g),
+            "{name}: GPU masks differ"
+        );
+    }
+    for ((n, c), (_, g)) in cpu_params.iter().zip(&gpu_params) {
+        assert!(
+            identical(c, &g.to_device(Device::Cpu)),
+            "{n}: GPU weights differ"
+        );
+    }
+}
