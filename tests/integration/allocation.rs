@@ -491,3 +491,55 @@ fn cuda_split_rows_select_like_the_cpu() {
         );
     }
 }
+
+/// An allocation under SparseGPT needs no Hessians (they are for the passes that prune), and its
+/// counts reach SparseGPT's column blocks exactly.
+#[test]
+fn sparsegpt_runs_under_an_allocation() {
+    let _g = tch::no_grad_guard();
+    let m = model();
+    let st = stats(&m);
+    let vs = m.model.var_store();
+    let mut p = crate::reconstruct::sparsegpt(&[]);
+    p.set_allocator(&registry(), "owl", &BTreeMap::new())
+        .unwrap();
+    let names = m.model.block_linear_names(2);
+    let mut cfg = PassConfig {
+        sparsity: 0.6,
+        filter: birdbone_tch::ParamFilter {
+            include: names.clone(),
+            exclude: vec![],
+        },
+        ..Default::default()
+    };
+    let no_hessians = PassInputs {
+        stats: Some(&st),
+        ..Default::default()
+    };
+    let a = p.allocate(vs, &cfg, no_hessians).unwrap();
+    assert_eq!(a.params.len(), 7);
+    cfg.allocation = Some(std::sync::Arc::new(a.clone()));
+    let text = std::fs::read_to_string(real_text("c4.utf8")).unwrap();
+    let windows = token_windows(&m.tokenizer, &text, 128, 8).unwrap();
+    let (got, _) = calibrate(&m.model, &windows, 4, true, &mut |_| {}).unwrap();
+    let with_h = ActivationStats::from_parts(got.sums, got.hessians);
+    let (report, masks) = p
+        .run(
+            vs,
+            &cfg,
+            PassInputs {
+                stats: Some(&with_h),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(report.pruned, a.pruned);
+    for q in &a.params {
+        assert_eq!(
+            masks.get(&q.name).unwrap().pruned().unwrap(),
+            q.prune,
+            "{}",
+            q.name
+        );
+    }
+}

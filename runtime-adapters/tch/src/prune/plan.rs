@@ -226,7 +226,8 @@ impl Pruner {
         }
         let started = Instant::now();
         let _g = tch::no_grad_guard();
-        let plan_params = self.gather(params, inputs)?;
+        // The strategy's own inputs (SparseGPT's Hessians) are for the passes that prune.
+        let plan_params = self.gather(params, inputs, false)?;
         let allocator = self.allocator.as_mut().expect("checked above");
         if allocator.info.capabilities.inputs.contains(InputSet::LOAD) {
             if let Some(p) = plan_params.iter().find(|p| p.load.is_none()) {
@@ -367,7 +368,7 @@ impl Pruner {
         let device = params[0].1.device();
         let _span = tracing::debug_span!("plan", params = params.len(), ?device).entered();
         engine::mark(device, "(before the plan)");
-        let plan_params = self.gather(params, inputs)?;
+        let plan_params = self.gather(params, inputs, true)?;
         engine::mark(device, "plan: parameters checked");
         let infos: RVec<ParamInfo> = plan_params.iter().map(|p| p.info.clone()).collect();
         let counts = match &config.allocation {
@@ -440,10 +441,13 @@ impl Pruner {
 
     /// Checks each parameter against the components' devices and inputs and gathers what its
     /// scorer may be lent.
+    /// The pass's parameters with what their components are lent; `strategy_inputs`: check
+    /// the strategy's declared inputs are there (not when only allocating).
     fn gather(
         &self,
         params: Vec<(String, Tensor)>,
         inputs: PassInputs<'_>,
+        strategy_inputs: bool,
     ) -> Result<Vec<PlanParam>> {
         let needs = self.scorer.info.capabilities.inputs;
         let mut plan_params = Vec::with_capacity(params.len());
@@ -481,12 +485,13 @@ impl Pruner {
                 .stats
                 .and_then(|s| s.hessian(&name))
                 .map(|h| (h.matrix.shallow_clone(), h.tokens, h.group));
-            if self
-                .strategy
-                .info
-                .capabilities
-                .inputs
-                .contains(InputSet::HESSIAN)
+            if strategy_inputs
+                && self
+                    .strategy
+                    .info
+                    .capabilities
+                    .inputs
+                    .contains(InputSet::HESSIAN)
                 && hessian.is_none()
             {
                 return Err(HostError::Config {
