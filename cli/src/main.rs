@@ -1,6 +1,7 @@
 //! `birdbone`: import a checkpoint, list plugins, prune a model from a recipe, apply saved
 //! masks, measure perplexity, run the demo and the quality study.
 
+mod allocation;
 mod common;
 mod demo_cmd;
 mod eval_cmd;
