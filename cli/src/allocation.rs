@@ -130,3 +130,22 @@ pub fn allocate(
     cfg.allocation = Some(std::sync::Arc::new(a));
     Ok(())
 }
+
+/// The allocation of a calibrated pass: the layer load when the allocator asks for it, then
+/// the allocator over the model's statistics.
+pub fn allocate_calibrated(
+    pruner: &mut Pruner,
+    m: &Loaded,
+    windows: &[Vec<i64>],
+    c: &Calibration,
+    cfg: &mut birdbone_host::PassConfig,
+    stats: &ActivationStats,
+) -> anyhow::Result<()> {
+    let load = measure_load(pruner, m, windows, c, cfg, stats)?;
+    let inputs = PassInputs {
+        stats: Some(stats),
+        load: load.as_ref(),
+        ..Default::default()
+    };
+    allocate(pruner, m.model.var_store(), cfg, inputs)
+}

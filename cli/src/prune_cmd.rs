@@ -578,13 +578,7 @@ fn prune_calibrated(
             bar.finish();
             let stats = ActivationStats::from_parts(got.sums, got.hessians);
             if recipe.allocator.is_some() {
-                let load = crate::allocation::measure_load(pruner, m, windows, c, cfg, &stats)?;
-                let inputs = PassInputs {
-                    stats: Some(&stats),
-                    load: load.as_ref(),
-                    ..Default::default()
-                };
-                crate::allocation::allocate(pruner, vs, cfg, inputs)?;
+                crate::allocation::allocate_calibrated(pruner, m, windows, c, cfg, &stats)?;
             }
             let spin = Progress::spinner("prune");
             let (report, masks) = pruner.run(
@@ -616,13 +610,7 @@ fn prune_calibrated(
                 )?;
                 bar.finish();
                 let stats = ActivationStats::from_parts(got.sums, got.hessians);
-                let load = crate::allocation::measure_load(pruner, m, windows, c, cfg, &stats)?;
-                let inputs = PassInputs {
-                    stats: Some(&stats),
-                    load: load.as_ref(),
-                    ..Default::default()
-                };
-                crate::allocation::allocate(pruner, vs, cfg, inputs)?;
+                crate::allocation::allocate_calibrated(pruner, m, windows, c, cfg, &stats)?;
             }
             let mut bar = Progress::new("sequential", m.model.num_blocks() as u64, "blocks");
             let mut pass = pruner.sequential(cfg);

@@ -28,15 +28,20 @@ fn stats(m: &Loaded) -> ActivationStats {
     ActivationStats::from_parts(got.sums, got.hessians)
 }
 
-fn wanda_rows(allocator: &str, params: &[(&str, &str)]) -> Pruner {
-    let mut p = Pruner::new(
+/// Wanda compared within each output row, without an allocator.
+fn wanda_per_row() -> Pruner {
+    Pruner::new(
         &registry(),
         "wanda",
         &BTreeMap::new(),
         "layerwise",
         &settings(&[("scope", "row")]),
     )
-    .unwrap();
+    .unwrap()
+}
+
+fn wanda_rows(allocator: &str, params: &[(&str, &str)]) -> Pruner {
+    let mut p = wanda_per_row();
     p.set_allocator(&registry(), allocator, &settings(params))
         .unwrap();
     p
@@ -258,14 +263,7 @@ fn an_allocation_replays_bit_for_bit() {
         let _g = tch::no_grad_guard();
         t.shallow_clone().copy_(b);
     }
-    let mut fresh = Pruner::new(
-        &registry(),
-        "wanda",
-        &BTreeMap::new(),
-        "layerwise",
-        &settings(&[("scope", "row")]),
-    )
-    .unwrap();
+    let mut fresh = wanda_per_row();
     cfg.allocation = Some(std::sync::Arc::new(Allocation::load(&path).unwrap()));
     let (_, second) = fresh.run(vs, &cfg, inputs()).unwrap();
     for (name, mask) in first.iter() {
