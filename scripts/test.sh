@@ -9,11 +9,18 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 echo "== format and lints"
 cargo fmt --all -- --check
+rustfmt --check --edition 2021 tests/fixtures/plugin-*/src/lib.rs
 cargo clippy --workspace --all-targets --quiet -- -D warnings
+cargo clippy --manifest-path tests/fixtures/Cargo.toml --target-dir target/fixtures --all-targets --quiet -- -D warnings
 
 echo "== build (plugins are loaded by the tests from their .so files)"
 cargo build --workspace --quiet
 cargo build --quiet --manifest-path examples/third-party-plugin/Cargo.toml
+# The fixture plugins (most broken on purpose) are a workspace of their own, built into
+# target/fixtures: never beside the executables, where the default plugin search path looks.
+cargo build --quiet --manifest-path tests/fixtures/Cargo.toml --target-dir target/fixtures
+# (Builds from before they moved left copies there.)
+rm -f target/debug/libbirdbone_fixture_* target/release/libbirdbone_fixture_*
 # A plugin built against the previous ABI minor, for the compatibility test.
 cargo build --quiet --manifest-path tests/fixtures/abi-1.0/plugin/Cargo.toml --target-dir target/fixtures
 

@@ -30,6 +30,7 @@ use birdbone_tch::{
     UndoPolicy,
 };
 
+mod allocation;
 mod reconstruct;
 mod rollback;
 use clap::Parser;
@@ -97,6 +98,11 @@ struct Args {
     /// With --sparsegpt: compare masks with the reference's dump in this folder instead.
     #[arg(long)]
     agree: Option<PathBuf>,
+    /// Time an allocation (`birdbone` or `owl`) over Wanda on the Mistral-7B-shaped model of
+    /// --sparsegpt instead: the one-pass calibration, the layer load, the allocator (see
+    /// allocation.rs). Uses --sparsity, --samples, --seq-len and --calib-batch.
+    #[arg(long)]
+    allocate: Option<String>,
     /// Only compile the kernels for this architecture (e.g. sm_90) into the kernel cache
     /// (BIRDBONE_KERNEL_CACHE) and exit; needs NVRTC, not a GPU.
     #[arg(long)]
@@ -321,6 +327,9 @@ fn main() -> anyhow::Result<()> {
         }
     );
     let reg = builtin_plugins(&args.plugins)?;
+    if let Some(allocator) = &args.allocate {
+        return allocation::run(&args, &reg, allocator);
+    }
     if args.sparsegpt {
         return reconstruct::run(&args, &reg, gpu);
     }

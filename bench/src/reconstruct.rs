@@ -25,7 +25,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::{sync, Args};
 
-fn mistral(layers: usize) -> anyhow::Result<LlamaConfig> {
+pub(crate) fn mistral(layers: usize) -> anyhow::Result<LlamaConfig> {
     Ok(LlamaConfig::from_json(&serde_json::json!({
         "model_type": "mistral",
         "hidden_size": 4096,

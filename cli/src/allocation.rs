@@ -1,16 +1,13 @@
 //! The allocation step of `prune`: the layer load for allocators that measure it, then the
 //! allocator's exact counts into the pass's configuration.
 
-use std::{collections::BTreeMap, time::Instant};
+use std::time::Instant;
 
 use birdbone_host::recipe::Calibration;
-use birdbone_llama::Loaded;
+use birdbone_llama::{LoadByParam, Loaded};
 use birdbone_tch::{ActivationStats, PassInputs, Pruner};
 
 use crate::progress::{note, Progress};
-
-/// `(sparsity, loss)` points of each parameter's layer.
-type LoadByParam = BTreeMap<String, Vec<(f64, f64)>>;
 
 /// Calibration windows the layer load is measured on (the first of the calibration's): each
 /// layer and level costs a forward pass from that layer on.
@@ -27,61 +24,24 @@ pub fn measure_load(
     cfg: &birdbone_host::PassConfig,
     stats: &ActivationStats,
 ) -> anyhow::Result<Option<LoadByParam>> {
-    if !pruner
-        .allocator_inputs()
-        .is_some_and(|i| i.contains(birdbone_host_api::InputSet::LOAD))
-    {
+    if !pruner.allocator_needs_load() {
         return Ok(None);
     }
-    let vs = m.model.var_store();
     let levels = [cfg.sparsity, (cfg.sparsity + 0.1).min(1.0)];
     if levels[1] <= levels[0] {
         anyhow::bail!(
             "the layer load is measured at the target and above it: a sparsity of 1 leaves no room"
         );
     }
-    let blocks = m.model.num_blocks();
-    let names = |i: usize| -> Vec<String> {
-        m.model
-            .block_linear_names(i)
-            .into_iter()
-            .filter(|n| cfg.filter.selects(n, &[1, 1]))
-            .collect()
-    };
-    let mut bar = Progress::new("layer load", blocks as u64, "layers");
-    let inputs = || PassInputs {
-        stats: Some(stats),
-        ..Default::default()
-    };
-    let load = birdbone_llama::layer_load(
+    let mut bar = Progress::new("layer load", m.model.num_blocks() as u64, "layers");
+    let (load, out) = birdbone_llama::load_by_param::<anyhow::Error>(
         &m.model,
+        pruner,
         &windows[..windows.len().min(LOAD_WINDOWS)],
         c.batch,
         &levels,
-        |i, level| -> anyhow::Result<Option<birdbone_tch::Journal>> {
-            let include = names(i);
-            if include.is_empty() {
-                return Ok(None);
-            }
-            let block = birdbone_host::PassConfig {
-                sparsity: level,
-                nm: None,
-                keep_masks: false,
-                filter: birdbone_host::ParamFilter {
-                    include,
-                    exclude: cfg.filter.exclude.clone(),
-                },
-                allocation: None,
-            };
-            let (_, _, journal) = pruner.plan(vs, &block, inputs())?.commit_undoable()?;
-            Ok(Some(journal))
-        },
-        |journal| {
-            if let Some(j) = journal {
-                j.restore()?;
-            }
-            Ok(())
-        },
+        cfg,
+        stats,
         &mut |d| bar.set(d as u64),
     )?;
     bar.finish();
@@ -92,12 +52,6 @@ pub fn measure_load(
         load.tokens,
         load.seconds
     );
-    let mut out = BTreeMap::new();
-    for i in 0..blocks {
-        for n in names(i) {
-            out.insert(n, load.points(i));
-        }
-    }
     Ok(Some(out))
 }
 

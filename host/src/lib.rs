@@ -2,7 +2,8 @@
 //!
 //! - [`PluginRegistry`] finds plugin libraries, checks them (abi_stable's layout check, the
 //!   Birdbone ABI version, host capabilities, unique component names), says why it refused any,
-//!   and creates components.
+//!   and creates components. [`trust`] is what it checks before a file's code runs at all
+//!   (permissions, an allowlist, a probe in a child process).
 //! - [`PassConfig`] and [`ParamFilter`] say what a pass is asked for and which parameters.
 //! - [`plan::PlanDriver`] is the context a strategy plans through: it checks and records every
 //!   selection and decision, over the tensor work an adapter provides ([`plan::PlanBackend`]).
@@ -24,17 +25,19 @@ pub mod recipe;
 mod registry;
 mod report;
 pub mod schedule;
+pub mod trust;
 
-pub use allocation::Allocation;
+pub use allocation::{AllocatedParam, Allocation};
 pub use config::PassConfig;
 pub use error::{Error, Result};
 pub use filter::{glob_match, role_of, ParamFilter};
 pub use recipe::Recipe;
 pub use registry::{
-    complete_config, Component, ComponentRef, LoadSummary, LoadedPlugin, PluginRegistry, Rejected,
-    Role, PLUGIN_PATH_ENV,
+    complete_config, probe_library, Component, ComponentRef, LoadSummary, LoadedPlugin,
+    PluginRegistry, Rejected, Role, PLUGIN_PATH_ENV,
 };
 pub use report::{ParamReport, PassReport};
+pub use trust::{Allowlist, ProbeChoice, TrustPolicy};
 
 /// For binaries: logs from the libraries (`tracing`) on standard error, filtered by `RUST_LOG`
 /// (default: warnings), e.g. `RUST_LOG=birdbone_tch::steps=trace` for per-step times of each

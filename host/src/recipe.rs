@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     error::{Error, Result},
     filter::ParamFilter,
-    schedule::{CompressionConfig, GrowthPlateConfig, RegrowConfig, Schedule},
+    schedule::{CompressionConfig, GrowthPlateConfig, LayerPlateConfig, RegrowConfig, Schedule},
     PassConfig,
 };
 
@@ -455,6 +455,10 @@ pub struct Training {
     /// Regrowth at schedule points, when wanted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub regrow: Option<RegrowConfig>,
+    /// Growth plates over layers (the second design): each parameter to its allocated
+    /// sparsity, the least load-bearing first, then frozen.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer_plates: Option<LayerPlateConfig>,
 }
 
 impl Recipe {
@@ -583,6 +587,7 @@ impl Recipe {
             nm: self.pattern.map(|p| (p.n, p.m)),
             growth_plates: t.growth_plates.clone(),
             regrow: t.regrow.clone(),
+            layer_plates: t.layer_plates.clone(),
         })
     }
 

@@ -1,8 +1,12 @@
 //! Finding, loading and validating plugin libraries, and creating their components.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Mutex,
+    },
     time::Instant,
 };
 
@@ -16,7 +20,10 @@ use birdbone_host_api::{
 };
 use serde::Serialize;
 
-use crate::error::{Error, Result};
+use crate::{
+    error::{Error, Result},
+    trust::{self, PrivateCopy, ProbeFailure, ProbeReport, TrustPolicy},
+};
 
 /// The environment variable listing extra plugin folders or files, separated by `:`.
 pub const PLUGIN_PATH_ENV: &str = "BIRDBONE_PLUGIN_PATH";
@@ -27,6 +34,10 @@ pub struct LoadedPlugin {
     pub path: PathBuf,
     /// What it says about itself.
     pub manifest: PluginManifest,
+    /// The SHA-256 (lower-case hex) of the bytes loaded.
+    pub sha256: String,
+    /// The private copy that was checked and loaded (removed once loaded: the mapping stays).
+    pub loaded_from: PathBuf,
     module: PluginModule_Ref,
 }
 
@@ -49,14 +60,36 @@ pub struct ComponentRef<'a> {
 }
 
 /// The plugins a host has loaded. Libraries are never unloaded: a new version of a plugin must
-/// come under a new file name.
-#[derive(Default)]
+/// come under a new file name. What is checked before a file is loaded is its [`TrustPolicy`]
+/// (docs/plugins-trust.md).
 pub struct PluginRegistry {
     plugins: Vec<LoadedPlugin>,
     rejected: Vec<Rejected>,
     // component name -> (plugin index, component index)
     components: BTreeMap<String, (usize, usize)>,
     seen: HashSet<PathBuf>,
+    policy: TrustPolicy,
+}
+
+impl Default for PluginRegistry {
+    /// [`PluginRegistry::new`].
+    fn default() -> PluginRegistry {
+        PluginRegistry::new()
+    }
+}
+
+/// What loading one library's bytes in this process gave (the module, or why not) and the copy
+/// it was loaded from. Libraries are never unloaded, so the same bytes are loaded once per
+/// process, whichever file and registry they come from.
+#[derive(Clone)]
+struct Loaded {
+    module: std::result::Result<PluginModule_Ref, String>,
+    copy: PathBuf,
+}
+
+fn loaded_by_hash() -> &'static Mutex<HashMap<String, Loaded>> {
+    static LOADED: std::sync::OnceLock<Mutex<HashMap<String, Loaded>>> = std::sync::OnceLock::new();
+    LOADED.get_or_init(Default::default)
 }
 
 /// What one `load_*` call did.
@@ -151,10 +184,75 @@ fn explain(err: LibraryError) -> String {
     }
 }
 
+/// The checks a loaded module must pass: the Birdbone ABI version and the manifest.
+fn check_module(module: PluginModule_Ref) -> std::result::Result<PluginManifest, String> {
+    let abi = module.abi();
+    if !AbiVersion::CURRENT.can_host(abi) {
+        return Err(format!(
+            "built against Birdbone plugin ABI {abi}; this host speaks {} and loads plugins of {}.0 to {} only (rebuild it, or update the host)",
+            AbiVersion::CURRENT,
+            AbiVersion::CURRENT.major,
+            AbiVersion::CURRENT
+        ));
+    }
+    let manifest = (module.manifest())()
+        .into_result()
+        .map_err(|e| format!("its manifest failed: {e}"))?;
+    if manifest.abi != abi {
+        return Err(format!(
+            "its manifest claims ABI {} but its module {abi}",
+            manifest.abi
+        ));
+    }
+    Ok(manifest)
+}
+
+/// What `birdbone-plugin-probe` does in its own process: loads `path` as a registry would
+/// (abi_stable's checks, the ABI version, the manifest) and says what it found.
+pub fn probe_library(path: &Path) -> ProbeReport {
+    let mut report = ProbeReport::new();
+    let checked = load_module(path).map_err(explain).and_then(|module| {
+        report.abi = Some(module.abi().to_string());
+        check_module(module)
+    });
+    match checked {
+        Ok(m) => {
+            report.ok = true;
+            report.name = Some(m.name.to_string());
+            report.version = Some(m.version.to_string());
+            report.components = m.components.iter().map(|c| c.name.to_string()).collect();
+        }
+        Err(reason) => report.reason = Some(reason),
+    }
+    report
+}
+
 impl PluginRegistry {
-    /// An empty registry.
+    /// An empty registry under [`TrustPolicy::from_env`]: every check on, unless the
+    /// environment lifts one.
     pub fn new() -> PluginRegistry {
-        PluginRegistry::default()
+        PluginRegistry::with_policy(TrustPolicy::from_env())
+    }
+
+    /// An empty registry under `policy`.
+    pub fn with_policy(policy: TrustPolicy) -> PluginRegistry {
+        PluginRegistry {
+            plugins: Vec::new(),
+            rejected: Vec::new(),
+            components: BTreeMap::new(),
+            seen: HashSet::new(),
+            policy,
+        }
+    }
+
+    /// The checks made before a file is loaded.
+    pub fn policy(&self) -> &TrustPolicy {
+        &self.policy
+    }
+
+    /// Changes the checks for files loaded from now on.
+    pub fn set_policy(&mut self, policy: TrustPolicy) {
+        self.policy = policy;
     }
 
     /// Where an application finds plugins unless told: its executable's folder and that
@@ -171,9 +269,14 @@ impl PluginRegistry {
         dirs.into_iter().filter(|d| d.is_dir()).collect()
     }
 
-    /// Loads every plugin of `dirs` and of [`PLUGIN_PATH_ENV`].
+    /// Loads every plugin of `dirs` and of [`PLUGIN_PATH_ENV`], under [`TrustPolicy::from_env`].
     pub fn discover(dirs: &[PathBuf]) -> PluginRegistry {
-        let mut r = PluginRegistry::new();
+        PluginRegistry::discover_with(dirs, TrustPolicy::from_env())
+    }
+
+    /// [`PluginRegistry::discover`] under `policy`.
+    pub fn discover_with(dirs: &[PathBuf], policy: TrustPolicy) -> PluginRegistry {
+        let mut r = PluginRegistry::with_policy(policy);
         for d in dirs {
             r.load_dir(d);
         }
@@ -258,38 +361,27 @@ impl PluginRegistry {
     }
 
     fn load_one(&mut self, path: &Path) -> Result<(), ()> {
-        if !path.exists() {
-            return self.reject(path, "no such file".into());
-        }
-        let module = match load_module(path) {
-            Ok(m) => m,
-            Err(e) => return self.reject(path, explain(e)),
+        let admitted = match trust::admit(path, &self.policy) {
+            Ok(a) => a,
+            Err(reason) => return self.reject(path, reason),
         };
-        let abi = module.abi();
-        if !AbiVersion::CURRENT.can_host(abi) {
-            return self.reject(
-                path,
-                format!(
-                    "built against Birdbone plugin ABI {abi}; this host speaks {} and loads plugins of {}.0 to {} only (rebuild it, or update the host)",
-                    AbiVersion::CURRENT,
-                    AbiVersion::CURRENT.major,
-                    AbiVersion::CURRENT
-                ),
-            );
-        }
-        let manifest = match (module.manifest())().into_result() {
-            Ok(m) => m,
-            Err(e) => return self.reject(path, format!("its manifest failed: {e}")),
+        let loaded = match self.load_admitted(path, &admitted) {
+            Ok(l) => l,
+            Err(reason) => return self.reject(path, reason),
         };
-        if manifest.abi != abi {
-            return self.reject(
-                path,
-                format!(
-                    "its manifest claims ABI {} but its module {abi}",
-                    manifest.abi
-                ),
-            );
-        }
+        let module = match loaded.module {
+            Ok(m) => m,
+            Err(reason) => {
+                let reason =
+                    reason.replace(&*loaded.copy.to_string_lossy(), &path.to_string_lossy());
+                return self.reject(path, reason);
+            }
+        };
+        let manifest = match check_module(module) {
+            Ok(m) => m,
+            Err(reason) => return self.reject(path, reason),
+        };
+        let abi = manifest.abi;
         let index = self.plugins.len();
         let mut accepted = Vec::new();
         for (ci, c) in manifest.components.iter().enumerate() {
@@ -332,8 +424,86 @@ impl PluginRegistry {
         self.plugins.push(LoadedPlugin {
             path: path.to_path_buf(),
             manifest,
+            sha256: admitted.sha256,
+            loaded_from: loaded.copy,
             module,
         });
+        Ok(())
+    }
+
+    /// Checks 4 and 5 of [`trust`]: a private copy of the admitted bytes, probed in a child
+    /// process, hashed again and loaded here. The same bytes load once per process.
+    fn load_admitted(&self, path: &Path, admitted: &trust::Admitted) -> Result<Loaded, String> {
+        let cache = || loaded_by_hash().lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(hit) = cache().get(&admitted.sha256) {
+            return Ok(hit.clone());
+        }
+        let name = path
+            .file_name()
+            .unwrap_or_else(|| std::ffi::OsStr::new("plugin.so"));
+        let copy = PrivateCopy::create(name, &admitted.bytes)
+            .map_err(|e| format!("cannot make a private copy of it to check: {e}"))?;
+        let shown = |r: String| r.replace(&*copy.path.to_string_lossy(), &path.to_string_lossy());
+        match self.policy.probe.find() {
+            Some(probe) => match trust::run_probe(&probe, &copy.path, self.policy.probe_timeout) {
+                Ok(ProbeReport { ok: true, .. }) => {}
+                Ok(r) => {
+                    return Err(shown(r.reason.unwrap_or_else(|| {
+                        "the probe refused it without saying why".into()
+                    })))
+                }
+                Err(ProbeFailure::Refused(r)) => return Err(shown(r)),
+                Err(ProbeFailure::Unusable(r)) => self.unprobed(&r)?,
+            },
+            None => self.unprobed(&match &self.policy.probe {
+                trust::ProbeChoice::Off => "probing is off".to_string(),
+                trust::ProbeChoice::Binary(p) => {
+                    format!("the plugin probe {} does not exist", p.display())
+                }
+                trust::ProbeChoice::Auto => format!(
+                    "no plugin probe ({}) beside the executable or in its parent folder",
+                    trust::PROBE_NAME
+                ),
+            })?,
+        }
+        match copy.sha256() {
+            Ok(h) if h == admitted.sha256 => {}
+            Ok(h) => {
+                return Err(format!(
+                    "its private copy changed after it was probed (SHA-256 {} became {h}), so it was not loaded",
+                    admitted.sha256
+                ))
+            }
+            Err(e) => return Err(format!("cannot re-read its private copy: {e}")),
+        }
+        let mut cache = cache();
+        // Another thread may have loaded the same bytes meanwhile.
+        if let Some(hit) = cache.get(&admitted.sha256) {
+            return Ok(hit.clone());
+        }
+        let loaded = Loaded {
+            module: load_module(&copy.path).map_err(explain),
+            copy: copy.path.clone(),
+        };
+        cache.insert(admitted.sha256.clone(), loaded.clone());
+        Ok(loaded)
+    }
+
+    /// A file about to load without a probe's verdict: refused if the policy requires one,
+    /// else loaded with a warning (once per process).
+    fn unprobed(&self, why: &str) -> Result<(), String> {
+        static WARNED: AtomicBool = AtomicBool::new(false);
+        if self.policy.require_probe {
+            return Err(format!(
+                "{why}, and the trust policy requires a probe ({}), so it was not loaded",
+                trust::REQUIRE_PROBE_ENV
+            ));
+        }
+        if self.policy.probe != trust::ProbeChoice::Off && !WARNED.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                "{why}: plugins load without being probed in a child process first, so one whose constructor crashes takes this process with it (docs/plugins-trust.md)"
+            );
+        }
         Ok(())
     }
 

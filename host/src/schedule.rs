@@ -80,27 +80,96 @@ impl Schedule {
 
     /// The sparsity to reach after step `step`, when a pass runs then.
     pub fn target_at(&self, step: u64) -> Option<f64> {
+        let x = self.progress_at(step)?;
+        Some(match *self {
+            Schedule::OneShot { sparsity, .. } => sparsity,
+            Schedule::Gradual {
+                initial_sparsity,
+                final_sparsity,
+                curve,
+                ..
+            } => initial_sparsity + (final_sparsity - initial_sparsity) * curve.share(x),
+        })
+    }
+
+    /// How far along the schedule a pass after step `step` is, from 0 (the first pass of a
+    /// gradual schedule) to 1 (the last, or the one-shot pass); `None` when no pass runs then.
+    pub fn progress_at(&self, step: u64) -> Option<f64> {
         match *self {
-            Schedule::OneShot { at_step, sparsity } => (step == at_step).then_some(sparsity),
+            Schedule::OneShot { at_step, .. } => (step == at_step).then_some(1.0),
             Schedule::Gradual {
                 start_step,
                 end_step,
                 every,
-                initial_sparsity,
-                final_sparsity,
-                curve,
+                ..
             } => {
                 if step < start_step || step > end_step || (step - start_step) % every != 0 {
                     return None;
                 }
-                let span = (end_step - start_step).max(1) as f64;
-                let frac = (step - start_step) as f64 / span;
-                let left = match curve {
-                    Curve::Cubic => (1.0 - frac).powi(3),
-                    Curve::Linear => 1.0 - frac,
-                };
-                Some(final_sparsity + (initial_sparsity - final_sparsity) * left)
+                if end_step == start_step {
+                    return Some(1.0);
+                }
+                Some((step - start_step) as f64 / (end_step - start_step) as f64)
             }
+        }
+    }
+
+    /// The sparsity the schedule starts from (0 for a one-shot pass) and ends at.
+    pub fn range(&self) -> (f64, f64) {
+        match *self {
+            Schedule::OneShot { sparsity, .. } => (0.0, sparsity),
+            Schedule::Gradual {
+                initial_sparsity,
+                final_sparsity,
+                ..
+            } => (initial_sparsity, final_sparsity),
+        }
+    }
+
+    /// The curve between the ends (a one-shot pass jumps: any curve gives 1 at its pass).
+    pub fn curve(&self) -> Curve {
+        match *self {
+            Schedule::OneShot { .. } => Curve::Linear,
+            Schedule::Gradual { curve, .. } => curve,
+        }
+    }
+}
+
+impl Curve {
+    /// The share of the way from the initial to the final sparsity covered at progress `x`
+    /// (0 to 1).
+    pub fn share(self, x: f64) -> f64 {
+        let x = x.clamp(0.0, 1.0);
+        match self {
+            Curve::Cubic => 1.0 - (1.0 - x).powi(3),
+            Curve::Linear => x,
+        }
+    }
+}
+
+/// Growth plates over layers (the second design, after row plates under magnitude scores lost
+/// to one-shot Wanda): every parameter rises along the schedule to its own final sparsity (the
+/// allocation's, when the callback has one), the least load-bearing first and the most
+/// load-bearing last; a parameter that has reached it ossifies, and its mask stays as it is for
+/// the rest of training while the others go on.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LayerPlateConfig {
+    /// The share of the schedule by which the least load-bearing parameter reaches its final
+    /// sparsity; the most load-bearing reaches it at the schedule's end, the others in between by
+    /// rank. 1 (or no allocation) makes every parameter follow the schedule itself.
+    #[serde(default = "default_earliest")]
+    pub earliest: f64,
+}
+
+fn default_earliest() -> f64 {
+    0.5
+}
+
+impl Default for LayerPlateConfig {
+    fn default() -> Self {
+        LayerPlateConfig {
+            earliest: default_earliest(),
         }
     }
 }
@@ -174,6 +243,9 @@ pub struct CompressionConfig {
     /// Regrowth at schedule points, when wanted.
     #[serde(default)]
     pub regrow: Option<RegrowConfig>,
+    /// Growth plates over layers, when wanted.
+    #[serde(default)]
+    pub layer_plates: Option<LayerPlateConfig>,
 }
 
 impl CompressionConfig {

@@ -629,7 +629,12 @@ fn bad_input_is_refused_before_loading_and_named_once() {
 
 #[test]
 fn plugins_json_and_a_closed_stdout() {
-    let (so, _) = ok(birdbone().args(["plugins", "--json"]));
+    // A file that is refused, so the shape of `rejected` is checked too.
+    let extra = tempfile::tempdir().unwrap();
+    std::fs::write(extra.path().join("garbage.so"), b"not a plugin").unwrap();
+    let (so, _) = ok(birdbone()
+        .env("BIRDBONE_PLUGIN_PATH", extra.path())
+        .args(["plugins", "--json"]));
     let v = snapshot("plugins", &so);
     assert!(v["components"]
         .as_array()

@@ -483,6 +483,7 @@ fn cuda_training_callback_holds_exact_sparsity_with_taylor_scores() {
             nm: None,
             growth_plates: Some(GrowthPlateConfig::default()),
             regrow: None,
+            layer_plates: None,
         },
     )
     .unwrap();

@@ -1,6 +1,8 @@
 //! Birdbone's integration tests. One binary; modules by area:
 //!
 //! - `loader`: plugins loaded from their `.so` files, rejected ones, component configuration.
+//! - `trust`: what is refused before a plugin's code runs here (FIFOs, permissions, an
+//!   allowlist), the probe (constructors that abort, exit or hang), the probed copy loaded.
 //! - `prune`: exact counts, N:M validity and failure safety on the real SmolLM2 weights.
 //! - `masks`: saving, loading, and holding pruned weights at zero through optimizer steps.
 //! - `models`: a `VarStore` and a TorchScript `CModule` pruned in place.
@@ -30,6 +32,7 @@ mod faults;
 mod gguf;
 mod gpu;
 mod gpu_reconstruct;
+mod layer_plates;
 mod llama;
 mod loader;
 mod masks;
@@ -38,4 +41,5 @@ mod prune;
 mod reconstruct;
 mod serve;
 mod train;
+mod trust;
 mod undo;

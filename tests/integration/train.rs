@@ -45,6 +45,7 @@ fn config(schedule: Schedule) -> CompressionConfig {
         nm: None,
         growth_plates: None,
         regrow: None,
+        layer_plates: None,
     }
 }
 

@@ -239,6 +239,7 @@ pub fn the_training_callback_takes_a_pass_back_with_its_masks(params: &[(String,
         nm: None,
         growth_plates: None,
         regrow: None,
+        layer_plates: None,
     };
     let mut c = Compression::new(pruner("magnitude", "layerwise", &[]), cfg).unwrap();
     c.keep_undo(2);

@@ -22,12 +22,52 @@ pub fn build_dir() -> PathBuf {
         .to_path_buf()
 }
 
-/// The built shared library of workspace crate `crate_name` (underscored, without `lib`).
+/// Where the fixture plugins were built: `BIRDBONE_FIXTURE_DIR`, else `fixtures/` beside the
+/// plugins (a staged GPU run), else `target/fixtures/<profile>`. They are a workspace of their
+/// own (tests/fixtures/Cargo.toml), so they never sit where the default plugin search path
+/// looks.
+pub fn fixture_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("BIRDBONE_FIXTURE_DIR") {
+        return d.into();
+    }
+    let staged = build_dir().join("fixtures");
+    if staged.is_dir() {
+        return staged;
+    }
+    let profile = build_dir()
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_else(|| "debug".into());
+    workspace_root().join("target/fixtures").join(profile)
+}
+
+/// The built shared library of crate `crate_name` (underscored, without `lib`): a workspace
+/// plugin from the build folder, a `birdbone_fixture_*` from [`fixture_dir`].
 pub fn plugin_file(crate_name: &str) -> PathBuf {
+    if crate_name.starts_with("birdbone_fixture_") {
+        let p = fixture_dir().join(format!("lib{crate_name}.so"));
+        assert!(
+            p.exists(),
+            "{} is missing: build the fixture plugins first (`cargo build --manifest-path tests/fixtures/Cargo.toml --target-dir target/fixtures`, as scripts/test.sh does)",
+            p.display()
+        );
+        return p;
+    }
     let p = build_dir().join(format!("lib{crate_name}.so"));
     assert!(
         p.exists(),
         "{} is missing: build the plugins first (`cargo build --workspace`, as scripts/test.sh does)",
+        p.display()
+    );
+    p
+}
+
+/// The plugin probe built with the workspace (`birdbone-plugin-probe`, beside the plugins).
+pub fn probe_binary() -> PathBuf {
+    let p = build_dir().join("birdbone-plugin-probe");
+    assert!(
+        p.exists(),
+        "{} is missing: build the workspace first (`cargo build --workspace`, as scripts/test.sh does)",
         p.display()
     );
     p

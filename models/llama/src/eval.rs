@@ -137,8 +137,18 @@ pub fn perplexity_with(
 /// The mean next-token cross-entropy of `model` on `ids` (`[batch, len]`), with the autograd
 /// graph kept: the training loss of causal language modelling.
 pub fn lm_loss(model: &Llama, ids: &Tensor) -> Result<Tensor> {
+    lm_loss_with(model, ids, None)
+}
+
+/// [`lm_loss`], recording the Linears' input statistics into `stats` when given (a training
+/// loop hands them to a compression callback whose scorer reads activations).
+pub fn lm_loss_with(
+    model: &Llama,
+    ids: &Tensor,
+    stats: Option<&mut crate::StatsRecorder>,
+) -> Result<Tensor> {
     let len = ids.size()[1];
-    let logits = model.forward(ids, None, None)?;
+    let logits = model.forward(ids, None, stats)?;
     let vocab = logits.size()[2];
     let pred = logits.f_narrow(1, 0, len - 1)?.f_reshape([-1, vocab])?;
     let targets = ids.f_narrow(1, 1, len - 1)?.f_reshape([-1])?;

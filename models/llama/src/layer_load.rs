@@ -6,7 +6,7 @@
 //! then runs only layers `i..` from them, with layer `i` pruned by the caller's `prune` (a
 //! pass of the real scorer and strategy) and put back by its `restore` before the next.
 
-use std::time::Instant;
+use std::{collections::BTreeMap, time::Instant};
 
 use tch::{Kind, Tensor};
 
@@ -122,4 +122,70 @@ pub fn layer_load<U, E: From<crate::Error>>(
         tokens,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Per parameter, its layer's `(sparsity, loss)` points.
+pub type LoadByParam = BTreeMap<String, Vec<(f64, f64)>>;
+
+/// The load of every layer as the `birdbone` allocator reads it: per parameter of `config`'s
+/// selection, its layer's `(sparsity, loss)` points. Each layer is pruned alone by `pruner`'s
+/// scorer and strategy ([`birdbone_tch::Pruner::trial`]) at each of `levels`, with `stats` for
+/// scorers that read them, and put back bit for bit before the next.
+#[allow(clippy::too_many_arguments)]
+pub fn load_by_param<E>(
+    model: &Llama,
+    pruner: &mut birdbone_tch::Pruner,
+    windows: &[Vec<i64>],
+    batch: usize,
+    levels: &[f64],
+    config: &birdbone_tch::PassConfig,
+    stats: &birdbone_tch::ActivationStats,
+    progress: &mut dyn FnMut(usize),
+) -> Result<(LayerLoad, LoadByParam), E>
+where
+    E: From<crate::Error> + From<birdbone_tch::Error>,
+{
+    let vs = model.var_store();
+    let names = |i: usize| -> Vec<String> {
+        model
+            .block_linear_names(i)
+            .into_iter()
+            .filter(|n| config.filter.selects(n, &[1, 1]))
+            .collect()
+    };
+    let load = layer_load(
+        model,
+        windows,
+        batch,
+        levels,
+        |i, level| -> Result<Option<birdbone_tch::Journal>, E> {
+            let include = names(i);
+            if include.is_empty() {
+                return Ok(None);
+            }
+            let at = birdbone_tch::PassConfig {
+                sparsity: level,
+                ..config.clone()
+            };
+            let inputs = birdbone_tch::PassInputs {
+                stats: Some(stats),
+                ..Default::default()
+            };
+            Ok(Some(pruner.trial(vs, include, &at, inputs)?))
+        },
+        |journal| {
+            if let Some(j) = journal {
+                j.restore()?;
+            }
+            Ok(())
+        },
+        progress,
+    )?;
+    let mut by_param = BTreeMap::new();
+    for i in 0..model.num_blocks() {
+        for n in names(i) {
+            by_param.insert(n, load.points(i));
+        }
+    }
+    Ok((load, by_param))
 }

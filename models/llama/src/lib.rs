@@ -28,9 +28,11 @@ pub use calib::{
     calibrate, collect_stats, collect_stats_with, for_each_block_calibrated,
     for_each_block_sequential, ActivationSums, Calibrated, CalibrationReport,
 };
-pub use eval::{lm_loss, perplexity, perplexity_with, token_windows, EvalConfig, Perplexity};
+pub use eval::{
+    lm_loss, lm_loss_with, perplexity, perplexity_with, token_windows, EvalConfig, Perplexity,
+};
 pub use generate::generate_greedy;
-pub use layer_load::{layer_load, LayerLoad};
+pub use layer_load::{layer_load, load_by_param, LayerLoad, LoadByParam};
 pub use load::{hub_cache_dir, is_hub_id, parse_device, resolve_model_dir, Loaded};
 pub use model::{HessianSums, KvCache, Llama, StatsRecorder};
 pub use text::{read_text, text_dir};

@@ -74,7 +74,8 @@ impl StatsRecorder {
             return Ok(());
         }
         let cols = *x.size().last().unwrap_or(&1);
-        let raw = x.f_reshape([-1, cols])?;
+        // Detached: a training forward records too, and the statistics are no part of its graph.
+        let raw = x.f_detach()?.f_reshape([-1, cols])?;
         if let Some(groups) = self.hessians.as_mut() {
             let tokens = raw.size()[0] as u64;
             match groups

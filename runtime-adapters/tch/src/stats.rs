@@ -41,6 +41,28 @@ impl ActivationStats {
         self.entries.get(name).map(|(t, n)| (t, *n))
     }
 
+    /// Adds `sq_sums`, summed over `tokens` more tokens, to parameter `name`'s statistics (the
+    /// training callback gathers them this way from the forwards of the steps between passes).
+    pub fn accumulate(&mut self, name: &str, sq_sums: &Tensor, tokens: u64) -> crate::Result<()> {
+        match self.entries.get_mut(name) {
+            Some((acc, n)) => {
+                let _ = acc.f_add_(sq_sums)?;
+                *n += tokens;
+            }
+            None => {
+                let copy = sq_sums.f_detach_copy()?;
+                self.entries.insert(name.to_string(), (copy, tokens));
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops every statistic.
+    pub fn clear(&mut self) {
+        self.entries.clear();
+        self.hessians.clear();
+    }
+
     /// Sets the Hessian statistics of parameter `name`.
     pub fn insert_hessian(&mut self, name: impl Into<String>, stat: HessianStat) {
         self.hessians.insert(name.into(), stat);

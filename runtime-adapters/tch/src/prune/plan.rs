@@ -25,7 +25,7 @@ use crate::{
     params::{selected, ParamSource},
     stats::ActivationStats,
     tensors::{device_of, dtype_of, Lent},
-    undo::{UndoHistory, UndoPolicy},
+    undo::{Journal, UndoHistory, UndoPolicy},
 };
 
 /// The pass over one block's weights: those of `names` that `config.filter` selects (`None`
@@ -201,6 +201,13 @@ impl Pruner {
         self.allocator.as_ref().map(|a| a.info.capabilities.inputs)
     }
 
+    /// Whether the allocator set reads the load on each layer (`InputSet::LOAD`), which the
+    /// caller measures first (`birdbone_llama::layer_load` with [`Pruner::trial`]).
+    pub fn allocator_needs_load(&self) -> bool {
+        self.allocator_inputs()
+            .is_some_and(|i| i.contains(InputSet::LOAD))
+    }
+
     /// Runs the allocator over the parameters of `model` that `config.filter` selects, with
     /// the pass's scorer (OWL reads Wanda's scores through it): exact counts that sum to
     /// `round(config.sparsity · N)`. Nothing in the model changes. Put the result in
@@ -259,6 +266,31 @@ impl Pruner {
         Ok(a)
     }
 
+    /// Prunes only the parameters named in `names` (of those `config.filter` selects) to
+    /// `config.sparsity` and returns the journal that takes the trial back
+    /// ([`Journal::restore`]): how the layer load of the `birdbone` allocator is measured, one
+    /// layer at a time with the pass's own scorer and strategy. Masks are not kept.
+    pub fn trial(
+        &mut self,
+        model: &(impl ParamSource + ?Sized),
+        names: Vec<String>,
+        config: &PassConfig,
+        inputs: PassInputs<'_>,
+    ) -> Result<Journal> {
+        let only = PassConfig {
+            sparsity: config.sparsity,
+            nm: config.nm,
+            keep_masks: false,
+            filter: birdbone_host::ParamFilter {
+                include: names,
+                exclude: config.filter.exclude.clone(),
+            },
+            allocation: None,
+        };
+        let (_, _, journal) = self.plan(model, &only, inputs)?.commit_undoable()?;
+        Ok(journal)
+    }
+
     /// Whether [`Pruner::run`] keeps a journal to roll a failed commit back (default: yes),
     /// and how many completed passes [`Pruner::undo`] can take back within how much host
     /// memory (default: none). Shrinking the policy drops the oldest kept passes.
@@ -304,6 +336,16 @@ impl Pruner {
             .capabilities
             .inputs
             .contains(InputSet::HESSIAN)
+    }
+
+    /// Whether the scorer reads activation statistics ([`InputSet::ACTIVATION_STATS`]: Wanda,
+    /// RIA): a pass needs them from calibration or, in training, from the forwards.
+    pub fn needs_activations(&self) -> bool {
+        self.scorer
+            .info
+            .capabilities
+            .inputs
+            .contains(InputSet::ACTIVATION_STATS)
     }
 
     /// The scorer (a training loop feeds it through [`Pruner::observe`]).

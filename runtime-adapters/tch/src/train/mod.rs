@@ -11,193 +11,41 @@
 //!
 //! Masks are re-applied after every optimizer step, so the sparsity is exact after every step
 //! whatever the optimizer's moments hold. At schedule points a pruning pass runs through the
-//! plugins. Growth plates (the bird-bone idea) protect rows that are still changing fast; their
-//! share of the budget is taken elsewhere, so the target is still met exactly. Optional RigL-style
-//! regrowth swaps the weakest live weights for the pruned ones with the largest gradients.
+//! plugins, scored with the activation statistics the loop hands over from its own forwards
+//! ([`Compression::observe_activations`]) when the scorer reads them (Wanda, RIA).
+//!
+//! Growth plates, the bird-bone idea, come in two designs. Over layers ([`layer_plates`]): each
+//! parameter rises to its own final sparsity (an allocation's, [`Compression::set_allocation`]),
+//! the least load-bearing first, and ossifies there. Over rows ([`row_plates`]): rows still
+//! changing fast are protected from a pass, their share taken elsewhere. Either way every pass
+//! prunes an exact count. Optional RigL-style regrowth swaps the weakest live weights for the
+//! pruned ones with the largest gradients.
 
-use std::collections::BTreeMap;
+pub mod layer_plates;
+pub mod row_plates;
+
+use std::{collections::BTreeMap, sync::Arc};
 
 pub use birdbone_host::schedule::{
-    CompressionConfig, Curve, GrowthPlateConfig, RegrowConfig, Schedule,
+    CompressionConfig, Curve, GrowthPlateConfig, LayerPlateConfig, RegrowConfig, Schedule,
 };
-use birdbone_host::{PassConfig, PassReport};
+use birdbone_host::{Allocation, PassConfig, PassReport};
 use serde::Serialize;
 use tch::{Kind, Tensor};
 
+pub use self::{layer_plates::LayerPlates, row_plates::GrowthPlates};
 use crate::{
     error::Result,
     mask::{MaskSet, ParamMask},
     params::{selected, ParamSource},
     prune::{PassInputs, Pruner},
+    stats::ActivationStats,
     undo::Journal,
 };
 
-/// Per row of one parameter: moving averages of relative weight change and of gradient norm.
-struct RowTrack {
-    /// `W · P` for a fixed random `P` (`[cols, SKETCH]`): the change of a row's sketch estimates
-    /// the norm of the row's change (Johnson–Lindenstrauss) without a copy of the weights.
-    proj: Tensor,
-    sketch: Tensor,
-    change: Tensor,
-    grad: Tensor,
-    grew: Tensor,
-    ossified: Tensor,
-}
-
-/// The growth-plate tracker.
-pub struct GrowthPlates {
-    cfg: GrowthPlateConfig,
-    rows: BTreeMap<String, RowTrack>,
-    steps: u64,
-}
-
-/// Columns of the random projection behind the row sketches.
-const SKETCH: i64 = 16;
-
-/// A `[cols, SKETCH]` Gaussian projection scaled so that `E‖xP‖² = ‖x‖²`, from a fixed seed
-/// (so that the user's random stream is left alone and runs repeat).
-fn projection(cols: i64, device: tch::Device) -> Result<Tensor> {
-    let mut state = 0x9E37_79B9_7F4A_7C15u64 ^ cols as u64;
-    let mut uniform = || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        ((state >> 11) as f64 + 0.5) / (1u64 << 53) as f64
-    };
-    let scale = 1.0 / (SKETCH as f64).sqrt();
-    let values: Vec<f32> = (0..cols * SKETCH)
-        .map(|_| {
-            // Box–Muller.
-            let (u, v) = (uniform(), uniform());
-            ((-2.0 * u.ln()).sqrt() * (std::f64::consts::TAU * v).cos() * scale) as f32
-        })
-        .collect();
-    Ok(Tensor::from_slice(&values)
-        .f_view([cols, SKETCH])?
-        .f_to_device(device)?)
-}
-
-/// ‖t_r‖₂ per row, in f32 (one kernel: these run for every parameter at every step).
-fn row_norms(t: &Tensor) -> Result<Tensor> {
-    Ok(t.f_norm_scalaropt_dim_dtype(2.0, [1i64], false, Kind::Float)?)
-}
-
-impl GrowthPlates {
-    /// A tracker with `cfg`.
-    pub fn new(cfg: GrowthPlateConfig) -> GrowthPlates {
-        GrowthPlates {
-            cfg,
-            rows: BTreeMap::new(),
-            steps: 0,
-        }
-    }
-
-    fn track(&mut self, name: &str, w: &Tensor) -> Result<&mut RowTrack> {
-        if !self.rows.contains_key(name) {
-            let proj = projection(w.size()[1], w.device())?;
-            let sketch = w.f_to_kind(Kind::Float)?.f_matmul(&proj)?;
-            let z = Tensor::f_zeros([w.size()[0]], (Kind::Float, w.device()))?;
-            let no = z.f_to_kind(Kind::Bool)?;
-            self.rows.insert(
-                name.to_string(),
-                RowTrack {
-                    // Separate storage each: the averages are updated in place.
-                    grew: no.copy(),
-                    ossified: no,
-                    change: z.copy(),
-                    grad: z,
-                    proj,
-                    sketch,
-                },
-            );
-        }
-        Ok(self.rows.get_mut(name).expect("inserted"))
-    }
-
-    /// Rows that grew and have settled, over all tracked parameters.
-    pub fn ossified_rows(&self) -> Result<u64> {
-        let mut n = 0;
-        for t in self.rows.values() {
-            n += t.ossified.f_sum(Kind::Int64)?.int64_value(&[]) as u64;
-        }
-        Ok(n)
-    }
-
-    /// After backward: the moving average of each row's gradient norm.
-    pub fn observe_gradients(&mut self, params: &[(String, Tensor)]) -> Result<()> {
-        let r = self.cfg.rate;
-        for (name, w) in params {
-            let g = w.grad();
-            if !g.defined() || w.dim() != 2 {
-                continue;
-            }
-            let gn = row_norms(&g)?;
-            let t = self.track(name, w)?;
-            let _ = t.grad.f_lerp_(&gn, r)?;
-        }
-        Ok(())
-    }
-
-    /// After the optimizer step: the moving average of each row's relative change.
-    pub fn observe_step(&mut self, params: &[(String, Tensor)]) -> Result<()> {
-        let r = self.cfg.rate;
-        self.steps += 1;
-        for (name, w) in params {
-            if w.dim() != 2 {
-                continue;
-            }
-            let t = self.track(name, w)?;
-            let sketch = w.f_to_kind(Kind::Float)?.f_matmul(&t.proj)?;
-            // ‖ΔW_r‖, estimated from the sketch. Not divided by ‖W_r‖: under Adam every weight
-            // moves about lr a step whatever its size, so a row's change measures how steadily
-            // its gradient pushes it (`protected` compares it with the parameter's median row),
-            // while dividing by the norm would only single out rows of small norm.
-            let rel = row_norms(&sketch.f_sub(&t.sketch)?)?;
-            let _ = t.change.f_lerp_(&rel, r)?;
-            t.sketch = sketch;
-        }
-        Ok(())
-    }
-
-    /// Rows protected now, per parameter (bool `[rows]`). A row grows while its growth, the mean
-    /// of its change and gradient averages each relative to the parameter's median row, is above
-    /// `factor`; of the growing rows at most `max_protected` of the parameter, the fastest, are
-    /// protected; a row that has grown and then settled back to the median is ossified and never
-    /// protected again.
-    pub fn protected(&mut self) -> Result<BTreeMap<String, Tensor>> {
-        let mut out = BTreeMap::new();
-        if self.steps < self.cfg.warmup_steps {
-            return Ok(out);
-        }
-        let (factor, max_frac) = (self.cfg.factor, self.cfg.max_protected);
-        for (name, t) in self.rows.iter_mut() {
-            let rel =
-                |x: &Tensor| -> Result<Tensor> { Ok(x.f_div(&x.f_median()?.f_clamp_min(1e-20)?)?) };
-            let growth = rel(&t.change)?.f_add(&rel(&t.grad)?)?.f_mul_scalar(0.5)?;
-            let growing = growth
-                .f_gt(factor)?
-                .f_logical_and(&t.ossified.f_logical_not()?)?;
-            let rows = growth.size()[0];
-            let cap = ((max_frac * rows as f64).floor() as i64).max(0);
-            let mut protect = growing.f_zeros_like()?;
-            let n_growing = growing.f_sum(Kind::Int64)?.int64_value(&[]);
-            if n_growing > 0 && cap > 0 {
-                let ranked = growth.f_where_self(&growing, &Tensor::from(f32::NEG_INFINITY))?;
-                let (_, idx) = ranked.f_sort(0, true)?;
-                let top = idx.f_narrow(0, 0, n_growing.min(cap))?;
-                protect = protect.f_index_fill(0, &top, 1)?;
-            }
-            // Rows that grew and have settled back to the median ossify: hysteresis between the
-            // median and `factor` keeps a row from flickering in and out of protection.
-            t.grew = t.grew.f_logical_or(&growing)?;
-            t.ossified = t
-                .ossified
-                .f_logical_or(&t.grew.f_logical_and(&growth.f_le(1.0)?)?)?;
-            out.insert(name.clone(), protect.f_to_kind(Kind::Bool)?);
-        }
-        Ok(out)
-    }
-}
+/// What a pass covers: the parameters, the sparsity, the layer plates' counts and the
+/// parameters that ossify with it.
+type PassScope = (Vec<(String, Tensor)>, f64, Option<Allocation>, Vec<String>);
 
 /// What `after_step` did.
 #[derive(Clone, Debug, Serialize)]
@@ -234,6 +82,12 @@ pub struct Compression {
     undo: std::collections::VecDeque<(Journal, MaskSet, (u64, u64))>,
     /// How many passes `undo` keeps (0: none).
     undo_passes: usize,
+    /// Activation statistics from the forwards since the last pass.
+    activations: ActivationStats,
+    /// The final allocation the layer plates rise to.
+    allocation: Option<Arc<Allocation>>,
+    /// Growth plates over layers, made at the first pass.
+    layer_plates: Option<LayerPlates>,
 }
 
 impl Compression {
@@ -257,7 +111,67 @@ impl Compression {
             dense_grads: BTreeMap::new(),
             last_protected: BTreeMap::new(),
             counts: (0, 0),
+            activations: ActivationStats::new(),
+            allocation: None,
+            layer_plates: None,
         })
+    }
+
+    /// The final per-parameter counts (an allocation made before training, e.g. by the
+    /// `birdbone` allocator at the schedule's final sparsity): the layer plates rise to them, and
+    /// a pass straight to that sparsity (one-shot, [`Compression::prune_now`]) prunes them. A
+    /// gradual schedule without layer plates has no counts for its intermediate passes and
+    /// refuses it at the first. Set it before the first pass.
+    pub fn set_allocation(&mut self, allocation: Allocation) -> Result<()> {
+        if self.layer_plates.is_some() {
+            birdbone_host::bail!(
+                "the layer plates were made at the first pass: set the allocation before it"
+            );
+        }
+        self.allocation = Some(Arc::new(allocation));
+        Ok(())
+    }
+
+    /// The allocation of a pass to `sparsity` without layer plates: the one set, when it is for
+    /// that sparsity.
+    fn direct_allocation(&self, sparsity: f64) -> Result<Option<Allocation>> {
+        match &self.allocation {
+            None => Ok(None),
+            Some(a) if (a.sparsity - sparsity).abs() < 1e-12 => Ok(Some(Allocation::clone(a))),
+            Some(a) => birdbone_host::bail!(
+                "the allocation is for sparsity {} and this pass prunes to {sparsity}: an allocation is followed through a gradual schedule by layer plates (`layer_plates`)",
+                a.sparsity
+            ),
+        }
+    }
+
+    /// Whether the next steps' forwards should record activation statistics for
+    /// [`Compression::observe_activations`]: the scorer reads them and a pass is still to come.
+    pub fn wants_activations(&self) -> bool {
+        let last = match self.cfg.schedule {
+            Schedule::OneShot { at_step, .. } => at_step,
+            Schedule::Gradual { end_step, .. } => end_step,
+        };
+        self.pruner.needs_activations() && self.step < last
+    }
+
+    /// Adds one forward's activation statistics (per weight name: `Σ x²` per input column and
+    /// the tokens summed, as `birdbone_llama::StatsRecorder` records them); the next pass scores
+    /// with everything gathered since the previous one.
+    pub fn observe_activations<'a>(
+        &mut self,
+        sums: impl IntoIterator<Item = (&'a String, &'a (Tensor, u64))>,
+    ) -> Result<()> {
+        let _g = tch::no_grad_guard();
+        for (name, (sq, tokens)) in sums {
+            self.activations.accumulate(name, sq, *tokens)?;
+        }
+        Ok(())
+    }
+
+    /// The layer plates, once made (at the first pass).
+    pub fn layer_plates(&self) -> Option<&LayerPlates> {
+        self.layer_plates.as_ref()
     }
 
     /// The masks in force.
@@ -326,9 +240,12 @@ impl Compression {
         sparsity: f64,
         stats: Option<&crate::ActivationStats>,
     ) -> Result<PassReport> {
+        let params = self.selected(model)?;
+        let allocation = self.direct_allocation(sparsity)?;
         self.pass(
-            model,
+            params,
             sparsity,
+            allocation,
             PassInputs {
                 stats,
                 protected_rows: None,
@@ -337,11 +254,14 @@ impl Compression {
         )
     }
 
-    /// Plans and commits a pass to `sparsity`; its masks replace those in force.
+    /// Plans and commits a pass over `params` to `sparsity` (with `allocation`'s counts when
+    /// given); its masks replace those in force, except the ossified parameters', which keep
+    /// theirs.
     fn pass(
         &mut self,
-        model: &(impl ParamSource + ?Sized),
+        params: Vec<(String, Tensor)>,
         sparsity: f64,
+        allocation: Option<Allocation>,
         inputs: PassInputs<'_>,
     ) -> Result<PassReport> {
         let config = PassConfig {
@@ -349,19 +269,34 @@ impl Compression {
             nm: self.cfg.nm,
             keep_masks: true,
             filter: self.cfg.filter.clone(),
-            allocation: None,
+            allocation: allocation.map(Arc::new),
         };
-        let plan = self.pruner.plan(model, &config, inputs)?;
-        let (report, masks, journal) = if self.undo_passes > 0 {
+        let plan = self.pruner.plan_params(params, &config, inputs)?;
+        let (report, mut masks, journal) = if self.undo_passes > 0 {
             let (r, m, j) = plan.commit_undoable()?;
             (r, m, Some(j))
         } else {
             let (r, m) = plan.commit()?;
             (r, m, None)
         };
+        let (mut pruned, mut total) = (report.pruned, report.total);
+        if let Some(plates) = &self.layer_plates {
+            for name in plates.ossified() {
+                if let Some(m) = self.masks.get(name) {
+                    let kept = ParamMask {
+                        shape: m.shape.clone(),
+                        bits: m.bits.shallow_clone(),
+                    };
+                    masks.insert(name.clone(), kept);
+                }
+            }
+            let (p, t) = plates.ossified_counts();
+            pruned += p;
+            total += t;
+        }
         let before = std::mem::replace(&mut self.masks, masks);
         // Regrowth later swaps as many as it revives: the count stays the pass's.
-        let counts = std::mem::replace(&mut self.counts, (report.pruned, report.total));
+        let counts = std::mem::replace(&mut self.counts, (pruned, total));
         if let Some(j) = journal {
             self.undo.push_back((j, before, counts));
             while self.undo.len() > self.undo_passes {
@@ -369,6 +304,32 @@ impl Compression {
             }
         }
         Ok(report)
+    }
+
+    /// What the pass after this step covers: the parameters, the sparsity, the layer plates'
+    /// counts and the parameters that ossify with it (none without layer plates).
+    fn pass_scope(&mut self, params: &[(String, Tensor)], target: f64) -> Result<PassScope> {
+        let all = || params.iter().map(|(n, t)| (n.clone(), t.shallow_clone()));
+        let Some(cfg) = self.cfg.layer_plates.clone() else {
+            let allocation = self.direct_allocation(target)?;
+            return Ok((all().collect(), target, allocation, Vec::new()));
+        };
+        if self.layer_plates.is_none() {
+            let sizes: Vec<(String, u64)> = params
+                .iter()
+                .map(|(n, t)| (n.clone(), t.numel() as u64))
+                .collect();
+            let (_, last) = self.cfg.schedule.range();
+            let plates = LayerPlates::new(cfg, &sizes, last, self.allocation.as_deref())?;
+            self.layer_plates = Some(plates);
+        }
+        let plates = self.layer_plates.as_ref().expect("made above");
+        let progress = self.cfg.schedule.progress_at(self.step).unwrap_or(1.0);
+        let (initial, _) = self.cfg.schedule.range();
+        let (allocation, ossify) =
+            plates.pass_allocation(progress, initial, self.cfg.schedule.curve())?;
+        let live = all().filter(|(n, _)| !plates.is_ossified(n)).collect();
+        Ok((live, allocation.sparsity, Some(allocation), ossify))
     }
 
     /// Call after `backward`, before the optimizer step: stateful scorers accumulate, growth
@@ -424,15 +385,26 @@ impl Compression {
             for rows in protected.values() {
                 protected_rows += rows.f_sum(Kind::Int64)?.int64_value(&[]) as u64;
             }
-            let report = self.pass(
-                model,
-                target,
-                PassInputs {
-                    stats: None,
-                    protected_rows: Some(&protected),
-                    load: None,
-                },
-            )?;
+            let (live, sparsity, allocation, ossify) = self.pass_scope(&params, target)?;
+            // What the forwards since the last pass recorded, for scorers that read it.
+            let activations = std::mem::take(&mut self.activations);
+            let report = if live.is_empty() {
+                None
+            } else {
+                Some(self.pass(
+                    live,
+                    sparsity,
+                    allocation,
+                    PassInputs {
+                        stats: (!activations.is_empty()).then_some(&activations),
+                        protected_rows: Some(&protected),
+                        load: None,
+                    },
+                )?)
+            };
+            if let Some(plates) = self.layer_plates.as_mut() {
+                plates.ossify(ossify);
+            }
             if let Some(r) = self.cfg.regrow.clone() {
                 regrown = match self.regrow(&params, r.fraction, &protected) {
                     Ok(n) => n,
@@ -453,7 +425,7 @@ impl Compression {
                     .unwrap_or(true)
             });
             self.last_protected = protected;
-            pass = Some(report);
+            pass = report;
         }
         let (pruned, total) = self.counts;
         Ok(StepEvent {
@@ -483,6 +455,13 @@ impl Compression {
             let Some(g) = self.dense_grads.get(name) else {
                 continue;
             };
+            if self
+                .layer_plates
+                .as_ref()
+                .is_some_and(|p| p.is_ossified(name))
+            {
+                continue;
+            }
             let keep = m.keep()?.f_reshape([-1])?;
             let pruned = keep.f_logical_not()?;
             let n_pruned = pruned.f_sum(Kind::Int64)?.int64_value(&[]);
