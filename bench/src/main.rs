@@ -510,6 +510,7 @@ fn builtin_plugins(dir: &std::path::Path) -> anyhow::Result<PluginRegistry> {
         "nm",
         "wanda",
         "sparsegpt",
+        "allocators",
     ]
     .iter()
     .map(|n| dir.join(format!("libbirdbone_plugin_{n}.so")))

@@ -66,6 +66,8 @@ enum Command {
     /// Draw the per-layer sparsity of saved allocations side by side, and perplexity against
     /// sparsity by allocator.
     PlotAllocation(plot_cmd::Args),
+    /// Draw perplexity over the fine-tuning steps from a `birdbone-finetune --json` file.
+    PlotFinetune(plot_cmd::FinetuneArgs),
 }
 
 fn main() {
@@ -92,6 +94,7 @@ fn main() {
         Command::Study(a) => study_cmd::run(a),
         Command::Demo(a) => demo_cmd::run(a),
         Command::PlotAllocation(a) => plot_cmd::run(a),
+        Command::PlotFinetune(a) => plot_cmd::finetune(a),
         Command::RecipeSchema => {
             print!("{}", birdbone_host::Recipe::json_schema());
             Ok(())

@@ -4,6 +4,7 @@
 //! - [`sparsity_per_layer`]: the sparsity of every layer, one line per matrix type.
 //! - [`perplexity_vs_sparsity`]: perplexity (log scale) against sparsity, one series per method.
 //! - [`sparsity_by_layer`]: the sparsity of every layer, one line per allocation.
+//! - [`perplexity_over_steps`]: perplexity (log scale) during fine-tuning, one line per variant.
 
 use std::{collections::BTreeMap, path::Path, sync::Once};
 
@@ -164,6 +165,22 @@ pub fn perplexity_vs_sparsity(series: &[Series], title: &str, path: &Path) -> an
     )
 }
 
+/// Perplexity against the fine-tuning step, one series per variant, at `path` (.svg or .png).
+pub fn perplexity_over_steps(series: &[Series], title: &str, path: &Path) -> anyhow::Result<()> {
+    draw(
+        path,
+        &Chart {
+            title,
+            x_desc: "fine-tuning step",
+            y_desc: "perplexity (log scale)",
+            log_y: true,
+            y_range: None,
+            legend_at: SeriesLabelPosition::UpperRight,
+            series,
+        },
+    )
+}
+
 fn draw(path: &Path, c: &Chart) -> anyhow::Result<()> {
     register_font();
     let size = (960, 600);
@@ -226,7 +243,20 @@ where
     }
     let xs = x0 - xpad..x1 + xpad;
     if c.log_y {
-        finish!(chart.build_cartesian_2d(xs, (y0 / 1.25..y1 * 1.25).log_scale()));
+        // Labels at 1, 2, 3 and 5 of every decade (plotters' own skip most of a short span).
+        let (lo, hi) = (y0 / 1.25, y1 * 1.25);
+        let mut keys = Vec::new();
+        let mut decade = 10f64.powf(lo.log10().floor());
+        while decade <= hi {
+            keys.extend(
+                [1.0, 2.0, 3.0, 5.0]
+                    .iter()
+                    .map(|m| m * decade)
+                    .filter(|k| (lo..=hi).contains(k)),
+            );
+            decade *= 10.0;
+        }
+        finish!(chart.build_cartesian_2d(xs, (lo..hi).log_scale().with_key_points(keys)));
     } else {
         let span = (y1 - y0).max(1.0);
         let (lo, hi) = c

@@ -99,3 +99,66 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `birdbone plot-finetune`: perplexity over the fine-tuning steps, one line per variant.
+#[derive(clap::Args)]
+pub struct FinetuneArgs {
+    /// The `--json` file of a `birdbone-finetune` run (variants with `curve` points).
+    results: PathBuf,
+    /// Where to draw it (.svg or .png).
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
+}
+
+/// Draws a fine-tuning comparison: each variant from step 0 (the perplexity it starts from:
+/// after its one-shot pass, or the dense model's) through its `curve` points.
+pub fn finetune(a: FinetuneArgs) -> anyhow::Result<()> {
+    let doc: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(&a.results)
+            .with_context(|| format!("reading {}", a.results.display()))?,
+    )
+    .with_context(|| format!("{} is not JSON", a.results.display()))?;
+    let outcomes = doc["outcomes"].as_array().with_context(|| {
+        format!(
+            "{}: no `outcomes` list (is it a birdbone-finetune --json file?)",
+            a.results.display()
+        )
+    })?;
+    let dense = doc["dense_ppl"].as_f64();
+    let mut series = Vec::new();
+    for o in outcomes {
+        let name = o["variant"].as_str().unwrap_or("?").to_string();
+        let mut points: Vec<(f64, f64)> = o["ppl_before_finetune"]
+            .as_f64()
+            .or(dense)
+            .map(|p| (0.0, p))
+            .into_iter()
+            .collect();
+        for p in o["curve"].as_array().into_iter().flatten() {
+            let (Some(step), Some(ppl)) = (p[0].as_f64(), p[1].as_f64()) else {
+                anyhow::bail!(
+                    "{}: a curve point is [step, perplexity]: {p}",
+                    a.results.display()
+                );
+            };
+            points.push((step, ppl));
+        }
+        anyhow::ensure!(
+            !points.is_empty(),
+            "{}: '{name}' has no points",
+            a.results.display()
+        );
+        series.push(Series {
+            name,
+            points,
+            line: true,
+        });
+    }
+    let title = format!(
+        "Fine-tuning to {:.0}% sparsity: perplexity over the steps",
+        100.0 * doc["sparsity"].as_f64().unwrap_or(f64::NAN)
+    );
+    plot::perplexity_over_steps(&series, &title, &a.out)?;
+    println!("drew {}", a.out.display());
+    Ok(())
+}
