@@ -7,27 +7,16 @@
 
 use std::{collections::BTreeMap, time::Instant};
 
-use birdbone_llama::{collect_stats, load_by_param, Llama};
+use birdbone_llama::{collect_stats, load_by_param};
 use birdbone_tch::{ActivationStats, PassConfig, PassInputs, PluginRegistry, Pruner};
-use tch::{Device, Kind, Tensor};
 
-use crate::{reconstruct::mistral, sync, Args};
+use crate::{reconstruct::random_model, sync, Args};
 
 /// Sequences the layer load is measured on (as `birdbone prune` does).
 const LOAD_SEQUENCES: usize = 8;
 
 pub fn run(args: &Args, reg: &PluginRegistry, allocator: &str) -> anyhow::Result<()> {
-    let dev = Device::Cuda(0);
-    let model = Llama::random(mistral(args.layers)?, dev, Kind::BFloat16, 0.02)?;
-    tch::manual_seed(0);
-    let ids = Tensor::randint(
-        32000,
-        [args.samples as i64, args.seq_len as i64],
-        (Kind::Int64, Device::Cpu),
-    );
-    let windows: Vec<Vec<i64>> = (0..args.samples as i64)
-        .map(|i| Vec::<i64>::try_from(&ids.get(i)).expect("ids"))
-        .collect();
+    let (model, windows) = random_model(args)?;
     let row: BTreeMap<String, String> = [("scope".to_string(), "row".to_string())].into();
     let mut pruner = Pruner::new(reg, "wanda", &BTreeMap::new(), "layerwise", &row)?;
     pruner.set_allocator(reg, allocator, &BTreeMap::new())?;
@@ -74,13 +63,7 @@ pub fn run(args: &Args, reg: &PluginRegistry, allocator: &str) -> anyhow::Result
     )?;
     sync();
     let solve_s = t.elapsed().as_secs_f64();
-    let (lo, hi) = a
-        .params
-        .iter()
-        .map(|p| p.sparsity())
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), s| {
-            (l.min(s), h.max(s))
-        });
+    let (lo, hi) = a.sparsity_range();
     let out = serde_json::json!({
         "allocator": allocator,
         "sparsity": args.sparsity,

@@ -25,7 +25,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::{sync, Args};
 
-pub(crate) fn mistral(layers: usize) -> anyhow::Result<LlamaConfig> {
+fn mistral(layers: usize) -> anyhow::Result<LlamaConfig> {
     Ok(LlamaConfig::from_json(&serde_json::json!({
         "model_type": "mistral",
         "hidden_size": 4096,
@@ -39,6 +39,22 @@ pub(crate) fn mistral(layers: usize) -> anyhow::Result<LlamaConfig> {
         "max_position_embeddings": 4096,
         "tie_word_embeddings": false,
     }))?)
+}
+
+/// The Mistral-7B-shaped model (`--layers` blocks, N(0, 0.02) bf16 weights on the GPU) and
+/// `--samples` random calibration sequences of `--seq-len` tokens.
+pub(crate) fn random_model(args: &Args) -> anyhow::Result<(Llama, Vec<Vec<i64>>)> {
+    let model = Llama::random(mistral(args.layers)?, Device::Cuda(0), Kind::BFloat16, 0.02)?;
+    tch::manual_seed(0);
+    let ids = Tensor::randint(
+        32000,
+        [args.samples as i64, args.seq_len as i64],
+        (Kind::Int64, Device::Cpu),
+    );
+    let windows = (0..args.samples as i64)
+        .map(|i| Vec::<i64>::try_from(&ids.get(i)))
+        .collect::<Result<_, _>>()?;
+    Ok((model, windows))
 }
 
 fn pattern(args: &Args) -> anyhow::Result<Option<(u32, u32)>> {
@@ -88,20 +104,10 @@ pub fn run(args: &Args, reg: &PluginRegistry, gpu: Arc<birdbone_cuda::Gpu>) -> a
     if let Some(dir) = &args.agree {
         return agree(args, reg, dir);
     }
-    let dev = Device::Cuda(0);
     let t = Instant::now();
-    let model = Llama::random(mistral(args.layers)?, dev, Kind::BFloat16, 0.02)?;
+    let (model, windows) = random_model(args)?;
     sync();
     let construct = t.elapsed().as_secs_f64();
-    tch::manual_seed(0);
-    let ids = Tensor::randint(
-        32000,
-        [args.samples as i64, args.seq_len as i64],
-        (Kind::Int64, Device::Cpu),
-    );
-    let windows: Vec<Vec<i64>> = (0..args.samples as i64)
-        .map(|i| Vec::<i64>::try_from(&ids.get(i)).expect("ids"))
-        .collect();
     let mut pruner = pruner(args, reg)?;
     pruner.set_undo(birdbone_tch::UndoPolicy {
         rollback: !args.no_rollback,

@@ -64,13 +64,7 @@ pub fn allocate(
 ) -> anyhow::Result<()> {
     let t = Instant::now();
     let a = pruner.allocate(model, cfg, inputs)?;
-    let (lo, hi) = a
-        .params
-        .iter()
-        .map(|p| p.sparsity())
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), s| {
-            (l.min(s), h.max(s))
-        });
+    let (lo, hi) = a.sparsity_range();
     note!(
         "allocation by {}: {} of {} weights over {} parameters, {:.1}% to {:.1}% each, in {:.2} s",
         a.allocator,

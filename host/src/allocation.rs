@@ -164,6 +164,13 @@ impl Allocation {
         Ok(())
     }
 
+    /// The lowest and the highest sparsity any parameter gets (`(0, 0)` with none).
+    pub fn sparsity_range(&self) -> (f64, f64) {
+        let mut it = self.params.iter().map(AllocatedParam::sparsity);
+        let first = it.next().unwrap_or(0.0);
+        it.fold((first, first), |(l, h), s| (l.min(s), h.max(s)))
+    }
+
     /// Writes it as JSON, atomically (a temporary file renamed over `path`).
     pub fn save(&self, path: &Path) -> Result<()> {
         let text = serde_json::to_string_pretty(self)

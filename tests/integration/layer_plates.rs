@@ -90,8 +90,8 @@ fn layer_plates_keep_exact_counts_and_ossify_the_least_load_bearing_first() {
         curve: Curve::Cubic,
     };
     let earliest = 0.4;
-    let cfg = CompressionConfig {
-        schedule: schedule.clone(),
+    let cfg = |schedule: Schedule| CompressionConfig {
+        schedule,
         filter: ParamFilter {
             include: vec!["a".into(), "b".into(), "c".into(), "d".into()],
             exclude: vec![],
@@ -101,7 +101,7 @@ fn layer_plates_keep_exact_counts_and_ossify_the_least_load_bearing_first() {
         regrow: None,
         layer_plates: Some(LayerPlateConfig { earliest }),
     };
-    let mut comp = Compression::new(pruner, cfg).unwrap();
+    let mut comp = Compression::new(pruner, cfg(schedule.clone())).unwrap();
     comp.set_allocation(allocation.clone()).unwrap();
     let mut opt = nn::Sgd::default().build(&vs, 0.05).unwrap();
     let mut frozen: BTreeMap<String, Tensor> = BTreeMap::new();
@@ -164,22 +164,11 @@ fn layer_plates_keep_exact_counts_and_ossify_the_least_load_bearing_first() {
         &settings(&[]),
     )
     .unwrap();
-    let mut cfg2 = CompressionConfig {
-        schedule: schedule.clone(),
-        filter: ParamFilter {
-            include: vec!["a".into(), "b".into(), "c".into(), "d".into()],
-            exclude: vec![],
-        },
-        nm: None,
-        growth_plates: None,
-        regrow: None,
-        layer_plates: Some(LayerPlateConfig { earliest }),
-    };
-    cfg2.schedule = Schedule::OneShot {
+    let one_shot = Schedule::OneShot {
         at_step: 1,
         sparsity: 0.6,
     };
-    let mut other = Compression::new(pruner, cfg2).unwrap();
+    let mut other = Compression::new(pruner, cfg(one_shot)).unwrap();
     other.set_allocation(allocation).unwrap();
     let before: Vec<Tensor> = ws.iter().map(|(_, w)| w.copy()).collect();
     let e = other.after_step(&vs).unwrap_err().to_string();

@@ -146,12 +146,17 @@ def main():
     p.add_argument("--text-dir", default=ref.DEFAULT_TEXT_DIR)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--float64", action="store_true",
+                   help="model and statistics in float64: how far float32 rounding alone moves "
+                        "the result")
     args = p.parse_args()
+    if args.float64:
+        ref.ACC = torch.float64
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
     tok = Tokenizer.from_file(os.path.join(args.model, "tokenizer.json"))
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=ref.ACC).eval()
     model.to(args.device)
     model.config.use_cache = False
 
@@ -171,6 +176,7 @@ def main():
         "M": args.M,
         "lamda": args.lamda,
         "exact_count": args.exact_count,
+        "float64": args.float64,
         "ppl": math.exp(nll),
         "nll": nll,
         "eval_tokens": n_tok,

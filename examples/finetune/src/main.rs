@@ -330,9 +330,7 @@ fn birdbone_allocation(
         ..Default::default()
     };
     let allocation = pruner.allocate(m.model.var_store(), &cfg, inputs)?;
-    let (lo, hi) = allocation.params.iter().fold((1f64, 0f64), |(l, h), p| {
-        (l.min(p.sparsity()), h.max(p.sparsity()))
-    });
+    let (lo, hi) = allocation.sparsity_range();
     eprintln!(
         "birdbone allocation at {:.0}%: {:.1}% to {:.1}% per matrix, {:.1} s",
         100.0 * sparsity,

@@ -64,12 +64,7 @@ impl LayerPlates {
                 &uniform
             }
         };
-        let (lo, hi) = allocation
-            .params
-            .iter()
-            .fold((f64::INFINITY, f64::NEG_INFINITY), |(l, h), p| {
-                (l.min(p.sparsity()), h.max(p.sparsity()))
-            });
+        let (lo, hi) = allocation.sparsity_range();
         let plates = allocation
             .params
             .iter()
