@@ -1,8 +1,8 @@
 //! Birdbone's framework-neutral host: everything between the plugin ABI and a tensor library.
 //!
 //! - [`PluginRegistry`] finds plugin libraries, checks them (abi_stable's layout check, the
-//!   Birdbone ABI version, host capabilities, unique component names), says why it refused any,
-//!   and creates components. [`trust`] is what it checks before a file's code runs at all
+//!   Birdbone ABI version, host capabilities, unique component names or a newer version of a
+//!   component, which replaces the older live), says why it refused any, and creates components. [`trust`] is what it checks before a file's code runs at all
 //!   (permissions, an allowlist, a probe in a child process).
 //! - [`PassConfig`] and [`ParamFilter`] say what a pass is asked for and which parameters.
 //! - [`plan::PlanDriver`] is the context a strategy plans through: it checks and records every
@@ -26,6 +26,7 @@ mod registry;
 mod report;
 pub mod schedule;
 pub mod trust;
+mod upgrade;
 
 pub use allocation::{AllocatedParam, Allocation};
 pub use config::PassConfig;
@@ -38,6 +39,7 @@ pub use registry::{
 };
 pub use report::{ParamReport, PassReport};
 pub use trust::{Allowlist, ProbeChoice, TrustPolicy};
+pub use upgrade::{parse_version, Upgrade};
 
 /// For binaries: logs from the libraries (`tracing`) on standard error, filtered by `RUST_LOG`
 /// (default: warnings), e.g. `RUST_LOG=birdbone_tch::steps=trace` for per-step times of each

@@ -1,7 +1,7 @@
 //! Finding, loading and validating plugin libraries, and creating their components.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashMap},
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -23,6 +23,7 @@ use serde::Serialize;
 use crate::{
     error::{Error, Result},
     trust::{self, PrivateCopy, ProbeFailure, ProbeReport, TrustPolicy},
+    upgrade::{self, stamp, FileStamp, Upgrade},
 };
 
 /// The environment variable listing extra plugin folders or files, separated by `:`.
@@ -59,15 +60,19 @@ pub struct ComponentRef<'a> {
     pub plugin: &'a LoadedPlugin,
 }
 
-/// The plugins a host has loaded. Libraries are never unloaded: a new version of a plugin must
-/// come under a new file name. What is checked before a file is loaded is its [`TrustPolicy`]
-/// (docs/plugins-trust.md).
+/// The plugins a host has loaded. Libraries are never unloaded. A file offering a component
+/// already loaded replaces it when its plugin version is higher and the kind is the same
+/// ([`Upgrade`]): components created from then on are the new version's, those created before
+/// keep running the old code. A file changed in place is loaded again on the next scan. What is
+/// checked before a file is loaded is its [`TrustPolicy`] (docs/plugins-trust.md).
 pub struct PluginRegistry {
     plugins: Vec<LoadedPlugin>,
     rejected: Vec<Rejected>,
+    upgrades: Vec<Upgrade>,
     // component name -> (plugin index, component index)
     components: BTreeMap<String, (usize, usize)>,
-    seen: HashSet<PathBuf>,
+    // file -> what it was when last scanned (a file replaced in place is scanned again)
+    seen: HashMap<PathBuf, Option<FileStamp>>,
     policy: TrustPolicy,
 }
 
@@ -99,6 +104,8 @@ pub struct LoadSummary {
     pub loaded: Vec<PathBuf>,
     /// Files or components refused.
     pub rejected: Vec<Rejected>,
+    /// Components replaced by a newer version.
+    pub upgraded: Vec<Upgrade>,
     /// Seconds it took.
     pub seconds: f64,
 }
@@ -239,8 +246,9 @@ impl PluginRegistry {
         PluginRegistry {
             plugins: Vec::new(),
             rejected: Vec::new(),
+            upgrades: Vec::new(),
             components: BTreeMap::new(),
-            seen: HashSet::new(),
+            seen: HashMap::new(),
             policy,
         }
     }
@@ -296,6 +304,7 @@ impl PluginRegistry {
                 };
                 summary.loaded.extend(s.loaded);
                 summary.rejected.extend(s.rejected);
+                summary.upgraded.extend(s.upgraded);
                 summary.seconds += s.seconds;
             }
         }
@@ -303,7 +312,8 @@ impl PluginRegistry {
     }
 
     /// Loads every shared library in `dir` that is not loaded yet, in file-name order. Called
-    /// again, it picks up files dropped in since (a live re-scan).
+    /// again, it picks up files dropped in or replaced since (a live re-scan); a newer version
+    /// of a loaded component replaces it ([`Upgrade`]).
     pub fn load_dir(&mut self, dir: &Path) -> LoadSummary {
         let started = Instant::now();
         let mut files = match std::fs::read_dir(dir) {
@@ -318,9 +328,8 @@ impl PluginRegistry {
                 };
                 self.rejected.push(r.clone());
                 return LoadSummary {
-                    loaded: vec![],
                     rejected: vec![r],
-                    seconds: 0.0,
+                    ..LoadSummary::default()
                 };
             }
         };
@@ -330,22 +339,26 @@ impl PluginRegistry {
         s
     }
 
-    /// Loads the given library files (skipping ones already loaded).
+    /// Loads the given library files (skipping ones already scanned and unchanged since).
     pub fn load_paths(&mut self, files: &[PathBuf]) -> LoadSummary {
         let started = Instant::now();
         let mut summary = LoadSummary::default();
         for path in files {
             let key = path.canonicalize().unwrap_or_else(|_| path.clone());
-            if !self.seen.insert(key) {
+            let now = stamp(&key);
+            if self.seen.insert(key, now) == Some(now) {
                 continue;
             }
-            let before = self.rejected.len();
-            if self.load_one(path).is_ok() {
+            let (before, upgrades_before) = (self.rejected.len(), self.upgrades.len());
+            if let Ok(true) = self.load_one(path) {
                 summary.loaded.push(path.clone());
             }
             summary
                 .rejected
                 .extend(self.rejected[before..].iter().cloned());
+            summary
+                .upgraded
+                .extend(self.upgrades[upgrades_before..].iter().cloned());
         }
         summary.seconds = started.elapsed().as_secs_f64();
         summary
@@ -360,26 +373,34 @@ impl PluginRegistry {
         Err(())
     }
 
-    fn load_one(&mut self, path: &Path) -> Result<(), ()> {
+    /// `Ok(false)`: the same bytes were already loaded from this file.
+    fn load_one(&mut self, path: &Path) -> Result<bool, ()> {
         let admitted = match trust::admit(path, &self.policy) {
             Ok(a) => a,
-            Err(reason) => return self.reject(path, reason),
+            Err(reason) => return self.reject(path, reason).map(|_| false),
         };
+        if self
+            .plugins
+            .iter()
+            .any(|p| p.path == path && p.sha256 == admitted.sha256)
+        {
+            return Ok(false);
+        }
         let loaded = match self.load_admitted(path, &admitted) {
             Ok(l) => l,
-            Err(reason) => return self.reject(path, reason),
+            Err(reason) => return self.reject(path, reason).map(|_| false),
         };
         let module = match loaded.module {
             Ok(m) => m,
             Err(reason) => {
                 let reason =
                     reason.replace(&*loaded.copy.to_string_lossy(), &path.to_string_lossy());
-                return self.reject(path, reason);
+                return self.reject(path, reason).map(|_| false);
             }
         };
         let manifest = match check_module(module) {
             Ok(m) => m,
-            Err(reason) => return self.reject(path, reason),
+            Err(reason) => return self.reject(path, reason).map(|_| false),
         };
         let abi = manifest.abi;
         let index = self.plugins.len();
@@ -398,22 +419,36 @@ impl PluginRegistry {
                 );
                 continue;
             }
-            if let Some(&(pi, _)) = self.components.get(&name) {
-                let other = self.plugins[pi].path.display().to_string();
-                let _ = self.reject(
-                    path,
-                    format!(
-                        "component '{name}' is already offered by {other}; names must be unique"
-                    ),
-                );
-                continue;
-            }
             if accepted.iter().any(|(n, _)| n == &name) {
                 let _ = self.reject(
                     path,
                     format!("component '{name}' is listed twice in its manifest"),
                 );
                 continue;
+            }
+            if let Some(&(pi, oci)) = self.components.get(&name) {
+                let old = &self.plugins[pi];
+                let verdict = upgrade::judge(
+                    &name,
+                    (
+                        &old.manifest.components[oci],
+                        &old.manifest.version,
+                        &old.path,
+                    ),
+                    (c, &manifest.version),
+                );
+                if let Err(reason) = verdict {
+                    let _ = self.reject(path, reason);
+                    continue;
+                }
+                self.upgrades.push(Upgrade {
+                    component: name.clone(),
+                    from_version: old.manifest.version.to_string(),
+                    to_version: manifest.version.to_string(),
+                    from: old.path.clone(),
+                    to: path.to_path_buf(),
+                });
+                tracing::info!(component = %name, from = %old.manifest.version, to = %manifest.version, path = %path.display(), "component upgraded");
             }
             accepted.push((name, ci));
         }
@@ -428,7 +463,7 @@ impl PluginRegistry {
             loaded_from: loaded.copy,
             module,
         });
-        Ok(())
+        Ok(true)
     }
 
     /// Checks 4 and 5 of [`trust`]: a private copy of the admitted bytes, probed in a child
@@ -507,7 +542,8 @@ impl PluginRegistry {
         Ok(())
     }
 
-    /// The loaded plugins.
+    /// The loaded plugins, those whose components were all replaced by newer versions
+    /// included (libraries are never unloaded).
     pub fn plugins(&self) -> &[LoadedPlugin] {
         &self.plugins
     }
@@ -515,6 +551,17 @@ impl PluginRegistry {
     /// Every file or component refused so far.
     pub fn rejected(&self) -> &[Rejected] {
         &self.rejected
+    }
+
+    /// Every component replaced by a newer version so far, oldest first.
+    pub fn upgrades(&self) -> &[Upgrade] {
+        &self.upgrades
+    }
+
+    /// The version of a component: its plugin's.
+    pub fn version_of(&self, name: &str) -> Option<&str> {
+        self.component(name)
+            .map(|c| c.plugin.manifest.version.as_str())
     }
 
     /// Every usable component, by name.

@@ -13,14 +13,19 @@
 //! - `families`: Mistral, Qwen2 and Llama 3 against transformers; unimplemented config fields.
 //! - `llama`: the runtime on the real model: generation, logits against transformers,
 //!   perplexity, calibration statistics, Wanda against magnitude.
-//! - `serve`: the example server: warm-up pruning, concurrent clients, a plugin dropped in and
-//!   used for a live re-prune.
+//! - `serve`: the example server over HTTP: plugins reloaded live (a bad library refused, a
+//!   component upgraded), traffic statistics, graceful shutdown, and the soak (every answer
+//!   from one version of the weights while re-prunes and undos commit).
+//! - `serve_limits`: its limits (body, tokens, connections, idle connections), typed requests
+//!   and the admin token.
 //! - `cli`: the `birdbone` command: recipes, calibration, the folder transformers loads, hub
 //!   ids, JSON output, pictures, bad input.
 //! - `reconstruct`: SparseGPT against fasterprune written out, the sequential pass as one
 //!   transaction, an unfactorable Hessian, RIA's formula, both through `prune` and recipes, and
 //!   perplexity within 1% of the reference script.
 //! - `undo`: a failed commit rolled back bit for bit, passes taken back, the callback's masks.
+//! - `upgrade`: a newer version of a plugin component replaces the loaded one live; older or
+//!   equal versions and changes of kind are refused.
 //! - `gpu`, `gpu_reconstruct`: CUDA paths against the CPU path; they return early where no GPU
 //!   is present.
 
@@ -40,6 +45,8 @@ mod models;
 mod prune;
 mod reconstruct;
 mod serve;
+mod serve_limits;
 mod train;
 mod trust;
 mod undo;
+mod upgrade;

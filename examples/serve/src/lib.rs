@@ -1,63 +1,112 @@
-//! A small model server around a live Birdbone-pruned model.
+//! A model server around a live Birdbone-pruned model, on HTTP (axum on hyper and tokio).
 //!
 //! - **Warm-up**: calibration text runs through the model to collect activation statistics,
 //!   then the model is pruned in place through the plugins, then the server starts answering.
-//! - **Serving**: a pool of worker threads answers line-delimited JSON requests on a local TCP
-//!   port (`{"op": "generate", "prompt": "...", "max_new": 16}`), each generation holding a read
-//!   lock on the model.
-//! - **Re-pruning live**: `{"op": "reprune", "scorer": ..., "strategy": ..., "sparsity": ...}`
-//!   rescans the plugin folder (so a plugin copied in while the server runs is picked up, without
-//!   a restart), then prunes on a background thread: it plans under an upgradable read lock
-//!   (generation goes on), and commits under the write lock, so requests in flight finish first
-//!   and no request ever sees half-pruned weights.
-//! - **Taking a pass back**: `{"op": "undo"}` restores, under the write lock, the weights of the
-//!   newest pass still kept (the warm-up's and the last re-prunes', up to
-//!   [`UNDO_PASSES`]), bit for bit.
-//! - `{"op": "status"}` reports the sparsity of the model and the loaded components.
+//! - **Serving**: `POST /v1/generate` (`{"prompt": "...", "max_new_tokens": 16}`), typed JSON
+//!   with unknown fields refused, within limits on body size, tokens, connections, idle and
+//!   request time ([`Limits`]). Generation takes the model's read lock per token step
+//!   ([`engine`] explains the lock).
+//! - **Re-pruning live**: `POST /v1/admin/reprune` with the recipe's pruning fields
+//!   ([`pruning::RepruneRequest`]), behind a bearer token. The pass is planned with no lock
+//!   held and committed under the write lock: no request waits for a plan, none sees
+//!   half-pruned weights, and each answer comes from one version of the weights.
+//! - **Taking a pass back**: `POST /v1/admin/undo` restores the newest kept pass, bit for bit
+//!   (up to [`UNDO_PASSES`]).
+//! - **Plugins**: `POST /v1/admin/plugins/reload` rescans the live folder: new plugins load
+//!   after the trust checks, a newer version of a component replaces the older for later
+//!   passes, anything refused is reported, and the server keeps serving.
+//! - **Traffic statistics**: with [`ServeConfig::record_activations`], 1 request in N records
+//!   its activation statistics, and a re-prune may score with them (`"statistics": "traffic"`).
+//! - `GET /healthz`, `GET /metrics` (Prometheus text), `GET /v1/status`.
+//!
+//! docs/serving.md has the whole story.
+
+pub mod client;
+pub mod engine;
+pub mod http;
+mod listen;
+pub mod metrics;
+pub mod pruning;
+pub mod soak;
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead, BufReader, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::SocketAddr,
     path::PathBuf,
-    sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc,
-    },
+    sync::Arc,
     thread::JoinHandle,
     time::{Duration, Instant},
 };
 
-use birdbone_llama::{collect_stats, generate_greedy, token_windows, Loaded};
+use birdbone_llama::{collect_stats, token_windows, Loaded};
 use birdbone_tch::{
-    selected, ActivationStats, ParamFilter, PassConfig, PassInputs, PluginRegistry, Pruner,
-    UndoHistory, UndoPolicy,
+    ActivationStats, PassConfig, PassInputs, PluginRegistry, Pruner, UndoHistory, UndoPolicy,
 };
-use crossbeam::channel::{bounded, unbounded, Sender};
-use parking_lot::{Mutex, RwLock, RwLockUpgradableReadGuard};
-use serde_json::{json, Value};
+use crossbeam::channel::{unbounded, Sender};
+use parking_lot::Mutex;
+use serde_json::Value;
+use tokio::sync::watch;
 
-/// The model, shareable between threads.
-struct Shared(Loaded);
+pub use birdbone_host::TrustPolicy;
+pub use engine::{Engine, Model};
+pub use pruning::{Job, RepruneRequest, Statistics};
 
-// SAFETY: libtorch tensors may be read from several threads at once (a forward pass only reads
-// the weights); every write to them happens under the write lock of the `RwLock` around this
-// value, which excludes all readers.
-unsafe impl Sync for Shared {}
+/// Passes the server can take back (`POST /v1/admin/undo`), newest first.
+pub const UNDO_PASSES: usize = 4;
+
+/// The environment variable holding the admin token.
+pub const TOKEN_ENV: &str = "BIRDBONE_SERVE_TOKEN";
+
+/// What one client may ask of the server, and how long it may take.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Largest request body (413 above).
+    pub max_body_bytes: usize,
+    /// Largest `max_new_tokens` (400 above).
+    pub max_new_tokens: u32,
+    /// Connections open at once; one more is answered 503 and closed.
+    pub max_connections: usize,
+    /// Generations running at once; more wait (within their request time).
+    pub max_generations: usize,
+    /// How long a connection may wait for (or take sending) a request head: idle keep-alive
+    /// connections and slow headers are closed after it.
+    pub idle_time: Duration,
+    /// How long a public request may take, body and waiting included (408 after).
+    pub request_time: Duration,
+    /// How long an admin request may take before its answer is given up (the job finishes).
+    pub admin_time: Duration,
+    /// How long shutdown waits for requests in flight.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_body_bytes: 64 * 1024,
+            max_new_tokens: 256,
+            max_connections: 256,
+            max_generations: 4,
+            idle_time: Duration::from_secs(10),
+            request_time: Duration::from_secs(120),
+            admin_time: Duration::from_secs(600),
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
 
 /// Server settings.
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
     /// Model folder or cached hub id.
     pub model: String,
-    /// The live plugin folder (rescanned on every re-prune).
+    /// The live plugin folder (rescanned by `POST /v1/admin/plugins/reload`).
     pub plugins: PathBuf,
     /// More plugin folders loaded once at start (the built-ins, say).
     pub extra_plugins: Vec<PathBuf>,
+    /// What a plugin file must pass (`None`: [`TrustPolicy::from_env`]).
+    pub trust: Option<TrustPolicy>,
     /// Address to listen on (port 0 picks one).
     pub addr: SocketAddr,
-    /// Worker threads answering requests.
-    pub threads: usize,
     /// Calibration text (file path) for warm-up statistics.
     pub calibration_text: PathBuf,
     /// Calibration windows and their length in tokens.
@@ -68,6 +117,14 @@ pub struct ServeConfig {
     pub device: tch::Device,
     /// Element type.
     pub kind: tch::Kind,
+    /// The limits.
+    pub limits: Limits,
+    /// The admin token (`None`: the admin endpoints are disabled).
+    pub admin_token: Option<String>,
+    /// Record the activation statistics of 1 request in this many (0: never).
+    pub record_activations: u64,
+    /// Stop on SIGTERM and ctrl-c (the binary; not tests).
+    pub handle_signals: bool,
 }
 
 /// What warm-up did.
@@ -83,22 +140,85 @@ pub struct WarmupReport {
     pub sparsity: f64,
 }
 
-/// Passes the server can take back (`{"op": "undo"}`), newest first.
-pub const UNDO_PASSES: usize = 4;
-
-/// Work for the pruning thread.
-enum Job {
-    Reprune(Reprune),
-    Undo(Sender<Value>),
+/// The model, its pruning thread and its plugins, without HTTP (what the soak harness drives).
+pub struct Core {
+    /// The model.
+    pub engine: Arc<Engine>,
+    /// Jobs for the pruning thread.
+    pub jobs: Sender<Job>,
+    /// What warm-up did.
+    pub warmup: WarmupReport,
+    /// Components and versions, for `/v1/status`.
+    pub components: Arc<Mutex<Value>>,
+    /// The pruning thread (it ends when every job sender is gone).
+    pub worker: JoinHandle<()>,
 }
 
-struct Reprune {
-    scorer: String,
-    strategy: String,
-    settings: BTreeMap<String, String>,
-    sparsity: f64,
-    nm: Option<(u32, u32)>,
-    reply: Sender<Value>,
+/// Calibrates `model` on `windows`, prunes it as `warmup` says, and starts the pruning thread.
+pub fn build_core(
+    model: Model,
+    windows: &[Vec<i64>],
+    mut registry: PluginRegistry,
+    plugins: PathBuf,
+    warmup: Option<&(String, String, BTreeMap<String, String>, f64)>,
+    record_activations: u64,
+    load_seconds: f64,
+) -> anyhow::Result<Core> {
+    let t1 = Instant::now();
+    let stats = ActivationStats::from(collect_stats(&model.llama, windows, 4)?.0);
+    let calibration_seconds = t1.elapsed().as_secs_f64();
+    registry.load_dir(&plugins);
+    let policy = UndoPolicy {
+        passes: UNDO_PASSES,
+        ..Default::default()
+    };
+    let t2 = Instant::now();
+    let mut history = UndoHistory::default();
+    if let Some((scorer, strategy, settings, s)) = warmup {
+        let mut pruner = Pruner::new(&registry, scorer, &BTreeMap::new(), strategy, settings)?;
+        pruner.set_undo(policy)?;
+        let pass = PassConfig {
+            sparsity: *s,
+            ..Default::default()
+        };
+        let inputs = PassInputs {
+            stats: Some(&stats),
+            ..Default::default()
+        };
+        pruner.run(model.llama.var_store(), &pass, inputs)?;
+        history = pruner.take_history();
+    }
+    let prune_seconds = t2.elapsed().as_secs_f64();
+    let metrics = Arc::new(metrics::Metrics::default());
+    let engine = Arc::new(Engine::new(model, record_activations, metrics.clone()));
+    let sparsity = pruning::sparsity(&engine)?;
+    metrics.sparsity.set(sparsity);
+    let components = Arc::new(Mutex::new(pruning::components_json(&registry)));
+    let (jobs, rx) = unbounded();
+    let worker = pruning::Worker {
+        engine: engine.clone(),
+        registry: Arc::new(Mutex::new(registry)),
+        plugins,
+        warmup: stats,
+        history,
+        policy,
+        components: components.clone(),
+    };
+    let worker = std::thread::Builder::new()
+        .name("birdbone-prune".into())
+        .spawn(move || worker.run(rx))?;
+    Ok(Core {
+        engine,
+        jobs,
+        warmup: WarmupReport {
+            load_seconds,
+            calibration_seconds,
+            prune_seconds,
+            sparsity,
+        },
+        components,
+        worker,
+    })
 }
 
 /// A running server.
@@ -107,32 +227,22 @@ pub struct Server {
     pub addr: SocketAddr,
     /// What warm-up did.
     pub warmup: WarmupReport,
-    /// Requests answered so far.
-    pub served: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
+    stop: watch::Sender<bool>,
+    thread: JoinHandle<()>,
 }
 
 impl Server {
-    /// Stops accepting, lets workers finish, and joins every thread.
-    pub fn shutdown(mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(self.addr); // wake the acceptor
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
+    /// Stops accepting, lets the requests in flight finish (within the shutdown grace), stops
+    /// the pruning thread after its current job, and joins every thread.
+    pub fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.thread.join();
     }
-}
 
-fn sparsity(model: &Loaded) -> anyhow::Result<f64> {
-    let weights = selected(model.model.var_store(), &ParamFilter::default())?;
-    let _g = tch::no_grad_guard();
-    let (mut zeros, mut total) = (0i64, 0i64);
-    for (_, w) in &weights {
-        zeros += w.eq(0.0).sum(tch::Kind::Int64).int64_value(&[]);
-        total += w.numel() as i64;
+    /// Waits until the server stops (on SIGTERM or ctrl-c with `handle_signals`).
+    pub fn wait(self) {
+        let _ = self.thread.join();
     }
-    Ok(zeros as f64 / total.max(1) as f64)
 }
 
 /// Loads the model, warms it up (calibration, pruning), and starts serving.
@@ -140,7 +250,6 @@ pub fn start(cfg: ServeConfig) -> anyhow::Result<Server> {
     let t0 = Instant::now();
     let loaded = Loaded::load(&cfg.model, cfg.device, cfg.kind)?;
     let load_seconds = t0.elapsed().as_secs_f64();
-    let t1 = Instant::now();
     let text = std::fs::read_to_string(&cfg.calibration_text)?;
     let windows = token_windows(
         &loaded.tokenizer,
@@ -148,335 +257,90 @@ pub fn start(cfg: ServeConfig) -> anyhow::Result<Server> {
         cfg.calibration.1,
         cfg.calibration.0,
     )?;
-    let stats = ActivationStats::from(collect_stats(&loaded.model, &windows, 4)?.0);
-    let calibration_seconds = t1.elapsed().as_secs_f64();
-    let mut registry = PluginRegistry::new();
+    let mut registry =
+        PluginRegistry::with_policy(cfg.trust.clone().unwrap_or_else(TrustPolicy::from_env));
     for d in &cfg.extra_plugins {
         registry.load_dir(d);
     }
-    registry.load_dir(&cfg.plugins);
-    let t2 = Instant::now();
-    let undo_policy = UndoPolicy {
-        passes: UNDO_PASSES,
-        ..Default::default()
+    let model = Model {
+        llama: loaded.model,
+        tokenizer: Some(loaded.tokenizer),
     };
-    let mut history = UndoHistory::default();
-    if let Some((scorer, strategy, settings, s)) = &cfg.warmup {
-        let mut pruner = Pruner::new(&registry, scorer, &BTreeMap::new(), strategy, settings)?;
-        pruner.set_undo(undo_policy)?;
-        let pass = PassConfig {
-            sparsity: *s,
-            ..Default::default()
-        };
-        pruner.run(
-            loaded.model.var_store(),
-            &pass,
-            PassInputs {
-                stats: Some(&stats),
-                ..Default::default()
-            },
-        )?;
-        history = pruner.take_history();
-    }
-    let prune_seconds = t2.elapsed().as_secs_f64();
-    let warmup = WarmupReport {
+    let core = build_core(
+        model,
+        &windows,
+        registry,
+        cfg.plugins.clone(),
+        cfg.warmup.as_ref(),
+        cfg.record_activations,
         load_seconds,
-        calibration_seconds,
-        prune_seconds,
-        sparsity: sparsity(&loaded)?,
-    };
+    )?;
+    serve_core(core, &cfg)
+}
 
-    let model = Arc::new(RwLock::new(Shared(loaded)));
-    let registry = Arc::new(Mutex::new(registry));
-    let stop = Arc::new(AtomicBool::new(false));
-    let served = Arc::new(AtomicU64::new(0));
-    let listener = TcpListener::bind(cfg.addr)?;
+/// Serves `core` over HTTP as `cfg` says.
+pub fn serve_core(core: Core, cfg: &ServeConfig) -> anyhow::Result<Server> {
+    let limits = cfg.limits;
+    let listener = std::net::TcpListener::bind(cfg.addr)?;
+    listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
-    let mut threads = Vec::new();
-
-    // The background pruner: re-prune jobs arrive over a channel and run one at a time.
-    let (prune_tx, prune_rx) = unbounded::<Job>();
-    {
-        // The statistics stay with the pruning thread, their only user.
-        let (model, registry, plugins, stop) = (
-            model.clone(),
-            registry.clone(),
-            cfg.plugins.clone(),
-            stop.clone(),
-        );
-        threads.push(std::thread::spawn(move || {
-            while !stop.load(Ordering::SeqCst) {
-                let Ok(job) = prune_rx.recv_timeout(Duration::from_millis(50)) else {
-                    continue;
-                };
-                let failed = |e: anyhow::Error| json!({"ok": false, "error": format!("{e:#}")});
-                match job {
-                    Job::Reprune(job) => {
-                        let answer = reprune(
-                            &model,
-                            &registry,
-                            &stats,
-                            &plugins,
-                            &job,
-                            &mut history,
-                            &undo_policy,
-                        )
-                        .unwrap_or_else(failed);
-                        let _ = job.reply.send(answer);
-                    }
-                    Job::Undo(reply) => {
-                        let answer = undo(&model, &mut history).unwrap_or_else(failed);
-                        let _ = reply.send(answer);
-                    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(limits.max_generations + 4)
+        .thread_name("birdbone-serve")
+        .enable_all()
+        .build()?;
+    let app = http::App {
+        engine: core.engine.clone(),
+        jobs: core.jobs,
+        token: cfg.admin_token.as_deref().map(Arc::from),
+        limits,
+        generations: Arc::new(tokio::sync::Semaphore::new(limits.max_generations.max(1))),
+        components: core.components,
+    };
+    let (stop, stopped) = watch::channel(false);
+    let signals = cfg.handle_signals.then(|| stop.clone());
+    let (metrics, worker) = (core.engine.metrics.clone(), core.worker);
+    let thread = std::thread::Builder::new()
+        .name("birdbone-serve".into())
+        .spawn(move || {
+            runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("a listener");
+                if let Some(stop) = signals {
+                    tokio::spawn(async move {
+                        shutdown_signal().await;
+                        tracing::info!("shutting down: requests in flight finish first");
+                        let _ = stop.send(true);
+                    });
                 }
-            }
-        }));
-    }
-
-    // Workers take connections from the acceptor.
-    let (conn_tx, conn_rx) = unbounded::<TcpStream>();
-    for _ in 0..cfg.threads.max(1) {
-        let (conn_rx, model, registry, prune_tx, served, stop) = (
-            conn_rx.clone(),
-            model.clone(),
-            registry.clone(),
-            prune_tx.clone(),
-            served.clone(),
-            stop.clone(),
-        );
-        threads.push(std::thread::spawn(move || {
-            while let Ok(stream) = conn_rx.recv() {
-                let _ = handle(stream, &model, &registry, &prune_tx, &served, &stop);
-            }
-        }));
-    }
-    {
-        let stop = stop.clone();
-        threads.push(std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                if stop.load(Ordering::SeqCst) {
-                    break;
-                }
-                if let Ok(s) = stream {
-                    let _ = conn_tx.send(s);
-                }
-            }
-            // Dropping the sender lets the workers drain and exit.
-        }));
-    }
+                listen::serve(listener, http::router(app), limits, metrics, stopped).await;
+            });
+            runtime.shutdown_timeout(limits.shutdown_grace);
+            // Every job sender is gone with the router: the pruning thread ends.
+            let _ = worker.join();
+        })?;
     Ok(Server {
         addr,
-        warmup,
-        served,
+        warmup: core.warmup,
         stop,
-        threads,
+        thread,
     })
 }
 
-fn handle(
-    stream: TcpStream,
-    model: &RwLock<Shared>,
-    registry: &Mutex<PluginRegistry>,
-    prune_tx: &Sender<Job>,
-    served: &AtomicU64,
-    stop: &AtomicBool,
-) -> anyhow::Result<()> {
-    // Reads wake up now and then, so an idle connection cannot hold up a shutdown.
-    stream.set_read_timeout(Some(Duration::from_millis(100)))?;
-    let mut out = stream.try_clone()?;
-    let mut reader = BufReader::new(stream);
-    let mut line = String::new();
-    loop {
-        match reader.read_line(&mut line) {
-            Ok(0) => return Ok(()),
-            Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                if stop.load(Ordering::SeqCst) {
-                    return Ok(());
-                }
-                continue;
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
             }
-            Err(e) => return Err(e.into()),
+            Err(_) => std::future::pending::<()>().await,
         }
-        if !line.ends_with('\n') {
-            continue;
-        }
-        let request = std::mem::take(&mut line);
-        if request.trim().is_empty() {
-            continue;
-        }
-        let line = request;
-        let answer = match serde_json::from_str::<Value>(&line) {
-            Err(e) => json!({"ok": false, "error": format!("not JSON: {e}")}),
-            Ok(req) => answer(&req, model, registry, prune_tx)
-                .unwrap_or_else(|e| json!({"ok": false, "error": format!("{e:#}")})),
-        };
-        served.fetch_add(1, Ordering::SeqCst);
-        writeln!(out, "{answer}")?;
-    }
-}
-
-fn answer(
-    req: &Value,
-    model: &RwLock<Shared>,
-    registry: &Mutex<PluginRegistry>,
-    prune_tx: &Sender<Job>,
-) -> anyhow::Result<Value> {
-    match req["op"].as_str() {
-        Some("generate") => {
-            let prompt = req["prompt"]
-                .as_str()
-                .ok_or_else(|| anyhow::anyhow!("generate needs a \"prompt\""))?;
-            let max_new = req["max_new"].as_u64().unwrap_or(16) as usize;
-            let m = model.read();
-            let text = generate_greedy(&m.0, prompt, max_new)?;
-            Ok(json!({"ok": true, "text": text}))
-        }
-        Some("reprune") => {
-            let s = |k: &str| req[k].as_str().map(str::to_string);
-            let settings: BTreeMap<String, String> = req["settings"]
-                .as_object()
-                .map(|o| {
-                    o.iter()
-                        .map(|(k, v)| {
-                            (
-                                k.clone(),
-                                v.as_str()
-                                    .map(str::to_string)
-                                    .unwrap_or_else(|| v.to_string()),
-                            )
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            let nm = req["pattern"]
-                .as_str()
-                .and_then(|p| p.split_once(':'))
-                .and_then(|(n, m)| Some((n.parse().ok()?, m.parse().ok()?)));
-            let (reply, rx) = bounded(1);
-            prune_tx.send(Job::Reprune(Reprune {
-                scorer: s("scorer").unwrap_or_else(|| "magnitude".into()),
-                strategy: s("strategy").unwrap_or_else(|| "global".into()),
-                settings,
-                sparsity: req["sparsity"].as_f64().unwrap_or(0.5),
-                nm,
-                reply,
-            }))?;
-            Ok(rx.recv()?)
-        }
-        Some("undo") => {
-            let (reply, rx) = bounded(1);
-            prune_tx.send(Job::Undo(reply))?;
-            Ok(rx.recv()?)
-        }
-        Some("status") => {
-            let m = model.read();
-            let comps: Vec<String> = registry
-                .lock()
-                .components()
-                .map(|c| c.info.name.to_string())
-                .collect();
-            Ok(json!({"ok": true, "sparsity": sparsity(&m.0)?, "components": comps}))
-        }
-        other => Ok(
-            json!({"ok": false, "error": format!("unknown op {other:?} (generate, reprune, undo, status)")}),
-        ),
-    }
-}
-
-fn reprune(
-    model: &RwLock<Shared>,
-    registry: &Mutex<PluginRegistry>,
-    stats: &ActivationStats,
-    plugins: &std::path::Path,
-    job: &Reprune,
-    history: &mut UndoHistory,
-    policy: &UndoPolicy,
-) -> anyhow::Result<Value> {
-    // New plugin files dropped into the folder since the last scan are loaded now.
-    let (new_files, rejected, mut pruner) = {
-        let mut reg = registry.lock();
-        let scan = reg.load_dir(plugins);
-        let pruner = Pruner::new(
-            &reg,
-            &job.scorer,
-            &BTreeMap::new(),
-            &job.strategy,
-            &job.settings,
-        )?;
-        (scan.loaded, scan.rejected, pruner)
     };
-    let pass = PassConfig {
-        sparsity: job.sparsity,
-        nm: job.nm,
-        ..Default::default()
-    };
-    // Plan while requests keep being served; then wait for them and commit alone.
-    let started = Instant::now();
-    let guard = model.upgradable_read();
-    let plan = pruner.plan(
-        guard.0.model.var_store(),
-        &pass,
-        PassInputs {
-            stats: Some(stats),
-            ..Default::default()
-        },
-    )?;
-    let planned = started.elapsed().as_secs_f64();
-    let guard = RwLockUpgradableReadGuard::upgrade(guard);
-    let (report, _, journal) = plan.commit_undoable()?;
-    history.push(journal, policy);
-    let sp = sparsity(&guard.0)?;
-    drop(guard);
-    Ok(json!({
-        "ok": true,
-        "scorer": report.scorer,
-        "strategy": report.strategy,
-        "pruned": report.pruned,
-        "total": report.total,
-        "sparsity": sp,
-        "plan_seconds": planned,
-        "commit_seconds": report.commit_seconds,
-        "new_plugins": new_files,
-        "rejected": rejected.iter().map(|r| format!("{}: {}", r.path.display(), r.reason)).collect::<Vec<_>>(),
-    }))
-}
-
-/// Takes the newest kept pass back, under the write lock.
-fn undo(model: &RwLock<Shared>, history: &mut UndoHistory) -> anyhow::Result<Value> {
-    let guard = model.write();
-    let undone = history.undo()?;
-    let sp = sparsity(&guard.0)?;
-    drop(guard);
-    Ok(json!({"ok": true, "undone": undone, "sparsity": sp, "undoable": history.len()}))
-}
-
-/// A client of the line protocol (used by the tests and handy in scripts).
-pub struct Client {
-    reader: BufReader<TcpStream>,
-    writer: TcpStream,
-}
-
-impl Client {
-    /// Connects.
-    pub fn connect(addr: SocketAddr) -> anyhow::Result<Client> {
-        let s = TcpStream::connect(addr)?;
-        Ok(Client {
-            writer: s.try_clone()?,
-            reader: BufReader::new(s),
-        })
-    }
-
-    /// Sends one request and waits for its answer.
-    pub fn call(&mut self, req: &Value) -> anyhow::Result<Value> {
-        writeln!(self.writer, "{req}")?;
-        let mut line = String::new();
-        self.reader.read_line(&mut line)?;
-        Ok(serde_json::from_str(&line)?)
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
     }
 }
