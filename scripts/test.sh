@@ -32,3 +32,13 @@ fi
 echo "== tests"
 cargo test --workspace --quiet
 cargo test --quiet --manifest-path examples/third-party-plugin/Cargo.toml
+
+echo "== the Python package and its tests (docs/python.md)"
+# tests/python compare with `birdbone prune` and load the built-in plugins from target/release
+# (the package's default plugin folder): build those in release mode.
+cargo build --release --quiet -p birdbone-cli -p birdbone-plugin-probe \
+  -p birdbone-plugin-magnitude -p birdbone-plugin-global -p birdbone-plugin-layerwise \
+  -p birdbone-plugin-nm -p birdbone-plugin-wanda -p birdbone-plugin-ria \
+  -p birdbone-plugin-sparsegpt -p birdbone-plugin-allocators -p birdbone-plugin-training-signals
+./python/install.sh
+.venv/bin/python -m pytest -q -p no:cacheprovider tests/python
