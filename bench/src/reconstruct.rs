@@ -19,32 +19,21 @@ use std::{
     time::Instant,
 };
 
-use birdbone_llama::{for_each_block_calibrated, Llama, LlamaConfig};
+use birdbone_llama::{for_each_block_calibrated, Llama};
 use birdbone_tch::{ActivationStats, PassConfig, PassInputs, PluginRegistry, Pruner};
 use tch::{Device, Kind, Tensor};
 
 use crate::{sync, Args};
 
-fn mistral(layers: usize) -> anyhow::Result<LlamaConfig> {
-    Ok(LlamaConfig::from_json(&serde_json::json!({
-        "model_type": "mistral",
-        "hidden_size": 4096,
-        "intermediate_size": 14336,
-        "num_hidden_layers": layers,
-        "num_attention_heads": 32,
-        "num_key_value_heads": 8,
-        "rms_norm_eps": 1e-5,
-        "rope_theta": 10000.0,
-        "vocab_size": 32000,
-        "max_position_embeddings": 4096,
-        "tie_word_embeddings": false,
-    }))?)
-}
-
 /// The Mistral-7B-shaped model (`--layers` blocks, N(0, 0.02) bf16 weights on the GPU) and
 /// `--samples` random calibration sequences of `--seq-len` tokens.
 pub(crate) fn random_model(args: &Args) -> anyhow::Result<(Llama, Vec<Vec<i64>>)> {
-    let model = Llama::random(mistral(args.layers)?, Device::Cuda(0), Kind::BFloat16, 0.02)?;
+    let model = Llama::random(
+        Llama::mistral_7b_shape(args.layers)?,
+        Device::Cuda(0),
+        Kind::BFloat16,
+        0.02,
+    )?;
     tch::manual_seed(0);
     let ids = Tensor::randint(
         32000,

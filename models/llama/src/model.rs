@@ -359,6 +359,24 @@ impl Llama {
         Llama::build(config, device, kind, Source::Checkpoint(&map))
     }
 
+    /// The configuration of Mistral-7B with `layers` decoder blocks (32 in the real model): the
+    /// shape the GPU benchmarks and the serving soak run on, with random weights.
+    pub fn mistral_7b_shape(layers: usize) -> Result<LlamaConfig> {
+        Ok(LlamaConfig::from_json(&serde_json::json!({
+            "model_type": "mistral",
+            "hidden_size": 4096,
+            "intermediate_size": 14336,
+            "num_hidden_layers": layers,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 8,
+            "rms_norm_eps": 1e-5,
+            "rope_theta": 10000.0,
+            "vocab_size": 32000,
+            "max_position_embeddings": 4096,
+            "tie_word_embeddings": false,
+        }))?)
+    }
+
     /// A model of `config` with N(0, std) weights (norms at one), for shapes and speed tests.
     pub fn random(config: LlamaConfig, device: Device, kind: Kind, std: f64) -> Result<Llama> {
         let _g = tch::no_grad_guard();

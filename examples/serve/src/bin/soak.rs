@@ -11,7 +11,7 @@
 use std::path::PathBuf;
 
 use birdbone_example_serve::{build_core, soak, Model, RepruneRequest};
-use birdbone_llama::{Llama, LlamaConfig};
+use birdbone_llama::Llama;
 use birdbone_tch::PluginRegistry;
 use clap::Parser;
 use tch::{Device, Kind, Tensor};
@@ -45,22 +45,6 @@ struct Args {
     builtin: Option<PathBuf>,
 }
 
-fn mistral(layers: usize) -> anyhow::Result<LlamaConfig> {
-    Ok(LlamaConfig::from_json(&serde_json::json!({
-        "model_type": "mistral",
-        "hidden_size": 4096,
-        "intermediate_size": 14336,
-        "num_hidden_layers": layers,
-        "num_attention_heads": 32,
-        "num_key_value_heads": 8,
-        "rms_norm_eps": 1e-5,
-        "rope_theta": 10000.0,
-        "vocab_size": 32000,
-        "max_position_embeddings": 4096,
-        "tie_word_embeddings": false,
-    }))?)
-}
-
 fn main() -> anyhow::Result<()> {
     birdbone_host::init_logging();
     let a = Args::parse();
@@ -73,7 +57,12 @@ fn main() -> anyhow::Result<()> {
             .unwrap_or_default()
     });
     let t0 = std::time::Instant::now();
-    let llama = Llama::random(mistral(a.layers)?, device, Kind::BFloat16, 0.02)?;
+    let llama = Llama::random(
+        Llama::mistral_7b_shape(a.layers)?,
+        device,
+        Kind::BFloat16,
+        0.02,
+    )?;
     tch::manual_seed(0);
     let ids = Tensor::randint(32000, [4, 128], (Kind::Int64, Device::Cpu));
     let windows: Vec<Vec<i64>> = (0..4)
