@@ -387,20 +387,23 @@ impl Compression {
             }
             let (live, sparsity, allocation, ossify) = self.pass_scope(&params, target)?;
             // What the forwards since the last pass recorded, for scorers that read it.
+            // A failed pass keeps them for the next attempt.
             let activations = std::mem::take(&mut self.activations);
             let report = if live.is_empty() {
                 None
             } else {
-                Some(self.pass(
-                    live,
-                    sparsity,
-                    allocation,
-                    PassInputs {
-                        stats: (!activations.is_empty()).then_some(&activations),
-                        protected_rows: Some(&protected),
-                        load: None,
-                    },
-                )?)
+                let inputs = PassInputs {
+                    stats: (!activations.is_empty()).then_some(&activations),
+                    protected_rows: Some(&protected),
+                    load: None,
+                };
+                match self.pass(live, sparsity, allocation, inputs) {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        self.activations = activations;
+                        return Err(e);
+                    }
+                }
             };
             if let Some(plates) = self.layer_plates.as_mut() {
                 plates.ossify(ossify);
