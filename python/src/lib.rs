@@ -203,14 +203,14 @@ fn prune(
     Ok((json, masks_dict(py, &masks)?))
 }
 
+/// Components (one dict each) and rejections (`(path, reason)`).
+type PluginListing = (Vec<Py<PyDict>>, Vec<(String, String)>);
+
 /// The plugins of `plugin_dirs`: `(components, rejected)`; each component a dict (name, kind,
 /// plugin, version, abi, description, params), each rejection `(path, reason)`.
 #[pyfunction]
 #[pyo3(signature = (plugin_dirs=None))]
-fn plugins(
-    py: Python<'_>,
-    plugin_dirs: Option<Vec<PathBuf>>,
-) -> PyResult<(Vec<Py<PyDict>>, Vec<(String, String)>)> {
+fn plugins(py: Python<'_>, plugin_dirs: Option<Vec<PathBuf>>) -> PyResult<PluginListing> {
     let dirs = dirs_or_default(plugin_dirs);
     let reg = registry(&dirs);
     let mut out = Vec::new();
