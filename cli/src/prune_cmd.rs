@@ -202,23 +202,7 @@ fn route_params(reg: &PluginRegistry, r: &mut Recipe, params: &[String]) -> anyh
 /// error naming it; a scorer that needs statistics gets the default calibration.
 fn check_components(reg: &PluginRegistry, r: &mut Recipe) -> anyhow::Result<()> {
     // Creating the components checks their names and parameters.
-    Pruner::new(
-        reg,
-        &r.scorer.name,
-        &r.scorer.settings(),
-        &r.strategy.name,
-        &r.strategy.settings(),
-    )?;
-    if let Some(alloc) = &r.allocator {
-        Pruner::new(
-            reg,
-            &r.scorer.name,
-            &r.scorer.settings(),
-            &r.strategy.name,
-            &r.strategy.settings(),
-        )?
-        .set_allocator(reg, &alloc.name, &alloc.settings())?;
-    }
+    Pruner::from_recipe(reg, r)?;
     let scorer = reg.component(&r.scorer.name).expect("created above");
     let strategy = reg.component(&r.strategy.name).expect("created above");
     let inputs = scorer.info.capabilities.inputs.0;
@@ -404,22 +388,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 .expect("a float type")
         })
         .unwrap_or(Dtype::F32);
-    let mut pruner = Pruner::new(
-        &reg,
-        &recipe.scorer.name,
-        &recipe.scorer.settings(),
-        &recipe.strategy.name,
-        &recipe.strategy.settings(),
-    )?;
+    let mut pruner = Pruner::from_recipe(&reg, &recipe)?;
     // The model here is a copy in memory: a failed pass writes nothing, so there is nothing to
     // roll back, and the journal's copy would only cost time.
     pruner.set_undo(UndoPolicy {
         rollback: false,
         ..Default::default()
     })?;
-    if let Some(alloc) = &recipe.allocator {
-        pruner.set_allocator(&reg, &alloc.name, &alloc.settings())?;
-    }
 
     // The type the weights are loaded (and written) in: --dtype, else as stored (one type for
     // the model runtime, each tensor's own without calibration).

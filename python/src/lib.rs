@@ -99,24 +99,12 @@ fn to_stats(stats: Option<BTreeMap<String, (PyTensor, u64)>>) -> Option<Activati
 }
 
 fn pruner_for(recipe: &Recipe, reg: &PluginRegistry) -> PyResult<Pruner> {
-    let mut pruner = Pruner::new(
-        reg,
-        &recipe.scorer.name,
-        &recipe.scorer.settings(),
-        &recipe.strategy.name,
-        &recipe.strategy.settings(),
-    )
-    .map_err(err)?;
-    if let Some(a) = &recipe.allocator {
-        pruner
-            .set_allocator(reg, &a.name, &a.settings())
-            .map_err(err)?;
-        if pruner.allocator_needs_load() {
-            return Err(err(format!(
-                "allocator '{}' measures the load on each layer by running the model, which the Python front does not do yet: use `birdbone prune`, or allocator uniform/owl",
-                a.name
-            )));
-        }
+    let pruner = Pruner::from_recipe(reg, recipe).map_err(err)?;
+    if let (Some(a), true) = (&recipe.allocator, pruner.allocator_needs_load()) {
+        return Err(err(format!(
+            "allocator '{}' measures the load on each layer by running the model, which the Python front does not do yet: use `birdbone prune`, or allocator uniform/owl",
+            a.name
+        )));
     }
     Ok(pruner)
 }

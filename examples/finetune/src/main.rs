@@ -406,16 +406,7 @@ fn run_variant(
         }
         Variant::GradualMagnitude | Variant::RowPlates => {
             let (pruner, cfg) = match file_cfg {
-                Some(r) => (
-                    Pruner::new(
-                        reg,
-                        &r.scorer.name,
-                        &r.scorer.settings(),
-                        &r.strategy.name,
-                        &r.strategy.settings(),
-                    )?,
-                    r.compression()?,
-                ),
+                Some(r) => (Pruner::from_recipe(reg, r)?, r.compression()?),
                 None => (
                     Pruner::new(reg, "magnitude", &none, "layerwise", &none)?,
                     gradual,

@@ -182,14 +182,8 @@ impl Worker {
         pass.keep_masks = false;
         let (mut pruner, versions) = {
             let reg = self.registry.lock();
-            let pruner = Pruner::new(
-                &reg,
-                &recipe.scorer.name,
-                &recipe.scorer.settings(),
-                &recipe.strategy.name,
-                &recipe.strategy.settings(),
-            )
-            .map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
+            let pruner = Pruner::from_recipe(&reg, &recipe)
+                .map_err(|e| ApiError::bad_request(format!("{e:#}")))?;
             let v = |n: &str| reg.version_of(n).unwrap_or("?").to_string();
             (pruner, (v(&recipe.scorer.name), v(&recipe.strategy.name)))
         };

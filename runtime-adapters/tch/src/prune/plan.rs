@@ -184,6 +184,25 @@ impl Pruner {
         })
     }
 
+    /// The recipe's scorer and strategy with their settings, and its allocator when it names
+    /// one.
+    pub fn from_recipe(
+        registry: &PluginRegistry,
+        recipe: &birdbone_host::Recipe,
+    ) -> Result<Pruner> {
+        let mut p = Pruner::new(
+            registry,
+            &recipe.scorer.name,
+            &recipe.scorer.settings(),
+            &recipe.strategy.name,
+            &recipe.strategy.settings(),
+        )?;
+        if let Some(a) = &recipe.allocator {
+            p.set_allocator(registry, &a.name, &a.settings())?;
+        }
+        Ok(p)
+    }
+
     /// Sets the allocator [`Pruner::allocate`] runs (ABI 1.2): a component of the registry
     /// that requires `plan.allocate` (`uniform`, `owl`, `birdbone`).
     pub fn set_allocator(
