@@ -7,6 +7,8 @@
 #                                         bench/sparsegpt_reference.py; REF_BLOCKS=N limits it)
 #   scripts/gpu-run.sh quality   (scripts/quality.sh on CUDA; staged by `stage-gpu.sh quality`)
 #   scripts/gpu-run.sh finetune [birdbone-finetune options]   (staged by `stage-gpu.sh finetune`)
+#   scripts/gpu-run.sh soak [birdbone-serve-soak options]   (staged by `stage-gpu.sh soak`)
+#   scripts/gpu-run.sh python [pytest options]   (tests/python on CUDA; `stage-gpu.sh python`)
 #   scripts/gpu-run.sh exec COMMAND...   (any command in this environment, e.g. a profiler over
 #                                         .device/birdbone-bench; RUST_LOG=birdbone_tch::steps=trace
 #                                         times each step of a pass)
@@ -27,6 +29,22 @@ if [ "$what" = finetune ]; then
   .device/birdbone import-gguf --overwrite /tmp/model.gguf /tmp/smollm2-135m || exit 1
   BIRDBONE_TEXT_DIR="$PWD/.device/text" .device/birdbone-finetune --model /tmp/smollm2-135m \
     --plugins .device "${@:2}"
+  exit $?
+fi
+if [ "$what" = soak ]; then
+  # Staged by `stage-gpu.sh soak`: the serving soak on the Mistral-7B shape (docs/serving.md).
+  .device/birdbone-serve-soak --builtin .device "${@:2}"
+  exit $?
+fi
+if [ "$what" = python ]; then
+  # Staged by `stage-gpu.sh python`: tests/python on this machine's Python (CUDA and CPU).
+  cat .device-gguf/part-a .device/gguf-part-b > /tmp/model.gguf
+  mkdir -p target/release && tar xJf .device/bundle.tar.xz -C /tmp && cp /tmp/release/* target/release/
+  cp /tmp/python/*.so python/birdbone/
+  target/release/birdbone import-gguf --overwrite /tmp/model.gguf /tmp/smollm2-135m >/dev/null || exit 1
+  BIRDBONE_MODEL_DIR=/tmp/smollm2-135m BIRDBONE_TEXT_DIR="$PWD/.device/text" \
+    BIRDBONE_PLUGIN_PATH="$PWD/target/release" PYTHONPATH="$PWD/python" \
+    python3 -m pytest tests/python -q -rs "${@:2}"
   exit $?
 fi
 if [ "$what" = quality ]; then

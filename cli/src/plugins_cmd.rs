@@ -48,7 +48,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         println!(
             "{}",
             serde_json::to_string_pretty(
-                &json!({"command": "plugins", "folders": dirs, "components": comps, "rejected": reg.rejected(), "load_seconds": secs})
+                &json!({"command": "plugins", "folders": dirs, "components": comps, "rejected": reg.rejected(), "superseded": reg.upgrades(), "load_seconds": secs})
             )?
         );
         return Ok(());
@@ -112,6 +112,20 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                     p.doc.as_str()
                 );
             }
+        }
+    }
+    if !reg.upgrades().is_empty() {
+        // Both files offer the component; the newer version is the one listed above.
+        println!("superseded:");
+        for u in reg.upgrades() {
+            println!(
+                "  {} {} from {} (replaced by {} from {})",
+                u.component,
+                u.from_version,
+                u.from.display(),
+                u.to_version,
+                u.to.display()
+            );
         }
     }
     if !reg.rejected().is_empty() {

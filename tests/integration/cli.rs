@@ -632,15 +632,38 @@ fn plugins_json_and_a_closed_stdout() {
     // A file that is refused, so the shape of `rejected` is checked too.
     let extra = tempfile::tempdir().unwrap();
     std::fs::write(extra.path().join("garbage.so"), b"not a plugin").unwrap();
+    // Two versions of one component: the newer is listed, the older shown as superseded.
+    for v in ["v1", "v2"] {
+        let name = format!("birdbone_fixture_plugin_versioned_{v}");
+        std::fs::copy(
+            plugin_file(&name),
+            extra.path().join(format!("lib{name}.so")),
+        )
+        .unwrap();
+    }
     let (so, _) = ok(birdbone()
         .env("BIRDBONE_PLUGIN_PATH", extra.path())
         .args(["plugins", "--json"]));
     let v = snapshot("plugins", &so);
-    assert!(v["components"]
-        .as_array()
-        .unwrap()
+    let comps = v["components"].as_array().unwrap();
+    assert!(comps.iter().any(|c| c["name"] == "wanda"));
+    let versioned: Vec<_> = comps
         .iter()
-        .any(|c| c["name"] == "wanda"));
+        .filter(|c| c["name"] == "versioned-nm")
+        .collect();
+    assert_eq!(versioned.len(), 1, "{so}");
+    assert_eq!(versioned[0]["plugin_version"], "2.0.0");
+    let sup = v["superseded"].as_array().unwrap();
+    assert_eq!(sup.len(), 1, "{so}");
+    assert_eq!(sup[0]["component"], "versioned-nm");
+    assert_eq!(sup[0]["from_version"], "1.0.0");
+    let (so, _) = ok(birdbone()
+        .env("BIRDBONE_PLUGIN_PATH", extra.path())
+        .args(["plugins"]));
+    assert!(
+        so.contains("superseded:\n  versioned-nm 1.0.0 from "),
+        "{so}"
+    );
     // `birdbone plugins --json | head -c 1`: the pipe closes early; no panic, no noise.
     let mut child = birdbone()
         .args(["plugins"])

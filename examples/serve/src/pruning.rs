@@ -1,14 +1,14 @@
 //! The pruning thread: re-prunes, undos and plugin reloads, one at a time, in the order asked.
 //! It is the only writer of the weights. It plans with no lock held (generation goes on) and
-//! takes the write lock only to commit or undo.
+//! takes the write lock only to commit or undo; the commit's undo journal is kept before it.
 
 use std::{path::PathBuf, sync::Arc, time::Instant};
 
 use birdbone_host::recipe::{ComponentSpec, NmPattern};
 use birdbone_host::Recipe;
 use birdbone_tch::{
-    selected, ActivationStats, ParamFilter, PassInputs, PluginRegistry, Pruner, UndoHistory,
-    UndoPolicy,
+    selected, ActivationStats, JournalPlace, ParamFilter, PassInputs, PluginRegistry, Pruner,
+    UndoHistory, UndoPolicy,
 };
 use crossbeam::channel::{Receiver, Sender};
 use parking_lot::Mutex;
@@ -220,10 +220,17 @@ impl Worker {
             })?;
         let plan_seconds = started.elapsed().as_secs_f64();
         metrics.last_plan_seconds.set(plan_seconds);
+        // The undo journal too (a copy of what the commit overwrites) is kept with no lock
+        // held: readers then wait for the writes alone.
+        let plan = plan.journal_ahead(JournalPlace::Host).map_err(|e| {
+            ApiError::internal(format!(
+                "keeping the undo journal failed, nothing changed: {e:#}"
+            ))
+        })?;
         let asked = Instant::now();
         let mut epoch = self.engine.write();
         let (wait, held) = (asked.elapsed().as_secs_f64(), Instant::now());
-        let committed = plan.commit_undoable();
+        let committed = plan.commit();
         if committed.is_ok() {
             *epoch += 1;
         }
@@ -251,6 +258,7 @@ impl Worker {
             "traffic": covered,
             "epoch": now,
             "plan_seconds": plan_seconds,
+            "journal_seconds": report.journal_seconds,
             "write_wait_seconds": wait,
             "commit_seconds": hold,
             "undoable": self.history.len(),

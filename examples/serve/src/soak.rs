@@ -31,12 +31,17 @@ pub struct SoakReport {
     pub restarts: u64,
     /// The longest any token step waited for the read lock, in seconds: the stall.
     pub longest_stall_seconds: f64,
-    /// The longest a commit or undo held the write lock, in seconds.
+    /// The longest a re-prune's commit held the write lock, in seconds.
     pub longest_commit_seconds: f64,
+    /// The longest an undo held the write lock, in seconds.
+    pub longest_undo_seconds: f64,
     /// The longest a commit or undo waited for the write lock (for the steps in flight).
     pub longest_write_wait_seconds: f64,
     /// Seconds planning each re-prune (no lock held).
     pub plan_seconds: Vec<f64>,
+    /// The longest and the median time a request took, restarts included.
+    pub longest_request_seconds: f64,
+    pub median_request_seconds: f64,
     /// Seconds the whole soak took.
     pub seconds: f64,
 }
@@ -59,8 +64,9 @@ fn greedy(core: &Core, prompt: &[i64], max_new: usize) -> anyhow::Result<Vec<i64
 }
 
 /// `clients` threads generate `max_new` tokens from `prompt` over and over, while the
-/// re-prune `reprune` and an undo alternate `cycles` times. The model must start in a state
-/// the re-prune and the undo return to.
+/// re-prune `reprune` and an undo alternate `cycles` times, each commit after every client
+/// could answer once since the previous one. The model must start in a state the re-prune
+/// and the undo return to.
 pub fn run(
     core: &Core,
     prompt: &[i64],
@@ -91,15 +97,19 @@ pub fn run(
         AtomicUsize::new(0),
     );
     let mut plan_seconds = Vec::new();
+    let latencies = parking_lot::Mutex::new(Vec::new());
     let restarts_before = core.engine.metrics.restarts.load(Ordering::Relaxed);
-    let mut worst = (0f64, 0f64);
+    let mut worst = (0f64, 0f64, 0f64); // commit hold, write wait, undo hold
     std::thread::scope(|s| -> anyhow::Result<()> {
         for _ in 0..clients {
             s.spawn(|| {
                 let never = AtomicBool::new(false);
                 // At least one answer each, then until the operator is done.
                 loop {
-                    match core.engine.generate_ids(prompt, max_new, &never) {
+                    let asked = Instant::now();
+                    let answer = core.engine.generate_ids(prompt, max_new, &never);
+                    latencies.lock().push(asked.elapsed().as_secs_f64());
+                    match answer {
                         Ok(g) => {
                             if !states.contains(&g.ids) {
                                 mixed.fetch_add(1, Ordering::Relaxed);
@@ -118,13 +128,25 @@ pub fn run(
         }
         let ops = (|| -> anyhow::Result<()> {
             let m = &core.engine.metrics;
+            // Each commit waits until every client could answer once since the one before:
+            // answers complete between commits, and commits still land mid-answer.
+            let paced = |since: usize| {
+                let limit = Instant::now() + std::time::Duration::from_secs(120);
+                while requests.load(Ordering::Relaxed) < since + clients && Instant::now() < limit {
+                    std::thread::sleep(std::time::Duration::from_millis(2));
+                }
+                requests.load(Ordering::Relaxed)
+            };
+            let mut seen = 0;
             for _ in 0..cycles {
+                seen = paced(seen);
                 let r = reprune_job()?;
                 plan_seconds.push(r["plan_seconds"].as_f64().unwrap_or(f64::NAN));
                 worst.0 = worst.0.max(m.last_write_hold_seconds.get());
                 worst.1 = worst.1.max(m.last_write_wait_seconds.get());
+                seen = paced(seen);
                 job(core, Job::Undo)?;
-                worst.0 = worst.0.max(m.last_write_hold_seconds.get());
+                worst.2 = worst.2.max(m.last_write_hold_seconds.get());
                 worst.1 = worst.1.max(m.last_write_wait_seconds.get());
             }
             Ok(())
@@ -133,6 +155,8 @@ pub fn run(
         ops
     })?;
     let m = &core.engine.metrics;
+    let mut latencies = latencies.into_inner();
+    latencies.sort_by(f64::total_cmp);
     Ok(SoakReport {
         states,
         requests: requests.into_inner(),
@@ -142,8 +166,11 @@ pub fn run(
         restarts: m.restarts.load(Ordering::Relaxed) - restarts_before,
         longest_stall_seconds: m.longest_lock_wait(),
         longest_commit_seconds: worst.0,
+        longest_undo_seconds: worst.2,
         longest_write_wait_seconds: worst.1,
         plan_seconds,
+        longest_request_seconds: latencies.last().copied().unwrap_or(0.0),
+        median_request_seconds: latencies.get(latencies.len() / 2).copied().unwrap_or(0.0),
         seconds: started.elapsed().as_secs_f64(),
     })
 }

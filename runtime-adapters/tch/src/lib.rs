@@ -45,7 +45,7 @@ pub use error::{Error, HostError, Result};
 pub use mask::{MaskSet, ParamMask};
 pub use ops::host_ops;
 pub use params::{selected, ParamSource};
-pub use prune::{PassInputs, PrunePlan, Pruner, SequentialPass};
+pub use prune::{JournaledPlan, PassInputs, PrunePlan, Pruner, SequentialPass};
 pub use stats::{ActivationStats, HessianStat};
 pub use tensors::{dtype_of, kind_of, plugin_owned_count};
 pub use undo::{Journal, JournalPlace, UndoHistory, UndoPolicy};

@@ -82,15 +82,23 @@ fn main() -> anyhow::Result<()> {
     let report = soak::run(&core, &prompt, a.max_new, a.clients, &reprune, a.cycles)?;
     let _ = std::fs::remove_dir(&live);
     println!("{}", serde_json::to_string_pretty(&report)?);
+    let held = report
+        .longest_commit_seconds
+        .max(report.longest_undo_seconds);
     eprintln!(
-        "{} requests, {} failed, {} mixed; longest stall {:.1} ms; longest commit {:.1} ms (write wait {:.1} ms); {} restarts",
+        "{} requests ({} restarts), {} failed, {} mixed; longest stall {:.1} ms = {:.2}x the longest write-lock hold {:.1} ms (commit {:.1} ms, undo {:.1} ms; writer's wait {:.1} ms); requests {:.2} s median, {:.2} s longest",
         report.requests,
+        report.restarts,
         report.failed,
         report.mixed,
         report.longest_stall_seconds * 1e3,
+        report.longest_stall_seconds / held,
+        held * 1e3,
         report.longest_commit_seconds * 1e3,
+        report.longest_undo_seconds * 1e3,
         report.longest_write_wait_seconds * 1e3,
-        report.restarts
+        report.median_request_seconds,
+        report.longest_request_seconds,
     );
     if report.failed > 0 || report.mixed > 0 {
         std::process::exit(1);

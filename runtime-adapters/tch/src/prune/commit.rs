@@ -67,6 +67,53 @@ impl PrunePlan {
             .map(|(r, m, _)| (r, m))
     }
 
+    /// Keeps the journal of what the commit will overwrite, and nothing else: the weights are
+    /// untouched. [`JournaledPlan::commit`] then only writes. A caller that is the weights'
+    /// only writer (a server's pruning thread, say) takes the journal before it pauses its
+    /// readers, so they wait for the writes alone; anything else that writes the weights in
+    /// between would make the journal stale.
+    pub fn journal_ahead(self, place: JournalPlace) -> Result<JournaledPlan> {
+        let started = Instant::now();
+        let _g = tch::no_grad_guard();
+        let _span = tracing::debug_span!("journal", params = self.entries.len()).entered();
+        let mut journal = Journal::new(place);
+        let mut this = self;
+        // On a GPU, the engines' fused rules are turned into masks first (one more read of
+        // each weight, on the device), so the journal keeps only the values the pass zeroes
+        // instead of a host copy of every weight. The writes are the same bits.
+        for e in this.entries.iter_mut() {
+            if let Planned::Lazy {
+                scores, rule, what, ..
+            } = &e.planned
+            {
+                if e.weight.device().is_cuda() {
+                    let (bits, pruned) = engine::build_mask(scores, rule)?;
+                    e.planned = Planned::Mask {
+                        bits,
+                        pruned,
+                        what: what.clone(),
+                    };
+                }
+            }
+        }
+        engine::mark(this.device, "(before the journal)");
+        for e in &this.entries {
+            match &e.planned {
+                Planned::Keep => {}
+                Planned::Lazy { .. } => journal.keep_whole(&e.weight)?,
+                Planned::Mask { bits, .. } => journal.keep_pruned(&e.weight, bits)?,
+                // Every kept weight changes too: the journal holds the whole weight.
+                Planned::Values { .. } => journal.keep_whole(&e.weight)?,
+            }
+        }
+        engine::mark(this.device, "commit: journal kept");
+        Ok(JournaledPlan {
+            plan: this,
+            journal,
+            journal_seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+
     /// Writes every decision. With `rollback`, a journal is kept first and restored on failure;
     /// with `keep_journal` it is returned (compacted where that is smaller). `place` says where
     /// the journal keeps its copies.
@@ -77,80 +124,15 @@ impl PrunePlan {
         place: JournalPlace,
     ) -> Result<(PassReport, MaskSet, Option<Journal>)> {
         let started = Instant::now();
+        if rollback {
+            return self.journal_ahead(place)?.write(keep_journal, started);
+        }
         let _g = tch::no_grad_guard();
         let _span = tracing::debug_span!("commit", params = self.entries.len()).entered();
         let keep = self.config.keep_masks;
-        let mut journal = Journal::new(place);
-        let mut this = self;
-        if rollback {
-            // On a GPU, the engines' fused rules are turned into masks first (one more read of
-            // each weight, on the device), so the journal keeps only the values the pass zeroes
-            // instead of a host copy of every weight. The writes are the same bits.
-            for e in this.entries.iter_mut() {
-                if let Planned::Lazy {
-                    scores, rule, what, ..
-                } = &e.planned
-                {
-                    if e.weight.device().is_cuda() {
-                        let (bits, pruned) = engine::build_mask(scores, rule)?;
-                        e.planned = Planned::Mask {
-                            bits,
-                            pruned,
-                            what: what.clone(),
-                        };
-                    }
-                }
-            }
-        }
-        let this = this;
-        if rollback {
-            engine::mark(this.device, "(before the journal)");
-            for e in &this.entries {
-                match &e.planned {
-                    Planned::Keep => {}
-                    Planned::Lazy { .. } => journal.keep_whole(&e.weight)?,
-                    Planned::Mask { bits, .. } => journal.keep_pruned(&e.weight, bits)?,
-                    // Every kept weight changes too: the journal holds the whole weight.
-                    Planned::Values { .. } => journal.keep_whole(&e.weight)?,
-                }
-            }
-            engine::mark(this.device, "commit: journal kept");
-        }
-        let journal_seconds = started.elapsed().as_secs_f64();
-        // CPU weights kept whole are compacted with the masks the writes produce.
-        let want_mask = keep || (keep_journal && this.device == Device::Cpu);
-        let done = this
-            .write(want_mask)
-            .and_then(|written| this.finish(written, keep, started));
-        let (mut report, masks, journal_bits) = match done {
-            Ok(d) => d,
-            Err(e) => {
-                if rollback {
-                    if let Err(r) = journal.restore() {
-                        tracing::error!(
-                            "commit failed ({e}); restoring the weights failed too: {r}"
-                        );
-                        return Err(crate::Error::Host(birdbone_host::Error::Invalid(format!(
-                            "{e}; restoring the weights it had written failed too, so the model may be partly pruned: {r}"
-                        ))));
-                    }
-                    tracing::warn!("commit failed; every written parameter was restored: {e}");
-                }
-                return Err(e);
-            }
-        };
-        if rollback {
-            report.journal_seconds = journal_seconds;
-            report.journal_bytes = journal.bytes();
-        }
-        let journal = if keep_journal {
-            // Best effort: a parameter that cannot be compacted stays whole.
-            journal.compact(&journal_bits);
-            Some(journal)
-        } else {
-            None
-        };
-        Ok((report, masks, journal))
+        let written = self.write(keep)?;
+        let (report, masks, _) = self.finish(written, keep, started)?;
+        Ok((report, masks, None))
     }
 
     /// After the writes: the masks, the counts and the report (and each written parameter's
@@ -317,5 +299,71 @@ impl PrunePlan {
         }
         flush(&mut run, &mut out)?;
         Ok(out)
+    }
+}
+
+/// A planned pass with its journal already kept ([`PrunePlan::journal_ahead`]): the weights
+/// are untouched until [`JournaledPlan::commit`]. Dropping it abandons the pass.
+pub struct JournaledPlan {
+    plan: PrunePlan,
+    journal: Journal,
+    journal_seconds: f64,
+}
+
+impl JournaledPlan {
+    /// Seconds the journal took.
+    pub fn journal_seconds(&self) -> f64 {
+        self.journal_seconds
+    }
+
+    /// [`PrunePlan::commit_undoable`] with the journal taken ahead: only the writes happen
+    /// here. A failure among them restores every parameter from the journal and returns the
+    /// error. The report's `commit_seconds` counts the writes alone.
+    pub fn commit(self) -> Result<(PassReport, MaskSet, Journal)> {
+        self.write(true, Instant::now())
+            .map(|(r, m, j)| (r, m, j.expect("kept")))
+    }
+
+    fn write(
+        self,
+        keep_journal: bool,
+        started: Instant,
+    ) -> Result<(PassReport, MaskSet, Option<Journal>)> {
+        let _g = tch::no_grad_guard();
+        let JournaledPlan {
+            plan,
+            mut journal,
+            journal_seconds,
+        } = self;
+        let _span = tracing::debug_span!("commit", params = plan.entries.len()).entered();
+        let keep = plan.config.keep_masks;
+        // CPU weights kept whole are compacted with the masks the writes produce.
+        let want_mask = keep || (keep_journal && plan.device == Device::Cpu);
+        let done = plan
+            .write(want_mask)
+            .and_then(|written| plan.finish(written, keep, started));
+        let (mut report, masks, journal_bits) = match done {
+            Ok(d) => d,
+            Err(e) => {
+                if let Err(r) = journal.restore() {
+                    tracing::error!("commit failed ({e}); restoring the weights failed too: {r}");
+                    return Err(crate::Error::Host(birdbone_host::Error::Invalid(format!(
+                        "{e}; restoring the weights it had written failed too, so the model may be partly pruned: {r}"
+                    ))));
+                }
+                tracing::warn!("commit failed; every written parameter was restored: {e}");
+                return Err(e);
+            }
+        };
+        report.journal_seconds = journal_seconds;
+        report.journal_bytes = journal.bytes();
+        let journal = if keep_journal {
+            // Best effort: a parameter that cannot be compacted stays whole.
+            journal.compact(&journal_bits);
+            Some(journal)
+        } else {
+            None
+        };
+        Ok((report, masks, journal))
     }
 }

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 
 use tch::Tensor;
 
-pub use commit::PrunePlan;
+pub use commit::{JournaledPlan, PrunePlan};
 pub use plan::Pruner;
 pub use sequential::SequentialPass;
 
