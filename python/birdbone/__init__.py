@@ -3,6 +3,9 @@
     import birdbone
     stats = birdbone.calibrate(model, batches)          # Wanda's statistics, by forward hooks
     result = birdbone.prune(model, "examples/recipes/wanda-50.yaml", stats=stats)
+    # A recipe with `calibration: {mode: sequential}` (SparseGPT's default) prunes block by
+    # block, each block calibrated on the rewritten ones before it:
+    result = birdbone.prune(model, "examples/recipes/sparsegpt-2of4.yaml", calibration=batches)
 
 The model is pruned in place: every parameter keeps its storage (``data_ptr()``), so anything
 holding the model (an optimizer, a server, a compiled graph) sees the pruned weights at once. A
@@ -26,7 +29,7 @@ if _series != ["2", "11"]:
 
 from . import _birdbone  # noqa: E402
 from ._birdbone import BirdboneError, DEFAULT_PLUGIN_DIR  # noqa: E402,F401
-from ._calibrate import Calibrator, calibrate, calibrate_folder, calibration_windows  # noqa: E402,F401
+from ._calibrate import Calibrator, Stats, calibrate, calibrate_folder, calibration_windows  # noqa: E402,F401
 from ._prune import (  # noqa: E402,F401
     PruneResult,
     Plugin,
@@ -41,6 +44,7 @@ __all__ = [
     "Calibrator",
     "PruneResult",
     "Plugin",
+    "Stats",
     "Plugins",
     "BirdboneCallback",
     "calibrate",

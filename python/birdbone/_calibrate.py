@@ -1,50 +1,142 @@
 """Activation statistics of a live model, through forward hooks: per Linear weight, the sum of
-x² per input column and the tokens summed — what `birdbone prune` records for Wanda and RIA
-(models/llama's StatsRecorder), here from the model's own forwards."""
+x² per input column and the tokens summed (Wanda, RIA), and on demand ``XᵀX`` of each distinct
+input (SparseGPT) — what `birdbone prune` records (models/llama's StatsRecorder), here from the
+model's own forwards."""
 
 from __future__ import annotations
 
 import os
+import weakref
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 
 from . import _birdbone
+from ._birdbone import BirdboneError
 
-Stats = Dict[str, Tuple[torch.Tensor, int]]
+
+class Stats(dict):
+    """Activation statistics: per Linear weight name, ``(Σ_tokens x_j² per input column, tokens)``
+    (f32, on the activations' device). ``hessians``, when recorded (``hessians=True``): per
+    weight name ``(XᵀX, tokens, group)``, f32 ``[in, in]``, one matrix shared by the Linears that
+    read the same input (q/k/v, gate/up), ``group`` numbering those sets in recording order."""
+
+    hessians: Optional[Dict[str, Tuple[torch.Tensor, int, int]]] = None
+
+
+def _version(x: torch.Tensor) -> Optional[int]:
+    """The tensor's version counter (bumped by every in-place write); inference tensors have
+    none."""
+    try:
+        return x._version
+    except RuntimeError:
+        return None
+
+
+class _Input:
+    """An input seen during the current forwards: the tensor (by weak reference, so it is not
+    kept alive, and its id cannot be mistaken for a later tensor's), its version counter (an
+    in-place write makes it another input), the first Linear that read it and its Σ x²."""
+
+    __slots__ = ("ref", "version", "leader", "sq", "tokens")
+
+    def __init__(self, x: torch.Tensor, leader: str, sq: torch.Tensor, tokens: int):
+        self.ref = weakref.ref(x)
+        self.version = _version(x)
+        self.leader = leader
+        self.sq = sq
+        self.tokens = tokens
 
 
 class Calibrator:
     """Records, while active, the squared inputs of every ``torch.nn.Linear`` of ``model``
     (or those whose weight name passes ``only``): per weight name, f32 ``Σ_tokens x_j²`` on
-    the activations' device and the number of tokens. Nothing else of the activations is
-    kept. Use as a context manager around forwards::
+    the activations' device and the number of tokens. With ``hessians=True`` it also sums
+    ``XᵀX`` (f32, on the activations' device) once per distinct input: Linears that read the
+    same tensor in a forward (q/k/v, gate/up) share one matrix, as `birdbone prune`'s recorder
+    does. Nothing else of the activations is kept. Use as a context manager around forwards::
 
         with birdbone.Calibrator(model) as cal:
             model(input_ids=ids)
         stats = cal.stats()
+
+    ``prefix`` is put before every weight name (a block's Calibrator names its weights as the
+    whole model does).
     """
 
-    def __init__(self, model: torch.nn.Module, only: Optional[Callable[[str], bool]] = None):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        only: Optional[Callable[[str], bool]] = None,
+        *,
+        hessians: bool = False,
+        prefix: str = "",
+    ):
         self.model = model
         self.only = only
-        self._sums: Dict[str, List] = {}
+        self.hessians = hessians
+        self.prefix = prefix
         self._handles = []
+        self._clear()
+
+    def _clear(self) -> None:
+        self._sums: Dict[str, List] = {}
+        # Hessians by the first Linear of each input group (its leader), in recording order.
+        self._grams: Dict[str, List] = {}
+        self._members: Dict[str, List[str]] = {}
+        self._leader_of: Dict[str, str] = {}
+        self._seen: List[_Input] = []
+
+    def _shared(self, x: torch.Tensor) -> Optional[_Input]:
+        """The entry of ``x`` if a Linear read this very tensor (alive, unchanged) before."""
+        found, live = None, []
+        for entry in self._seen:
+            obj = entry.ref()
+            if obj is None:
+                continue
+            live.append(entry)
+            if obj is x and entry.version == _version(x):
+                found = entry
+        self._seen = live
+        return found
+
+    def _record(self, name: str, x: torch.Tensor) -> None:
+        entry = self._shared(x)
+        if entry is None:
+            flat = x.detach().reshape(-1, x.shape[-1]).to(torch.float32)
+            entry = _Input(x, name, flat.square().sum(dim=0), flat.shape[0])
+            self._seen.append(entry)
+            if self.hessians:
+                gram = self._grams.get(name)
+                if gram is None:
+                    cols = flat.shape[1]
+                    gram = [torch.zeros(cols, cols, dtype=torch.float32, device=flat.device), 0]
+                    self._grams[name] = gram
+                    self._members[name] = []
+                gram[0].addmm_(flat.T, flat)
+                gram[1] += flat.shape[0]
+        if self.hessians:
+            leader = self._leader_of.setdefault(name, entry.leader)
+            if leader != entry.leader:
+                raise BirdboneError(
+                    f"'{name}' read the input of '{leader}' in one forward and of "
+                    f"'{entry.leader}' in another: Hessians are summed per shared input"
+                )
+            if name not in self._members[leader]:
+                self._members[leader].append(name)
+        acc = self._sums.get(name)
+        if acc is None:
+            self._sums[name] = [entry.sq.clone(), entry.tokens]
+        else:
+            acc[0].add_(entry.sq)
+            acc[1] += entry.tokens
 
     def _hook(self, name: str):
         def record(module, args):
             x = args[0] if args else None
-            if not isinstance(x, torch.Tensor):
-                return
-            with torch.no_grad():
-                flat = x.detach().reshape(-1, x.shape[-1]).to(torch.float32)
-                sq = flat.square().sum(dim=0)
-                entry = self._sums.get(name)
-                if entry is None:
-                    self._sums[name] = [sq, flat.shape[0]]
-                else:
-                    entry[0].add_(sq)
-                    entry[1] += flat.shape[0]
+            if isinstance(x, torch.Tensor):
+                with torch.no_grad():
+                    self._record(name, x)
 
         return record
 
@@ -53,7 +145,7 @@ class Calibrator:
             return self
         for mname, module in self.model.named_modules():
             if isinstance(module, torch.nn.Linear):
-                name = f"{mname}.weight" if mname else "weight"
+                name = self.prefix + (f"{mname}.weight" if mname else "weight")
                 if self.only is None or self.only(name):
                     self._handles.append(module.register_forward_pre_hook(self._hook(name)))
         return self
@@ -62,6 +154,7 @@ class Calibrator:
         for h in self._handles:
             h.remove()
         self._handles = []
+        self._seen = []
 
     def __enter__(self) -> "Calibrator":
         return self.start()
@@ -70,13 +163,20 @@ class Calibrator:
         self.stop()
 
     def stats(self) -> Stats:
-        """What was recorded: name -> (Σ x² per input column, tokens)."""
-        return {n: (v[0], int(v[1])) for n, v in self._sums.items()}
+        """What was recorded: name -> (Σ x² per input column, tokens), and ``.hessians``
+        when recorded."""
+        out = Stats((n, (v[0], int(v[1]))) for n, v in self._sums.items())
+        if self.hessians:
+            out.hessians = {}
+            for group, (leader, (gram, tokens)) in enumerate(self._grams.items()):
+                for n in self._members[leader]:
+                    out.hessians[n] = (gram, int(tokens), group)
+        return out
 
     def take(self) -> Stats:
         """The statistics recorded so far, cleared for what follows."""
         out = self.stats()
-        self._sums = {}
+        self._clear()
         return out
 
 
@@ -105,24 +205,31 @@ def calibrate(
     *,
     batch_size: int = 4,
     only: Optional[Callable[[str], bool]] = None,
+    hessians: bool = False,
     progress: Optional[Callable[[int], None]] = None,
 ) -> Stats:
     """One-pass calibration: runs ``data`` (token-id windows, ``[b, len]`` tensors or dicts
     of model inputs) through ``model`` in eval mode without gradients, recording every
     Linear's statistics with the model as it is. Returns name -> (Σ x², tokens), ready for
-    :func:`birdbone.prune`'s ``stats``."""
+    :func:`birdbone.prune`'s ``stats``; with ``hessians=True`` also ``.hessians`` (``XᵀX`` per
+    distinct Linear input, what SparseGPT needs: one f32 ``[in, in]`` matrix per input, so
+    mind the memory on large models, or prune sequentially)."""
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
-        with Calibrator(model, only) as cal, torch.no_grad():
+        with Calibrator(model, only, hessians=hessians) as cal, torch.no_grad():
             for i, batch in enumerate(_batches(data, batch_size, device)):
-                model(**batch, use_cache=False) if _takes_use_cache(model) else model(**batch)
+                _forward(model, batch)
                 if progress is not None:
                     progress(i + 1)
         return cal.stats()
     finally:
         model.train(was_training)
+
+
+def _forward(model: torch.nn.Module, batch: dict):
+    return model(**batch, use_cache=False) if _takes_use_cache(model) else model(**batch)
 
 
 def _takes_use_cache(model: torch.nn.Module) -> bool:

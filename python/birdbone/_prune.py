@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -93,16 +93,9 @@ def _stats_for(params: Sequence[Tuple[str, torch.Tensor]], stats: Optional[Stats
     """Statistics as the native pass takes them: f32, on each weight's device."""
     if stats is None:
         return None
-    where = {n: p.device for n, p in params}
-    out = {}
-    for name, value in stats.items():
-        sq, tokens = value
-        if name in where:
-            sq = sq.detach().to(device=where[name], dtype=torch.float32)
-            if not sq.is_contiguous():
-                sq = sq.contiguous()
-        out[name] = (sq, int(tokens))
-    return out
+    from ._sequential import _on
+
+    return _on(dict(params), stats)
 
 
 @dataclass
@@ -112,6 +105,7 @@ class PruneResult:
 
     report: Dict[str, Any]
     masks: Dict[str, torch.Tensor] = field(repr=False)
+    _undo: Any = field(default=None, repr=False, compare=False)
 
     @property
     def sparsity(self) -> float:
@@ -125,6 +119,14 @@ class PruneResult:
     def total(self) -> int:
         return self.report["total"]
 
+    def undo(self) -> bool:
+        """Takes the pass back (``prune(..., keep_undo=True)``): every weight it wrote is
+        restored bit for bit, in the same tensors. False when it was already taken back. The
+        ``masks`` stay as the pass made them."""
+        if self._undo is None:
+            raise BirdboneError("this pass was not kept for undo: prune(..., keep_undo=True)")
+        return self._undo.undo()
+
 
 def prune(
     model: torch.nn.Module,
@@ -134,37 +136,85 @@ def prune(
     calibration: Optional[Iterable] = None,
     plugin_dirs=None,
     keep_masks: bool = True,
+    keep_undo: bool = False,
+    progress: Optional[Callable[[int, Optional[int]], None]] = None,
 ) -> PruneResult:
     """Prunes ``model`` in place as ``recipe`` says (a file path, a dict, or YAML text; the
     fields of docs/recipes.md: scorer, strategy, sparsity, pattern, include/exclude,
-    allocator).
+    allocator, calibration mode and batch).
 
-    Scorers that read activation statistics (wanda, ria) take ``stats`` (what
-    :func:`birdbone.calibrate` records), or ``calibration``: batches of token ids to run
-    through the model first. ``plugin_dirs``: folders of plugin ``.so`` files (default: the
-    workspace's ``target/release``; ``BIRDBONE_PLUGIN_PATH`` adds more).
+    Scorers that read activation statistics (wanda, ria) and strategies that read Hessians
+    (sparsegpt) take ``stats`` (what :func:`birdbone.calibrate` records; ``hessians=True`` for
+    SparseGPT), or ``calibration``: batches of token ids (windows, ``[b, len]`` tensors or
+    dicts of model inputs) to run through the model first. A recipe whose calibration mode is
+    ``sequential`` (the default for SparseGPT, as with ``birdbone prune``) takes
+    ``calibration`` and prunes the decoder blocks one after another, each calibrated on the
+    outputs of the blocks before it as they were rewritten. ``plugin_dirs``: folders of plugin
+    ``.so`` files (default: the workspace's ``target/release``; ``BIRDBONE_PLUGIN_PATH`` adds
+    more). ``keep_undo``: keep what the pass overwrites (in host memory) so
+    :meth:`PruneResult.undo` can take it back. ``progress(done, total)``: after every block of
+    a sequential pass, or every calibration batch (``total`` None).
 
     The pass plans with the model untouched, then writes every decision into the weights' own
-    storage. A failure raises :class:`BirdboneError` and leaves the model as it was (a failed
-    commit is rolled back bit for bit). The GIL is released while the pass runs.
+    storage. A failure raises :class:`BirdboneError` (an exception of ``progress`` is raised
+    as it is) and leaves the model as it was (a failed commit is rolled back bit for bit; a
+    sequential pass restores every block it wrote). The GIL is released while the native pass
+    runs.
     """
     source, is_path = _recipe_source(recipe)
     params = check_params(model)
+    dirs = _plugin_dirs(plugin_dirs)
+    needs = _birdbone.recipe_needs(source, is_path, dirs)
+    batch_size = needs["batch"] or 4
+    # Without a calibration section, SparseGPT calibrates block by block when the pass
+    # calibrates (as `birdbone prune` does), and takes one-pass statistics when given them.
+    if needs["sequential"] and (needs["explicit"] or stats is None):
+        if calibration is None or stats is not None:
+            raise BirdboneError(
+                "the recipe calibrates block by block (sequential): pass calibration= batches, "
+                "which the pass runs through one block at a time (not stats=, which are one-pass)"
+            )
+        from ._sequential import prune_sequential
+
+        report, masks, undo = prune_sequential(
+            model,
+            source,
+            is_path,
+            params,
+            calibration,
+            needs,
+            batch_size=batch_size,
+            plugin_dirs=dirs,
+            keep_masks=keep_masks,
+            keep_undo=keep_undo,
+            progress=progress,
+        )
+        return PruneResult(report=report, masks=masks, _undo=undo)
     if stats is None and calibration is not None:
         from ._calibrate import calibrate
 
-        stats = calibrate(model, calibration)
+        stats = calibrate(
+            model,
+            calibration,
+            batch_size=batch_size,
+            hessians=needs["hessians"],
+            progress=None if progress is None else (lambda i: progress(i, None)),
+        )
+    hessians = getattr(stats, "hessians", None)
     with torch.no_grad():
         native_stats = _stats_for(params, stats)
-    report, masks = _birdbone.prune(
+        native_hessians = _stats_for(params, hessians)
+    report, masks, undo = _birdbone.prune(
         [(n, p) for n, p in params],
         source,
         is_path,
         stats=native_stats,
-        plugin_dirs=_plugin_dirs(plugin_dirs),
+        hessians=native_hessians,
+        plugin_dirs=dirs,
         keep_masks=keep_masks,
+        keep_undo=keep_undo,
     )
-    return PruneResult(report=json.loads(report), masks=dict(masks))
+    return PruneResult(report=json.loads(report), masks=dict(masks), _undo=undo)
 
 
 @dataclass

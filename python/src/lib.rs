@@ -5,7 +5,9 @@
 //! package's Python half imports torch before this module, so libtorch (and libtorch_python)
 //! are already in the process and the loader reuses them: one libtorch, the one torch uses.
 //!
-//! Every pass runs with the GIL released. Errors become `birdbone.BirdboneError`.
+//! Every pass runs with the GIL released. Errors become `birdbone.BirdboneError`. A sequential
+//! pass is a [`Sequential`] object (owning a `birdbone_tch::SequentialPass`) that the Python
+//! half feeds one block's statistics at a time; a completed pass can be kept as an [`Undo`].
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -18,7 +20,10 @@ use birdbone_host::{
     trust::{ProbeChoice, TrustPolicy, PROBE_NAME},
     Allocation, PassConfig,
 };
-use birdbone_tch::{train::Compression, ActivationStats, PassInputs, PluginRegistry, Pruner};
+use birdbone_tch::{
+    selected, train::Compression, ActivationStats, PassInputs, PluginRegistry, Pruner,
+    SequentialPass, UndoHistory, UndoPolicy,
+};
 use pyo3::{create_exception, exceptions::PyRuntimeError, prelude::*, types::PyDict};
 use pyo3_tch::PyTensor;
 use tch::Tensor;
@@ -88,14 +93,26 @@ fn to_params(params: Vec<(String, PyTensor)>) -> Vec<(String, Tensor)> {
     v
 }
 
-fn to_stats(stats: Option<BTreeMap<String, (PyTensor, u64)>>) -> Option<ActivationStats> {
-    stats.map(|s| {
-        ActivationStats::from(
-            s.into_iter()
-                .map(|(n, (t, k))| (n, (t.0, k)))
-                .collect::<BTreeMap<_, _>>(),
-        )
-    })
+/// Statistics as the Python half records them: per weight name `(Σ x², tokens)`.
+type Sums = BTreeMap<String, (PyTensor, u64)>;
+/// Per weight name `(XᵀX, tokens, group)`: one matrix per group of Linears that read one input.
+type Hessians = BTreeMap<String, (PyTensor, u64, u64)>;
+
+fn to_stats(stats: Option<Sums>, hessians: Option<Hessians>) -> Option<ActivationStats> {
+    if stats.is_none() && hessians.is_none() {
+        return None;
+    }
+    let sums = stats
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(n, (t, k))| (n, (t.0, k)))
+        .collect();
+    let hessians = hessians
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(n, (t, k, g))| (n, (t.0, k, g)))
+        .collect();
+    Some(ActivationStats::from_parts(sums, hessians))
 }
 
 fn pruner_for(recipe: &Recipe, reg: &PluginRegistry) -> PyResult<Pruner> {
@@ -117,17 +134,26 @@ fn masks_dict(py: Python<'_>, masks: &birdbone_tch::MaskSet) -> PyResult<Py<PyDi
     Ok(d.unbind())
 }
 
-/// Checks what the recipe asks for against what a pass in place can do; returns the pass.
-fn in_place_config(recipe: &Recipe, needs_stats: bool, has_stats: bool) -> PyResult<PassConfig> {
-    if recipe
-        .calibration
-        .as_ref()
-        .is_some_and(|c| c.mode == CalibrationMode::Sequential)
-    {
-        return Err(err("the recipe asks for sequential calibration, which the Python front does not run yet: use calibration mode one-pass (birdbone.calibrate), or `birdbone prune`"));
-    }
-    if needs_stats && !has_stats {
-        return Err(err("the scorer needs activation statistics: pass stats= (birdbone.calibrate(model, batches) records them) or calibration="));
+/// A recipe made ready for a pass in place: its components created, its pass checked.
+struct Setup {
+    recipe: Recipe,
+    pruner: Pruner,
+    cfg: PassConfig,
+    /// Calibrated block by block: the recipe says so, or it has no calibration and the strategy
+    /// needs Hessians (`birdbone prune`'s default, the SparseGPT paper's procedure).
+    sequential: bool,
+}
+
+fn setup(recipe: &str, is_path: bool, plugin_dirs: Option<Vec<PathBuf>>) -> PyResult<Setup> {
+    let recipe = load_recipe(recipe, is_path)?;
+    let reg = registry(&dirs_or_default(plugin_dirs));
+    let pruner = pruner_for(&recipe, &reg)?;
+    let sequential = match &recipe.calibration {
+        Some(c) => c.mode == CalibrationMode::Sequential,
+        None => pruner.needs_hessians(),
+    };
+    if sequential && recipe.strategy.name == "global" {
+        return Err(err("sequential calibration prunes one block per pass, so the 'global' strategy would rank within a block: use one-pass calibration, or a per-parameter strategy (layerwise, nm)"));
     }
     let mut cfg = recipe.pass_config();
     cfg.target().map_err(err)?;
@@ -143,39 +169,94 @@ fn in_place_config(recipe: &Recipe, needs_stats: bool, has_stats: bool) -> PyRes
         }
         cfg.allocation = Some(Arc::new(a));
     }
-    Ok(cfg)
+    Ok(Setup {
+        recipe,
+        pruner,
+        cfg,
+        sequential,
+    })
 }
 
-/// One pass over `params` (the live model's tensors, by name) as `recipe` says; returns the
-/// report (JSON) and the masks (name -> bool tensor, true = kept). Plan, then commit in place;
-/// a failure leaves every tensor as it was.
+/// Keeps the pass for [`Undo`]: one pass, within any host memory.
+fn keep_one_pass(pruner: &mut Pruner) -> PyResult<()> {
+    pruner
+        .set_undo(UndoPolicy {
+            passes: 1,
+            ..Default::default()
+        })
+        .map_err(err)
+}
+
+/// What the Python half must know before it calibrates, checked as a pass checks it (the
+/// components created, refusals made before any forward runs): `sequential` (see [`Setup`]),
+/// `explicit` (the recipe has a calibration section), `activations` (the scorer reads
+/// activation statistics), `hessians` (the strategy reads `XᵀX`), `allocator` (one is set) and
+/// `batch` (the recipe's calibration batch, or None).
 #[pyfunction]
-#[pyo3(signature = (params, recipe, is_path, stats=None, plugin_dirs=None, keep_masks=true))]
+#[pyo3(signature = (recipe, is_path, plugin_dirs=None))]
+fn recipe_needs(
+    py: Python<'_>,
+    recipe: &str,
+    is_path: bool,
+    plugin_dirs: Option<Vec<PathBuf>>,
+) -> PyResult<Py<PyDict>> {
+    let s = setup(recipe, is_path, plugin_dirs)?;
+    let d = PyDict::new(py);
+    d.set_item("sequential", s.sequential)?;
+    d.set_item("explicit", s.recipe.calibration.is_some())?;
+    d.set_item("activations", s.pruner.needs_activations())?;
+    d.set_item("hessians", s.pruner.needs_hessians())?;
+    d.set_item("allocator", s.recipe.allocator.is_some())?;
+    d.set_item("batch", s.recipe.calibration.as_ref().map(|c| c.batch))?;
+    Ok(d.unbind())
+}
+
+/// One pass over `params` (the live model's tensors, by name) as `recipe` says, with one-pass
+/// statistics; returns the report (JSON), the masks (name -> bool tensor, true = kept) and,
+/// with `keep_undo`, the [`Undo`] that takes the pass back. Plan, then commit in place; a
+/// failure leaves every tensor as it was.
+#[pyfunction]
+#[pyo3(signature = (params, recipe, is_path, stats=None, hessians=None, plugin_dirs=None, keep_masks=true, keep_undo=false))]
+#[allow(clippy::too_many_arguments)]
 fn prune(
     py: Python<'_>,
     params: Vec<(String, PyTensor)>,
     recipe: &str,
     is_path: bool,
-    stats: Option<BTreeMap<String, (PyTensor, u64)>>,
+    stats: Option<Sums>,
+    hessians: Option<Hessians>,
     plugin_dirs: Option<Vec<PathBuf>>,
     keep_masks: bool,
-) -> PyResult<(String, Py<PyDict>)> {
-    let recipe = load_recipe(recipe, is_path)?;
-    let dirs = dirs_or_default(plugin_dirs);
-    let reg = registry(&dirs);
-    let mut pruner = pruner_for(&recipe, &reg)?;
-    let mut cfg = in_place_config(&recipe, pruner.needs_activations(), stats.is_some())?;
-    if pruner.needs_hessians() {
+    keep_undo: bool,
+) -> PyResult<(String, Py<PyDict>, Option<Undo>)> {
+    let Setup {
+        recipe,
+        mut pruner,
+        mut cfg,
+        sequential,
+    } = setup(recipe, is_path, plugin_dirs)?;
+    // Without a calibration section the default (sequential for SparseGPT) is for a pass that
+    // calibrates; given statistics, it is a one-pass pass.
+    if sequential && recipe.calibration.is_some() {
+        return Err(err("the recipe calibrates block by block (sequential): give birdbone.prune calibration= batches, which it runs block by block, rather than stats="));
+    }
+    if pruner.needs_activations() && stats.is_none() {
+        return Err(err("the scorer needs activation statistics: pass stats= (birdbone.calibrate(model, batches) records them) or calibration="));
+    }
+    if pruner.needs_hessians() && hessians.is_none() {
         return Err(err(format!(
-            "strategy '{}' needs the Hessians (XᵀX) of every Linear's inputs, which the Python calibrator does not record yet: use `birdbone prune`",
+            "strategy '{}' needs the Hessians (XᵀX) of every Linear's inputs: pass calibration=, or stats=birdbone.calibrate(model, batches, hessians=True)",
             recipe.strategy.name
         )));
     }
+    if keep_undo {
+        keep_one_pass(&mut pruner)?;
+    }
     cfg.keep_masks = keep_masks;
     let params = to_params(params);
-    let stats = to_stats(stats);
+    let stats = to_stats(stats, hessians);
     let has_allocator = recipe.allocator.is_some();
-    let (report, masks) = py
+    let (report, masks, history) = py
         .allow_threads(move || -> birdbone_tch::Result<_> {
             let inputs = PassInputs {
                 stats: stats.as_ref(),
@@ -184,11 +265,195 @@ fn prune(
             if has_allocator {
                 cfg.allocation = Some(Arc::new(pruner.allocate(&params, &cfg, inputs)?));
             }
-            pruner.run(&params, &cfg, inputs)
+            let (report, masks) = pruner.run(&params, &cfg, inputs)?;
+            Ok((report, masks, pruner.take_history()))
         })
         .map_err(err)?;
     let json = serde_json::to_string(&report).map_err(err)?;
-    Ok((json, masks_dict(py, &masks)?))
+    Ok((
+        json,
+        masks_dict(py, &masks)?,
+        keep_undo.then(|| Undo::new(history)),
+    ))
+}
+
+/// A completed pass kept to be taken back (`prune(..., keep_undo=True)`): what it overwrote,
+/// in host memory.
+#[pyclass(module = "birdbone._birdbone")]
+struct Undo {
+    history: Mutex<UndoHistory>,
+}
+
+impl Undo {
+    fn new(history: UndoHistory) -> Undo {
+        Undo {
+            history: Mutex::new(history),
+        }
+    }
+}
+
+#[pymethods]
+impl Undo {
+    /// Takes the pass back: every weight it wrote restored bit for bit, into the same tensors.
+    /// False when it was already taken back.
+    fn undo(&self, py: Python<'_>) -> PyResult<bool> {
+        let mut history =
+            std::mem::take(&mut *self.history.lock().unwrap_or_else(|e| e.into_inner()));
+        let (history, done) = py.allow_threads(move || {
+            let done = history.undo();
+            (history, done)
+        });
+        *self.history.lock().unwrap_or_else(|e| e.into_inner()) = history;
+        done.map_err(err)
+    }
+
+    /// Host memory the kept pass holds, in bytes (0 once taken back).
+    fn bytes(&self) -> u64 {
+        self.history
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .bytes()
+    }
+}
+
+/// A sequential pass in progress (`birdbone_tch::SequentialPass`, owning its pruner): the
+/// Python half runs the blocks and hands each block's statistics to [`Sequential::block`].
+/// One transaction: a failure in a block, or [`Sequential::abandon`] (an exception between
+/// blocks), restores every block written.
+#[pyclass(module = "birdbone._birdbone")]
+struct Sequential {
+    /// Taken out while a call runs with the GIL released; `None` once the pass is over.
+    state: Mutex<Option<SeqState>>,
+    keep_undo: bool,
+}
+
+struct SeqState {
+    params: Vec<(String, Tensor)>,
+    pass: SequentialPass<'static>,
+}
+
+const PASS_OVER: &str = "the sequential pass is over (finished, failed or abandoned)";
+
+impl Sequential {
+    fn take(&self) -> PyResult<SeqState> {
+        let taken = self.state.lock().unwrap_or_else(|e| e.into_inner()).take();
+        taken.ok_or_else(|| err(PASS_OVER))
+    }
+}
+
+#[pymethods]
+impl Sequential {
+    /// A pass over `params` as `recipe` says. `block_names`: every Linear weight of the decoder
+    /// blocks (a selected parameter outside them would never be pruned, so it is refused).
+    /// `stats`: the dense model's one-pass statistics, for the recipe's allocator only.
+    #[new]
+    #[pyo3(signature = (params, recipe, is_path, block_names, stats=None, plugin_dirs=None, keep_masks=true, keep_undo=false))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        params: Vec<(String, PyTensor)>,
+        recipe: &str,
+        is_path: bool,
+        block_names: Vec<String>,
+        stats: Option<Sums>,
+        plugin_dirs: Option<Vec<PathBuf>>,
+        keep_masks: bool,
+        keep_undo: bool,
+    ) -> PyResult<Self> {
+        let Setup {
+            recipe,
+            mut pruner,
+            mut cfg,
+            ..
+        } = setup(recipe, is_path, plugin_dirs)?;
+        cfg.keep_masks = keep_masks;
+        let params = to_params(params);
+        let in_blocks: std::collections::BTreeSet<&String> = block_names.iter().collect();
+        if let Some((outside, _)) = selected(&params, &cfg.filter)
+            .map_err(err)?
+            .into_iter()
+            .find(|(n, _)| !in_blocks.contains(n))
+        {
+            return Err(err(format!("sequential calibration prunes the decoder blocks one by one, but the recipe also selects '{outside}', outside them: exclude it or use one-pass calibration")));
+        }
+        if keep_undo {
+            keep_one_pass(&mut pruner)?;
+        }
+        let stats = to_stats(stats, None);
+        let (params, pass) = match &recipe.allocator {
+            None => (params, pruner.into_sequential(&cfg)),
+            Some(a) => {
+                let Some(stats) = stats else {
+                    return Err(err(format!("allocator '{}' decides the counts for the whole model before the first block: pass the dense model's one-pass statistics", a.name)));
+                };
+                // Decided once, on the dense model's statistics (as `birdbone prune` does).
+                py.allow_threads(move || -> birdbone_tch::Result<_> {
+                    let inputs = PassInputs {
+                        stats: Some(&stats),
+                        ..Default::default()
+                    };
+                    cfg.allocation = Some(Arc::new(pruner.allocate(&params, &cfg, inputs)?));
+                    Ok((params, pruner.into_sequential(&cfg)))
+                })
+                .map_err(err)?
+            }
+        };
+        Ok(Sequential {
+            state: Mutex::new(Some(SeqState { params, pass })),
+            keep_undo,
+        })
+    }
+
+    /// Prunes one block: those of `names` the recipe selects, with the statistics recorded on
+    /// the block's inputs. Returns the block's report (JSON), or None when it selects none. A
+    /// failure restores every block of the pass and ends it.
+    #[pyo3(signature = (names, stats, hessians=None))]
+    fn block(
+        &self,
+        py: Python<'_>,
+        names: Vec<String>,
+        stats: Sums,
+        hessians: Option<Hessians>,
+    ) -> PyResult<Option<String>> {
+        let mut state = self.take()?;
+        let stats = to_stats(Some(stats), hessians).expect("statistics given");
+        let (state, out) = py.allow_threads(move || {
+            let out = state
+                .pass
+                .block(&state.params, &names, &stats)
+                .map(|r| r.map(serde_json::to_string));
+            (state, out)
+        });
+        // A failed block has restored every block: the pass is over and is dropped.
+        let report = out.map_err(err)?;
+        *self.state.lock().unwrap_or_else(|e| e.into_inner()) = Some(state);
+        report.transpose().map_err(err)
+    }
+
+    /// Ends the pass: the merged report (JSON), the masks and, with `keep_undo`, the [`Undo`]
+    /// of the whole pass.
+    fn finish(&self, py: Python<'_>) -> PyResult<(String, Py<PyDict>, Option<Undo>)> {
+        let state = self.take()?;
+        let (report, masks, pruner) = py
+            .allow_threads(move || state.pass.finish_owned())
+            .map_err(err)?;
+        let json = serde_json::to_string(&report).map_err(err)?;
+        let undo = match (self.keep_undo, pruner) {
+            (true, Some(mut p)) => Some(Undo::new(p.take_history())),
+            _ => None,
+        };
+        Ok((json, masks_dict(py, &masks)?, undo))
+    }
+
+    /// Abandons the pass: every block written is restored, newest first. Nothing to do when
+    /// the pass is already over.
+    fn abandon(&self, py: Python<'_>) -> PyResult<()> {
+        let taken = self.state.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match taken {
+            None => Ok(()),
+            Some(state) => py.allow_threads(move || state.pass.abandon()).map_err(err),
+        }
+    }
 }
 
 /// Components (one dict each) and rejections (`(path, reason)`).
@@ -381,10 +646,10 @@ impl Compressor {
         py: Python<'_>,
         params: Vec<(String, PyTensor)>,
         sparsity: f64,
-        stats: Option<BTreeMap<String, (PyTensor, u64)>>,
+        stats: Option<Sums>,
     ) -> PyResult<String> {
         let params = to_params(params);
-        let stats = to_stats(stats);
+        let stats = to_stats(stats, None);
         let r = self.run(py, move |c| c.prune_now(&params, sparsity, stats.as_ref()))?;
         serde_json::to_string(&r).map_err(err)
     }
@@ -419,6 +684,9 @@ fn _birdbone(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("DEFAULT_PLUGIN_DIR", DEFAULT_PLUGIN_DIR)?;
     m.add("TORCH_VERSION", "2.11")?;
     m.add_function(wrap_pyfunction!(prune, m)?)?;
+    m.add_function(wrap_pyfunction!(recipe_needs, m)?)?;
+    m.add_class::<Sequential>()?;
+    m.add_class::<Undo>()?;
     m.add_function(wrap_pyfunction!(plugins, m)?)?;
     m.add_function(wrap_pyfunction!(token_windows, m)?)?;
     m.add_function(wrap_pyfunction!(calibrate_folder, m)?)?;

@@ -10,9 +10,14 @@ import os
 import subprocess
 from pathlib import Path
 
-import numpy as np
-import pytest
-import torch
+# Passive OpenMP workers, as scripts/env.sh sets them (for this process's libtorch and the CLI's):
+# spinning ones make SparseGPT's many small operations several times slower on a busy 2-core
+# machine. Read when libtorch starts its workers, so set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = ROOT / "target" / "release" / "birdbone"
@@ -91,22 +96,59 @@ def unpack_masks(path: Path) -> dict:
     return out
 
 
-@pytest.fixture(scope="session")
-def cli_run(tmp_path_factory):
-    """`birdbone prune` (on the CPU) with the WANDA recipe: the folder it wrote."""
+# The same recipe calibrated block by block, and SparseGPT (which calibrates so by default).
+SEQUENTIAL_WANDA = {**WANDA, "calibration": {**CAL, "mode": "sequential"}}
+SPARSEGPT = {
+    "strategy": {"name": "sparsegpt", "params": {"blocksize": 128, "percdamp": 0.01}},
+    "sparsity": 0.5,
+    "calibration": {**CAL, "mode": "sequential"},
+}
+
+
+def run_cli(tmp_path_factory, name: str, recipe: dict) -> Path:
+    """`birdbone prune` (on the CPU) with ``recipe``: the folder it wrote."""
     assert CLI.exists(), f"{CLI} is missing: build with `cargo build --release --workspace`"
-    d = tmp_path_factory.mktemp("cli")
-    recipe = d / "recipe.json"
-    recipe.write_text(json.dumps(WANDA, indent=2))  # JSON is YAML
+    d = tmp_path_factory.mktemp(name)
+    path = d / "recipe.json"
+    path.write_text(json.dumps(recipe, indent=2))  # JSON is YAML
     out = d / "out"
     subprocess.run(
-        [str(CLI), "prune", "--recipe", str(recipe), "--model", str(model_dir()), "--out", str(out),
+        [str(CLI), "prune", "--recipe", str(path), "--model", str(model_dir()), "--out", str(out),
          "--device", "cpu", "--quiet"],
         check=True,
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def cli_run(tmp_path_factory):
+    """`birdbone prune` with the WANDA recipe (one-pass calibration)."""
+    return run_cli(tmp_path_factory, "cli", WANDA)
+
+
+@pytest.fixture(scope="session")
+def cli_sequential(tmp_path_factory):
+    """`birdbone prune` with SEQUENTIAL_WANDA."""
+    return run_cli(tmp_path_factory, "cli-sequential", SEQUENTIAL_WANDA)
+
+
+@pytest.fixture(scope="session")
+def cli_sparsegpt(tmp_path_factory):
+    """`birdbone prune` with SPARSEGPT (sequential)."""
+    return run_cli(tmp_path_factory, "cli-sparsegpt", SPARSEGPT)
+
+
+def mask_agreement(masks: dict, want: dict, only: str = "") -> float:
+    """The share of entries where ``masks`` (torch) and ``want`` (numpy) agree, over the
+    weights whose name contains ``only``."""
+    differ = total = 0
+    for name, w in want.items():
+        if only in name:
+            differ += int(np.sum(masks[name].cpu().numpy() != w))
+            total += w.size
+    return 1 - differ / total
 
 
 def perplexity(model, windows, batch: int = 4) -> float:

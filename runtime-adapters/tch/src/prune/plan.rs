@@ -621,13 +621,6 @@ impl Pruner {
         self.run(model, &block_config, inputs).map(Some)
     }
 
-    /// Starts a sequential pass: blocks pruned one after another, each kept in a journal until
-    /// the pass finishes, so a failure in any block puts back every block written before it
-    /// (see [`super::SequentialPass`]).
-    pub fn sequential(&mut self, config: &PassConfig) -> super::SequentialPass<'_> {
-        super::SequentialPass::new(self, config.clone())
-    }
-
     pub(super) fn undo_policy_and_history(&mut self) -> (UndoPolicy, &mut UndoHistory) {
         (self.undo, &mut self.history)
     }
