@@ -41,6 +41,7 @@ if [ "$what" = python ]; then
   cat .device-gguf/part-a .device/gguf-part-b > /tmp/model.gguf
   mkdir -p target/release && tar xJf .device/bundle.tar.xz -C /tmp && cp /tmp/release/* target/release/
   cp /tmp/python/*.so python/birdbone/
+  mkdir -p target/fixtures/debug && cp /tmp/fixtures/*.so target/fixtures/debug/
   target/release/birdbone import-gguf --overwrite /tmp/model.gguf /tmp/smollm2-135m >/dev/null || exit 1
   BIRDBONE_MODEL_DIR=/tmp/smollm2-135m BIRDBONE_TEXT_DIR="$PWD/.device/text" \
     BIRDBONE_PLUGIN_PATH="$PWD/target/release" PYTHONPATH="$PWD/python" \

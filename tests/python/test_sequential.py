@@ -77,9 +77,12 @@ def test_sequential_wanda_against_cli(device, cli_sequential, cli_run, cal_windo
         f"masks in {100 * vs_one_pass:.3f}%; perplexity Python {ours:.4f}, CLI {theirs:.4f}"
     )
     assert first >= 0.9999 and first_one_pass >= 0.9999, "block 0 is calibrated on the dense model"
-    assert agree >= 0.998
+    # Later blocks inherit every earlier block's last-bit differences, so the bounds depend on
+    # the machine's numerics: measured 99.93% / -0.19% (this checkout's 2-core CPU), 99.75% /
+    # -0.74% (the GPU machine's CPU) and 99.83% / +0.21% (an H100), docs/python.md.
+    assert agree >= 0.995
     assert vs_one_pass <= 0.99, "the sequential masks should leave the one-pass ones"
-    assert abs(ours / theirs - 1) < 5e-3
+    assert abs(ours / theirs - 1) < 0.015
 
     assert result.undo() is True
     assert_bitwise(model, before, ptrs, "after undo")
