@@ -603,7 +603,21 @@ impl Compressor {
                 "an allocator in a training recipe is not supported from Python yet",
             ));
         }
-        let comp = Compression::new(pruner, cfg).map_err(err)?;
+        let mut comp = Compression::new(pruner, cfg).map_err(err)?;
+        // A replayed allocation (a pruned model's allocation.json, from `birdbone prune
+        // --allocator birdbone`, say): each matrix's final count, which the layer plates rise to.
+        if let Some(path) = &recipe.allocation {
+            let a = Allocation::load(path).map_err(err)?;
+            if (a.sparsity - recipe.sparsity).abs() > 1e-12 {
+                return Err(err(format!(
+                    "{} allocates sparsity {}, but the recipe asks for {}",
+                    path.display(),
+                    a.sparsity,
+                    recipe.sparsity
+                )));
+            }
+            comp.set_allocation(a).map_err(err)?;
+        }
         Ok(Compressor {
             comp: Mutex::new(Some(comp)),
         })
