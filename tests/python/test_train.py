@@ -28,46 +28,25 @@ RECIPE = {
 
 
 def test_trainer_keeps_sparsity_exact(device, cal_windows, tmp_path):
-    from transformers import Trainer, TrainerCallback, TrainingArguments
-
     model = load_model(device).train()
     ptrs = {n: p.data_ptr() for n, p in model.named_parameters()}
     cb = birdbone.BirdboneCallback(RECIPE)
     seen = []
 
-    class Check(TrainerCallback):
+    def check(event, masks, params):
         """After every optimizer step (after Birdbone's hook): every pruned weight is zero and
         the count of zeros is the pass's."""
+        pruned = total = 0
+        for name, keep in masks.items():
+            w = params[name].detach()
+            assert not w[~keep].any(), f"step {event['step']}: '{name}' has a pruned weight that is not zero"
+            pruned += int((~keep).sum())
+            total += keep.numel()
+        if masks:
+            assert pruned / total == pytest.approx(event["sparsity"], abs=1e-12)
+        seen.append((event["step"], event["sparsity"], event["pass"] is not None))
 
-        def on_optimizer_step(self, args, state, control, model=None, **kwargs):
-            event = cb.events[-1]
-            masks = cb.masks
-            params = dict(model.named_parameters())
-            pruned = total = 0
-            for name, keep in masks.items():
-                w = params[name].detach()
-                assert not w[~keep].any(), f"step {event['step']}: '{name}' has a pruned weight that is not zero"
-                pruned += int((~keep).sum())
-                total += keep.numel()
-            if masks:
-                assert pruned / total == pytest.approx(event["sparsity"], abs=1e-12)
-            seen.append((event["step"], event["sparsity"], event["pass"] is not None))
-
-    ids = torch.tensor(cal_windows[:6])[:, :128]
-    data = [{"input_ids": x, "labels": x.clone()} for x in ids]
-    args = TrainingArguments(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=2,
-        max_steps=5,
-        learning_rate=1e-4,
-        report_to=[],
-        save_strategy="no",
-        logging_strategy="no",
-        use_cpu=device == "cpu",
-        dataloader_num_workers=0,
-        disable_tqdm=True,
-    )
-    Trainer(model=model, args=args, train_dataset=data, callbacks=[cb, Check()]).train()
+    _train(model, cb, cal_windows, device, tmp_path, 5, check, windows=6, length=128)
 
     print("\n(step, sparsity, pass) per optimizer step:", seen)
     assert [s for s, _, _ in seen] == [1, 2, 3, 4, 5]
@@ -78,14 +57,17 @@ def test_trainer_keeps_sparsity_exact(device, cal_windows, tmp_path):
     assert {n: p.data_ptr() for n, p in model.named_parameters()} == ptrs
 
 
-def _train(model, cb, windows, device, tmp_path, steps, check):
+def _train(model, cb, cal_windows, device, tmp_path, steps, check, windows=4, length=64):
+    """`steps` Trainer steps on the first `windows` calibration windows cut to `length`, with
+    Birdbone's callback `cb`; after each optimizer step (after cb's), `check(event, masks,
+    params)`."""
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
     class Check(TrainerCallback):
         def on_optimizer_step(self, args, state, control, model=None, **kwargs):
             check(cb.events[-1], cb.masks, dict(model.named_parameters()))
 
-    ids = torch.tensor(windows[:4])[:, :64]
+    ids = torch.tensor(cal_windows[:windows])[:, :length]
     data = [{"input_ids": x, "labels": x.clone()} for x in ids]
     args = TrainingArguments(
         output_dir=str(tmp_path),
